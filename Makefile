@@ -1,0 +1,43 @@
+# Lens: `make run` sets everything up and starts the service on the default
+# model; `make test` runs every test. Both are idempotent.
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+MODEL   := models/efficientnet-lite0
+LENS    := target/release/lens
+# One target dir for the binary, the tests and the benches.
+CARGO   := cargo
+
+.PHONY: run setup venv model build test test-deps bench clean
+
+run: setup
+	$(LENS) predict tests/fixtures/dog.jpeg
+
+setup: model build
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	scripts/system-deps run
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+model: $(MODEL)/model.onnx
+$(MODEL)/model.onnx: $(VENV)/.installed tools/export_efficientnet_lite0.py
+	$(PY) tools/export_efficientnet_lite0.py
+	touch $@
+
+build:
+	$(CARGO) build --release --locked
+
+test-deps:
+	scripts/system-deps test
+
+test: setup test-deps
+	$(CARGO) test --release --locked
+
+bench: setup
+	$(CARGO) bench --bench preprocess
+
+clean:
+	rm -rf $(VENV) $(MODEL) target

@@ -1,0 +1,270 @@
+//! A model directory: `model.toml`, the ONNX file and the labels.
+//!
+//! `model.toml` declares everything the server must know to feed a classifier
+//! and read its answer: input name, layout and size, how to resize, the
+//! channel order, the normalisation and whether the output is logits or
+//! probabilities. See `models/examples/` for documented presets.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors while loading a model directory. These happen at start-up only.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("invalid {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Tensor layout of the model input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Layout {
+    #[serde(rename = "NCHW")]
+    Nchw,
+    #[serde(rename = "NHWC")]
+    Nhwc,
+}
+
+/// Order of the colour channels the model expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ChannelOrder {
+    #[serde(rename = "RGB")]
+    Rgb,
+    #[serde(rename = "BGR")]
+    Bgr,
+}
+
+/// How the source image is brought to the input size.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizeKind {
+    /// Crop a centred square of side `crop_fraction * min(w, h)`, then resize.
+    CenterCrop,
+    /// Resize the whole image to the input size, ignoring aspect ratio.
+    Squash,
+}
+
+/// Resampling filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    Nearest,
+    Bilinear,
+    Bicubic,
+    Lanczos3,
+}
+
+/// Whether the output tensor holds logits (softmax is applied) or probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    Logits,
+    Probabilities,
+}
+
+/// Geometry of the preprocessing: everything needed to turn encoded bytes
+/// into an `height x width` RGB8 image. Normalisation happens later, when a
+/// batch tensor is assembled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResizeSpec {
+    pub width: u32,
+    pub height: u32,
+    pub kind: ResizeKind,
+    /// Only used by [`ResizeKind::CenterCrop`]; in `(0, 1]`.
+    pub crop_fraction: f32,
+    pub interpolation: Interpolation,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub name: String,
+    pub layout: Layout,
+    pub width: u32,
+    pub height: u32,
+    #[serde(default = "default_channel_order")]
+    pub channel_order: ChannelOrder,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessSpec {
+    pub resize: ResizeKind,
+    #[serde(default = "default_crop_fraction")]
+    pub crop_fraction: f32,
+    pub interpolation: Interpolation,
+    /// Per channel, in `channel_order`, in 0..255 units.
+    pub mean: [f32; 3],
+    /// Per channel, in `channel_order`, in 0..255 units.
+    pub std: [f32; 3],
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub name: String,
+    pub kind: OutputKind,
+}
+
+/// The parsed `model.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    pub version: String,
+    pub labels: String,
+    #[serde(default = "default_onnx")]
+    pub onnx: String,
+    #[serde(default)]
+    pub source: Option<String>,
+    pub input: InputSpec,
+    pub preprocess: PreprocessSpec,
+    pub output: OutputSpec,
+}
+
+fn default_channel_order() -> ChannelOrder {
+    ChannelOrder::Rgb
+}
+fn default_crop_fraction() -> f32 {
+    0.875
+}
+fn default_onnx() -> String {
+    "model.onnx".to_string()
+}
+
+impl ModelSpec {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ModelError> {
+        let spec: ModelSpec = toml::from_str(text).map_err(|e| ModelError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        spec.validate().map_err(|message| ModelError::Invalid { path: path.to_owned(), message })?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let i = &self.input;
+        if !(1..=4096).contains(&i.width) || !(1..=4096).contains(&i.height) {
+            return Err(format!("input size {}x{} must be within 1..=4096", i.width, i.height));
+        }
+        let p = &self.preprocess;
+        if !(p.crop_fraction > 0.0 && p.crop_fraction <= 1.0) {
+            return Err(format!("crop_fraction {} must be in (0, 1]", p.crop_fraction));
+        }
+        if p.std.iter().any(|s| !s.is_finite() || *s == 0.0) || p.mean.iter().any(|m| !m.is_finite()) {
+            return Err("mean must be finite and std finite and non-zero".into());
+        }
+        Ok(())
+    }
+
+    pub fn resize_spec(&self) -> ResizeSpec {
+        ResizeSpec {
+            width: self.input.width,
+            height: self.input.height,
+            kind: self.preprocess.resize,
+            crop_fraction: self.preprocess.crop_fraction,
+            interpolation: self.preprocess.interpolation,
+        }
+    }
+}
+
+/// A loaded model directory: its spec, labels and the path of its ONNX file.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    pub dir: PathBuf,
+    pub spec: ModelSpec,
+    pub labels: Vec<String>,
+    pub onnx_path: PathBuf,
+}
+
+impl ModelDir {
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let toml_path = dir.join("model.toml");
+        let text = read(&toml_path)?;
+        let spec = ModelSpec::parse(&text, &toml_path)?;
+        let labels_path = dir.join(&spec.labels);
+        let labels: Vec<String> = read(&labels_path)?
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        if labels.is_empty() {
+            return Err(ModelError::Invalid { path: labels_path, message: "no labels".into() });
+        }
+        let onnx_path = dir.join(&spec.onnx);
+        if !onnx_path.is_file() {
+            return Err(ModelError::Io {
+                path: onnx_path,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "model file not found"),
+            });
+        }
+        Ok(ModelDir { dir: dir.to_owned(), spec, labels, onnx_path })
+    }
+}
+
+fn read(path: &Path) -> Result<String, ModelError> {
+    std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LITE0: &str = r#"
+name = "efficientnet-lite0"
+version = "1"
+labels = "labels.txt"
+[input]
+name = "input"
+layout = "NCHW"
+width = 224
+height = 224
+channel_order = "RGB"
+[preprocess]
+resize = "center-crop"
+crop_fraction = 0.875
+interpolation = "bicubic"
+mean = [127.0, 127.0, 127.0]
+std = [128.0, 128.0, 128.0]
+[output]
+name = "logits"
+kind = "logits"
+"#;
+
+    #[test]
+    fn parses_the_default_model_spec() {
+        let spec = ModelSpec::parse(LITE0, Path::new("model.toml")).unwrap();
+        assert_eq!(spec.input.layout, Layout::Nchw);
+        assert_eq!(spec.preprocess.resize, ResizeKind::CenterCrop);
+        assert_eq!(spec.preprocess.interpolation, Interpolation::Bicubic);
+        assert_eq!(spec.output.kind, OutputKind::Logits);
+        assert_eq!(spec.onnx, "model.onnx");
+    }
+
+    #[test]
+    fn rejects_zero_std_and_bad_crop() {
+        let bad = LITE0.replace("std = [128.0, 128.0, 128.0]", "std = [1.0, 0.0, 1.0]");
+        assert!(ModelSpec::parse(&bad, Path::new("m")).is_err());
+        let bad = LITE0.replace("crop_fraction = 0.875", "crop_fraction = 1.5");
+        assert!(ModelSpec::parse(&bad, Path::new("m")).is_err());
+        let bad = LITE0.replace("layout = \"NCHW\"", "layout = \"CHW\"");
+        assert!(ModelSpec::parse(&bad, Path::new("m")).is_err());
+    }
+
+    #[test]
+    fn example_presets_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                ModelSpec::parse(&text, &path).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "expected the torchvision and keras-caffe presets");
+    }
+}
