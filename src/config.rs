@@ -63,3 +63,86 @@ pub struct PredictArgs {
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
 }
+
+/// `lens serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Address to listen on; port 0 picks a free port (printed at start-up).
+    #[arg(long, env = "LENS_ADDR", default_value = "0.0.0.0:8000")]
+    pub addr: String,
+
+    /// Also serve every model directory (holding a model.toml) under this folder.
+    /// `/predict` uses the --model one.
+    #[arg(long, env = "LENS_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+
+    /// Where feedback and page uploads are stored.
+    #[arg(long, env = "LENS_DATA_DIR", default_value = "var")]
+    pub data_dir: PathBuf,
+
+    /// Largest batch given to one model call.
+    #[arg(long, env = "LENS_MAX_BATCH", default_value_t = 8)]
+    pub max_batch: usize,
+
+    /// How long a partial batch may wait for more jobs, in milliseconds (0: never).
+    #[arg(long, env = "LENS_MAX_WAIT_MS", default_value_t = 0)]
+    pub max_wait_ms: u64,
+
+    /// Jobs that may wait for a model session; beyond it, 429.
+    #[arg(long, env = "LENS_QUEUE_CAPACITY", default_value_t = 256)]
+    pub queue_capacity: usize,
+
+    /// Requests admitted at once (decoding, queued or running); beyond it, 429.
+    #[arg(long, env = "LENS_MAX_PENDING", default_value_t = 1024)]
+    pub max_pending: usize,
+
+    /// Per-request deadline in seconds: a job not answered by then gets 504 and
+    /// is never inferred.
+    #[arg(long, env = "LENS_DEADLINE_SECS", default_value_t = 30.0)]
+    pub deadline_secs: f64,
+
+    /// Result cache size in entries (0 disables the cache).
+    #[arg(long, env = "LENS_CACHE_ENTRIES", default_value_t = 4096)]
+    pub cache_entries: usize,
+
+    /// Threads decoding and resizing images; default: one per core.
+    #[arg(long, env = "LENS_DECODE_THREADS")]
+    pub decode_threads: Option<usize>,
+
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, env = "LENS_BODY_LIMIT", default_value_t = 10 * 1024 * 1024)]
+    pub body_limit: usize,
+
+    /// Most multipart parts accepted in one request.
+    #[arg(long, env = "LENS_MAX_PARTS", default_value_t = 16)]
+    pub max_parts: usize,
+
+    /// Whole-request timeout in seconds (504 beyond).
+    #[arg(long, env = "LENS_REQUEST_TIMEOUT_SECS", default_value_t = 60.0)]
+    pub request_timeout_secs: f64,
+
+    /// Log one JSON object per line instead of text.
+    #[arg(long, env = "LENS_LOG_JSON")]
+    pub log_json: bool,
+
+    /// Test hook: sleep this many milliseconds in every model call, to make
+    /// overload and deadline behaviour reproducible.
+    #[arg(long, env = "LENS_DEBUG_SLOW_MS", default_value_t = 0, hide = true)]
+    pub debug_slow_ms: u64,
+}
+
+/// `lens feedback`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum FeedbackCommand {
+    /// Write the reported images and feedback.csv into DIR, ready for relabelling.
+    Export {
+        /// Output folder.
+        dir: PathBuf,
+        /// Where the server stores feedback.
+        #[arg(long, env = "LENS_DATA_DIR", default_value = "var")]
+        data_dir: PathBuf,
+    },
+}

@@ -5,9 +5,9 @@
 //! the server gives every session its own OS thread, never a tokio task.
 //! [`OrtClassifier`] is the real one; tests of the batching logic use a fake.
 //!
-//! The batch tensor is assembled here from RGB8 images ([`Prepared`]): channel
-//! order, normalisation and layout come from `model.toml`, so one code path
-//! serves any ONNX classifier.
+//! The batch tensor is assembled here from [`ModelInput`]s: RGB8 images, whose
+//! channel order, normalisation and layout come from `model.toml` (so one code
+//! path serves any ONNX classifier), or tensors a client already prepared.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -31,6 +31,8 @@ pub enum EngineError {
     Inference(String),
     #[error("model output has shape {shape:?}, expected [{batch}, {classes}]")]
     OutputShape { shape: Vec<i64>, batch: usize, classes: usize },
+    #[error("input tensor has {got} values, the model takes {want} per image")]
+    TensorSize { got: usize, want: usize },
     #[error("input image is {got_w}x{got_h}, the model takes {want_w}x{want_h}")]
     InputShape { got_w: u32, got_h: u32, want_w: u32, want_h: u32 },
 }
@@ -38,10 +40,19 @@ pub enum EngineError {
 /// Class probabilities for one image, in label order.
 pub type Scores = Vec<f32>;
 
+/// One image's worth of model input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelInput {
+    /// An image at the model's input size, normalised when the batch is assembled.
+    Image(Prepared),
+    /// Already normalised values in the model's layout (`3 * height * width`).
+    Tensor(Vec<f32>),
+}
+
 /// Anything that turns a batch of prepared images into class probabilities.
 pub trait Classifier: Send {
     /// One entry per image, in order. Probabilities sum to ~1.
-    fn classify(&mut self, images: &[&Prepared]) -> Result<Vec<Scores>, EngineError>;
+    fn classify(&mut self, inputs: &[&ModelInput]) -> Result<Vec<Scores>, EngineError>;
 }
 
 /// How many model instances to run, and how many intra-op threads each uses.
@@ -156,7 +167,7 @@ impl OrtClassifier {
 }
 
 impl Classifier for OrtClassifier {
-    fn classify(&mut self, images: &[&Prepared]) -> Result<Vec<Scores>, EngineError> {
+    fn classify(&mut self, images: &[&ModelInput]) -> Result<Vec<Scores>, EngineError> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
@@ -197,11 +208,11 @@ impl Classifier for OrtClassifier {
 
 /// Fills `out` with the batch tensor for `images`: channel order, `(x - mean) / std`
 /// and layout as the model spec says.
-pub fn assemble(images: &[&Prepared], spec: &ModelSpec, out: &mut Vec<f32>) -> Result<(), EngineError> {
+pub fn assemble(inputs: &[&ModelInput], spec: &ModelSpec, out: &mut Vec<f32>) -> Result<(), EngineError> {
     let (w, h) = (spec.input.width, spec.input.height);
     let plane = (w * h) as usize;
     out.clear();
-    out.resize(images.len() * plane * 3, 0.0);
+    out.resize(inputs.len() * plane * 3, 0.0);
     // Per output channel c: which RGB byte feeds it, and its scale and offset.
     let src: [usize; 3] = match spec.input.channel_order {
         ChannelOrder::Rgb => [0, 1, 2],
@@ -210,7 +221,17 @@ pub fn assemble(images: &[&Prepared], spec: &ModelSpec, out: &mut Vec<f32>) -> R
     let p = &spec.preprocess;
     let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / p.std[c]);
     let offset: [f32; 3] = std::array::from_fn(|c| -p.mean[c] / p.std[c]);
-    for (img, dst) in images.iter().zip(out.chunks_exact_mut(plane * 3)) {
+    for (input, dst) in inputs.iter().zip(out.chunks_exact_mut(plane * 3)) {
+        let img = match input {
+            ModelInput::Image(img) => img,
+            ModelInput::Tensor(values) if values.len() == dst.len() => {
+                dst.copy_from_slice(values);
+                continue;
+            }
+            ModelInput::Tensor(values) => {
+                return Err(EngineError::TensorSize { got: values.len(), want: dst.len() });
+            }
+        };
         if img.width != w || img.height != h || img.rgb.len() != plane * 3 {
             return Err(EngineError::InputShape { got_w: img.width, got_h: img.height, want_w: w, want_h: h });
         }
@@ -285,7 +306,7 @@ mod tests {
 
     #[test]
     fn assemble_honours_layout_order_and_normalisation() {
-        let img = Prepared { width: 2, height: 1, rgb: vec![12, 24, 35, 14, 28, 40] };
+        let img = ModelInput::Image(Prepared { width: 2, height: 1, rgb: vec![12, 24, 35, 14, 28, 40] });
         let mut out = Vec::new();
         assemble(&[&img], &spec("RGB", "NCHW"), &mut out).unwrap();
         assert_eq!(out, vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
@@ -299,7 +320,13 @@ mod tests {
 
     #[test]
     fn assemble_rejects_wrong_geometry() {
-        let img = Prepared { width: 3, height: 1, rgb: vec![0; 9] };
+        let img = ModelInput::Image(Prepared { width: 3, height: 1, rgb: vec![0; 9] });
         assert!(assemble(&[&img], &spec("RGB", "NCHW"), &mut Vec::new()).is_err());
+        let short = ModelInput::Tensor(vec![0.0; 5]);
+        assert!(assemble(&[&short], &spec("RGB", "NCHW"), &mut Vec::new()).is_err());
+        let exact = ModelInput::Tensor(vec![0.5; 6]);
+        let mut out = Vec::new();
+        assemble(&[&exact], &spec("RGB", "NCHW"), &mut out).unwrap();
+        assert_eq!(out, vec![0.5; 6]);
     }
 }

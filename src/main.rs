@@ -3,8 +3,9 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lens::config::PredictArgs;
+use lens::config::{FeedbackCommand, PredictArgs, ServeArgs};
 
 /// Lens: an image-classification serving system.
 #[derive(Parser)]
@@ -16,19 +17,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the HTTP service: API, upload page, queue, batcher and model sessions.
+    Serve(ServeArgs),
     /// Classify image files and folders offline.
     Predict(PredictArgs),
+    /// Work with stored feedback.
+    #[command(subcommand)]
+    Feedback(FeedbackCommand),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let json_logs = matches!(&cli.command, Command::Serve(a) if a.log_json);
+    init_logging(json_logs);
     match cli.command {
+        Command::Serve(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(lens::serve::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Predict(args) => lens::predict::run(&args),
+        Command::Feedback(FeedbackCommand::Export { dir, data_dir }) => {
+            let store = lens::feedback::FeedbackStore::open(&data_dir.join("feedback"))?;
+            let rows = store.export(&dir)?;
+            println!("exported {rows} reports to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }

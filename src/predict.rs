@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::config::PredictArgs;
-use crate::engine::{Classifier, OrtClassifier};
+use crate::engine::{Classifier, ModelInput, OrtClassifier};
 use crate::model::ModelDir;
 use crate::prediction::ranked;
 use crate::preprocess::{Prepared, prepare};
@@ -29,7 +29,7 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     for chunk in files.chunks(BATCH) {
         let prepared = prepare_all(chunk, |bytes| prepare(bytes, &resize, args.model.max_pixels));
-        let ok: Vec<&Prepared> = prepared.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let ok: Vec<&ModelInput> = prepared.iter().filter_map(|r| r.as_ref().ok()).collect();
         let mut scores = classifier.classify(&ok)?.into_iter();
         for (path, result) in chunk.iter().zip(&prepared) {
             match result {
@@ -76,7 +76,7 @@ fn report(
 fn prepare_all(
     paths: &[PathBuf],
     f: impl Fn(&[u8]) -> Result<Prepared, crate::preprocess::ImageError> + Sync,
-) -> Vec<Result<Prepared, String>> {
+) -> Vec<Result<ModelInput, String>> {
     std::thread::scope(|s| {
         let handles: Vec<_> = paths
             .iter()
@@ -84,7 +84,7 @@ fn prepare_all(
                 let f = &f;
                 s.spawn(move || {
                     let bytes = std::fs::read(p).map_err(|e| format!("cannot read: {e}"))?;
-                    f(&bytes).map_err(|e| e.to_string())
+                    f(&bytes).map(ModelInput::Image).map_err(|e| e.to_string())
                 })
             })
             .collect();

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lens::engine::{Classifier, OrtClassifier};
+use lens::engine::{Classifier, ModelInput, OrtClassifier};
 use lens::model::ModelDir;
 use lens::prediction::ranked;
-use lens::preprocess::{Prepared, prepare};
+use lens::preprocess::prepare;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -22,9 +22,9 @@ fn model() -> ModelDir {
         .expect("default model missing: run `make setup` first")
 }
 
-fn prepared(model: &ModelDir, name: &str) -> Prepared {
+fn prepared(model: &ModelDir, name: &str) -> ModelInput {
     let bytes = std::fs::read(fixture(name)).unwrap();
-    prepare(&bytes, &model.spec.resize_spec(), 40_000_000).unwrap()
+    ModelInput::Image(prepare(&bytes, &model.spec.resize_spec(), 40_000_000).unwrap())
 }
 
 const PHOTOS: [&str; 4] = ["dog.jpeg", "coffee.png", "chelsea.png", "grace_hopper.jpg"];
@@ -58,8 +58,8 @@ fn labels_are_keras_decode_predictions_names() {
 fn a_batch_gives_the_same_scores_as_single_images() {
     let model = model();
     let mut c = OrtClassifier::load(&model, 1, None).unwrap();
-    let imgs: Vec<Prepared> = PHOTOS.iter().map(|n| prepared(&model, n)).collect();
-    let refs: Vec<&Prepared> = imgs.iter().collect();
+    let imgs: Vec<ModelInput> = PHOTOS.iter().map(|n| prepared(&model, n)).collect();
+    let refs: Vec<&ModelInput> = imgs.iter().collect();
     let batch = c.classify(&refs).unwrap();
     for (img, row) in imgs.iter().zip(&batch) {
         let single = c.classify(&[img]).unwrap().remove(0);

@@ -1,0 +1,137 @@
+//! The result cache and in-flight coalescing.
+//!
+//! Answers are keyed on the model and the SHA-256 of the uploaded bytes. The
+//! cache is a bounded LRU; [`Coalescer`] makes identical requests that arrive
+//! while the first is still being computed wait for that one computation.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use lru::LruCache;
+use tokio::sync::oneshot;
+
+/// Cache key: model name and image digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub model: String,
+    pub sha256: [u8; 32],
+}
+
+/// A bounded LRU of answers. Zero capacity disables it.
+pub struct ResultCache<V> {
+    inner: Option<Mutex<LruCache<Key, V>>>,
+}
+
+impl<V: Clone> ResultCache<V> {
+    pub fn new(entries: usize) -> Self {
+        ResultCache { inner: NonZeroUsize::new(entries).map(|n| Mutex::new(LruCache::new(n))) }
+    }
+
+    pub fn get(&self, key: &Key) -> Option<V> {
+        let inner = self.inner.as_ref()?;
+        inner.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    pub fn put(&self, key: Key, value: V) {
+        if let Some(inner) = &self.inner {
+            inner.lock().unwrap_or_else(|e| e.into_inner()).put(key, value);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.as_ref().map_or(0, |i| i.lock().unwrap_or_else(|e| e.into_inner()).len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether the caller computes the answer or waits for another's.
+pub enum Role<V> {
+    /// First for this key: compute, then call [`Coalescer::finish`].
+    Leader,
+    /// Someone is computing it; the answer arrives here.
+    Follower(oneshot::Receiver<V>),
+}
+
+/// Identical requests in flight at the same moment share one computation.
+pub struct Coalescer<V> {
+    waiting: Mutex<HashMap<Key, Vec<oneshot::Sender<V>>>>,
+}
+
+impl<V: Clone> Default for Coalescer<V> {
+    fn default() -> Self {
+        Coalescer { waiting: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<V: Clone> Coalescer<V> {
+    pub fn join(&self, key: &Key) -> Role<V> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        match waiting.get_mut(key) {
+            Some(list) => {
+                let (tx, rx) = oneshot::channel();
+                list.push(tx);
+                Role::Follower(rx)
+            }
+            None => {
+                waiting.insert(key.clone(), Vec::new());
+                Role::Leader
+            }
+        }
+    }
+
+    /// Hands the leader's answer to every follower and forgets the key.
+    pub fn finish(&self, key: &Key, value: &V) {
+        let followers = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        for tx in followers.into_iter().flatten() {
+            let _ = tx.send(value.clone());
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> Key {
+        Key { model: "m".into(), sha256: [b; 32] }
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recently_used() {
+        let c = ResultCache::new(2);
+        c.put(key(1), 1);
+        c.put(key(2), 2);
+        assert_eq!(c.get(&key(1)), Some(1));
+        c.put(key(3), 3);
+        assert_eq!(c.get(&key(2)), None);
+        assert_eq!(c.get(&key(1)), Some(1));
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn zero_capacity_disables_the_cache() {
+        let c = ResultCache::new(0);
+        c.put(key(1), 1);
+        assert_eq!(c.get(&key(1)), None);
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_leaders_answer() {
+        let c: Coalescer<u32> = Coalescer::default();
+        assert!(matches!(c.join(&key(1)), Role::Leader));
+        let Role::Follower(a) = c.join(&key(1)) else { panic!("expected follower") };
+        let Role::Follower(b) = c.join(&key(1)) else { panic!("expected follower") };
+        assert!(matches!(c.join(&key(2)), Role::Leader));
+        c.finish(&key(1), &7);
+        assert_eq!((a.await.unwrap(), b.await.unwrap()), (7, 7));
+        assert!(matches!(c.join(&key(1)), Role::Leader), "a finished key starts afresh");
+    }
+}

@@ -1,0 +1,158 @@
+//! The HTTP API: routes, shared state, middleware and the server loop.
+//!
+//! - [`predict`]: `POST /predict` and the upload page (`GET /`, `POST /`).
+//! - [`feedback`]: `POST /feedback`, `GET /feedback`.
+//! - [`ops`]: health, metrics, status, labels, OpenAPI, static assets.
+//! - [`v2`]: the KServe Open Inference Protocol v2.
+//! - [`error`]: the one mapping from errors to HTTP responses.
+//! - [`page`]: the server-rendered upload page and its assets.
+
+pub mod error;
+pub mod feedback;
+pub mod ops;
+pub mod page;
+pub mod predict;
+pub mod v2;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use crate::feedback::{FeedbackStore, ImageStore};
+use crate::metrics::Metrics;
+use crate::service::Predictor;
+use error::Rejected;
+
+/// Request limits enforced before any decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub body_bytes: usize,
+    pub max_parts: usize,
+    pub request_timeout: Duration,
+}
+
+/// The served models by name, and which one `/predict` uses.
+pub struct Models {
+    pub by_name: BTreeMap<String, Arc<Predictor>>,
+    pub default: String,
+}
+
+impl Models {
+    pub fn default_model(&self) -> &Arc<Predictor> {
+        // `serve` only builds a `Models` whose default is present.
+        &self.by_name[&self.default]
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Predictor>> {
+        self.by_name.get(name)
+    }
+
+    pub fn all_ready(&self) -> bool {
+        self.by_name.values().all(|p| p.is_ready())
+    }
+}
+
+/// Everything a handler may need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub models: Arc<Models>,
+    pub metrics: Arc<Metrics>,
+    pub feedback: Arc<FeedbackStore>,
+    /// Images uploaded through the page, shown back at `/uploads/<sha256>.<ext>`.
+    pub uploads: ImageStore,
+    pub limits: Limits,
+}
+
+/// The whole API as a router, for `serve` and for in-process tests.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(predict::page).post(predict::page_upload))
+        .route("/predict", post(predict::predict))
+        .route("/feedback", get(feedback::page).post(feedback::submit))
+        .route("/uploads/{name}", get(ops::upload))
+        .route("/static/{name}", get(ops::asset))
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/api/status", get(ops::status))
+        .route("/api/labels", get(ops::labels))
+        .route("/openapi.json", get(ops::openapi))
+        .merge(v2::routes())
+        .layer(DefaultBodyLimit::max(state.limits.body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+/// Serves `app` on an already bound listener until `shutdown` resolves, then
+/// stops accepting and finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let timeout = state.limits.request_timeout;
+    let router = app(state).layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::GATEWAY_TIMEOUT,
+        timeout,
+    ));
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Stage timings a handler attaches to its response, for the request log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimes {
+    pub decode_ms: f64,
+    pub queue_and_infer_ms: f64,
+    pub cached: bool,
+}
+
+/// Counts and times every request, counts refusals by reason, and writes one
+/// log line per request with its stage timings.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    state.metrics.request(&route, status.as_u16(), elapsed);
+    if let Some(Rejected(reason)) = response.extensions().get::<Rejected>() {
+        state.metrics.reject(reason);
+    }
+    let stages = response.extensions().get::<StageTimes>().copied().unwrap_or_default();
+    tracing::info!(
+        %method,
+        route,
+        status = status.as_u16(),
+        ms = elapsed.as_secs_f64() * 1000.0,
+        decode_ms = stages.decode_ms,
+        queue_infer_ms = stages.queue_and_infer_ms,
+        cached = stages.cached,
+        "request"
+    );
+    response
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let h = response.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(page::CONTENT_SECURITY_POLICY));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}

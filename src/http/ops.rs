@@ -1,0 +1,85 @@
+//! Operator endpoints: health, metrics, status, labels, OpenAPI, and the
+//! static files (page assets, uploaded images).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use super::page;
+
+/// `GET /health/live`: the process is up.
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "live"}))
+}
+
+/// `GET /health/ready`: 200 once every model is loaded and warmed up (and,
+/// on Redis, served by a live worker); 503 otherwise.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.models.all_ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready"}))).into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+/// `GET /api/status`: what the page's status strip shows.
+pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let p = state.models.default_model();
+    Json(json!({
+        "model": p.name(),
+        "ready": p.is_ready(),
+        "queue_depth": p.queue_depth(),
+        "workers": p.sessions(),
+        "models": state.models.by_name.keys().collect::<Vec<_>>(),
+    }))
+}
+
+/// `GET /api/labels`: the default model's class names, for autocomplete.
+pub async fn labels(State(state): State<AppState>) -> Response {
+    let labels = &state.models.default_model().model.labels;
+    ([(header::CACHE_CONTROL, "public, max-age=3600")], Json(labels.as_ref().clone())).into_response()
+}
+
+/// `GET /openapi.json`: the API reference.
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+}
+
+/// `GET /static/{name}`: embedded page assets.
+pub async fn asset(Path(name): Path<String>) -> Response {
+    match page::asset(&name) {
+        Some((content_type, bytes)) => {
+            ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=300")], bytes)
+                .into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `GET /uploads/{sha256}.{ext}`: an image uploaded through the page. The
+/// store accepts only content-addressed names, so no path can escape it.
+pub async fn upload(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let Some(path) = state.uploads.path_of(&name) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let content_type = match name.rsplit('.').next() {
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("bmp") => "image/bmp",
+        _ => "image/jpeg",
+    };
+    match tokio::fs::read(path).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}

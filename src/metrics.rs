@@ -1,0 +1,128 @@
+//! Prometheus metrics: every name, bucket layout and helper lives here.
+//!
+//! Durations are in seconds; failure reasons are labels.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Route {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Stage {
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+/// Pipeline stages timed by [`Metrics::stage`].
+pub const DECODE: &str = "decode";
+pub const QUEUE_WAIT: &str = "queue_wait";
+pub const INFERENCE: &str = "inference";
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~65 s
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
+/// All of Lens's metrics. Cheap to update from any thread.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RouteStatus, Counter>,
+    pub request_seconds: Family<Route, Histogram, fn() -> Histogram>,
+    pub stage_seconds: Family<Stage, Histogram, fn() -> Histogram>,
+    pub queue_depth: Gauge,
+    pub batch_size: Histogram,
+    /// Images that went through the model.
+    pub inferred_images: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    /// Requests answered by another request's in-flight inference.
+    pub coalesced: Counter,
+    /// Requests refused: bad input, overload, timeouts, unavailability.
+    pub rejected: Family<Reason, Counter>,
+    /// Jobs dropped before inference: deadline passed or client gone.
+    pub dropped_jobs: Family<Reason, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lens");
+        let m = Metrics {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            stage_seconds: Family::new_with_constructor(latency_histogram),
+            queue_depth: Gauge::default(),
+            batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            inferred_images: Counter::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            coalesced: Counter::default(),
+            rejected: Family::default(),
+            dropped_jobs: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("http_requests", "HTTP requests by route and status", m.requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency", m.request_seconds.clone());
+        registry.register("stage_duration_seconds", "Time per pipeline stage", m.stage_seconds.clone());
+        registry.register("queue_depth", "Jobs waiting for a model session", m.queue_depth.clone());
+        registry.register("batch_size", "Images per model call", m.batch_size.clone());
+        registry.register("inferred_images", "Images run through the model", m.inferred_images.clone());
+        registry.register("cache_hits", "Result cache hits", m.cache_hits.clone());
+        registry.register("cache_misses", "Result cache misses", m.cache_misses.clone());
+        registry.register("coalesced_requests", "Requests served by an identical in-flight request", m.coalesced.clone());
+        registry.register("rejected_requests", "Requests refused, by reason", m.rejected.clone());
+        registry.register("dropped_jobs", "Jobs dropped before inference, by reason", m.dropped_jobs.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn stage(&self, stage: &'static str, d: Duration) {
+        self.stage_seconds.get_or_create(&Stage { stage }).observe(d.as_secs_f64());
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn drop_job(&self, reason: &'static str) {
+        self.dropped_jobs.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn request(&self, route: &str, status: u16, d: Duration) {
+        self.requests.get_or_create(&RouteStatus { route: route.to_string(), status }).inc();
+        self.request_seconds.get_or_create(&Route { route: route.to_string() }).observe(d.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

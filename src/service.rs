@@ -1,0 +1,274 @@
+//! The prediction path shared by every endpoint: admission, cache and
+//! coalescing, decode on the bounded CPU pool, the job queue, the deadline.
+//!
+//! One [`Predictor`] serves one model. Its `predict` is what `/predict`, the
+//! upload page and the v2 `infer` endpoint all call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::cache::{Coalescer, Key, ResultCache, Role};
+use crate::job::{JobError, JobOutput};
+use crate::metrics::{self, Metrics};
+use crate::model::{ModelSpec, ResizeSpec};
+use crate::engine::ModelInput;
+use crate::preprocess::{ImageError, prepare};
+use crate::queue::{JobQueue, SubmitError};
+
+/// Why a prediction failed. `Clone`, so coalesced requests share it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PredictError {
+    #[error(transparent)]
+    BadImage(#[from] ImageError),
+    #[error("the server is busy; retry in {retry_after_secs} s")]
+    Overloaded { retry_after_secs: u64 },
+    #[error("no answer within the {0:?} deadline")]
+    Timeout(Duration),
+    #[error("the service is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the model failed on this image: {0}")]
+    Failed(String),
+}
+
+impl PredictError {
+    /// The label used when counting this error in metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PredictError::BadImage(_) => "bad_image",
+            PredictError::Overloaded { .. } => "overloaded",
+            PredictError::Timeout(_) => "timeout",
+            PredictError::Unavailable(_) => "unavailable",
+            PredictError::Failed(_) => "failed",
+        }
+    }
+}
+
+/// A successful prediction.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub scores: Arc<[f32]>,
+    pub sha256: String,
+    pub cached: bool,
+    pub timings: Timings,
+}
+
+/// Where the time of one prediction went; zero for stages it skipped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub decode: Duration,
+    pub queue_and_infer: Duration,
+}
+
+/// Tunables of the prediction path.
+#[derive(Debug, Clone)]
+pub struct PredictorConfig {
+    pub deadline: Duration,
+    pub max_pixels: u64,
+    pub cache_entries: usize,
+    /// Requests admitted at once (decoding, queued or running); beyond it, 429.
+    pub max_pending: usize,
+}
+
+/// The model facts the prediction path needs.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub spec: ModelSpec,
+    pub labels: Arc<Vec<String>>,
+}
+
+type Shared = Result<(Arc<[f32]>, Timings), PredictError>;
+
+pub struct Predictor {
+    pub model: ModelInfo,
+    resize: ResizeSpec,
+    config: PredictorConfig,
+    queue: JobQueue,
+    cache: ResultCache<Arc<[f32]>>,
+    coalescer: Coalescer<Shared>,
+    /// Bounded CPU pool for decoding: one permit per decode thread.
+    decode_slots: Arc<Semaphore>,
+    /// Admission control: a request holds a permit until it is answered.
+    admission: Arc<Semaphore>,
+    /// Model sessions serving this queue, for the wait estimate.
+    sessions: usize,
+    /// Exponential moving average of seconds per image of inference, as f64 bits.
+    per_image_secs: AtomicU64,
+    ready: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Predictor {
+    pub fn new(
+        model: ModelInfo,
+        config: PredictorConfig,
+        queue: JobQueue,
+        decode_threads: usize,
+        sessions: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Predictor {
+            resize: model.spec.resize_spec(),
+            cache: ResultCache::new(config.cache_entries),
+            coalescer: Coalescer::default(),
+            decode_slots: Arc::new(Semaphore::new(decode_threads.max(1))),
+            admission: Arc::new(Semaphore::new(config.max_pending.max(1))),
+            sessions: sessions.max(1),
+            per_image_secs: AtomicU64::new(0.02f64.to_bits()),
+            ready: AtomicBool::new(false),
+            model,
+            config,
+            queue,
+            metrics,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.model.spec.name
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.queue.depth()
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions
+    }
+
+    /// Classifies one uploaded image.
+    pub async fn predict(self: &Arc<Self>, bytes: Bytes) -> Result<Answer, PredictError> {
+        let deadline = Instant::now() + self.config.deadline;
+        let _admitted = self.admit()?;
+        let sha: [u8; 32] = Sha256::digest(&bytes).into();
+        let sha256 = hex::encode(sha);
+        let key = Key { model: self.model.spec.name.clone(), sha256: sha };
+        if let Some(scores) = self.cache.get(&key) {
+            self.metrics.cache_hits.inc();
+            return Ok(Answer { scores, sha256, cached: true, timings: Timings::default() });
+        }
+        self.metrics.cache_misses.inc();
+        let rx = match self.coalescer.join(&key) {
+            Role::Follower(rx) => {
+                self.metrics.coalesced.inc();
+                rx
+            }
+            Role::Leader => {
+                // The computation runs in its own task so that followers get
+                // their answer even if the leader's client goes away.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let this = Arc::clone(self);
+                tokio::spawn(async move {
+                    let result = this.compute(bytes, deadline).await;
+                    if let Ok((scores, _)) = &result {
+                        this.cache.put(key.clone(), Arc::clone(scores));
+                    }
+                    this.coalescer.finish(&key, &result);
+                    let _ = tx.send(result);
+                });
+                rx
+            }
+        };
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => {
+                let (scores, timings) = result?;
+                Ok(Answer { scores, sha256, cached: false, timings })
+            }
+            Ok(Err(_)) => Err(PredictError::Unavailable("the prediction task ended unexpectedly".into())),
+            Err(_) => Err(PredictError::Timeout(self.config.deadline)),
+        }
+    }
+
+    /// Classifies one already normalised tensor (KServe v2 FP32 input). It
+    /// skips decoding, the cache and coalescing, but not admission, the queue
+    /// or the deadline.
+    pub async fn predict_tensor(&self, values: Vec<f32>) -> Result<Arc<[f32]>, PredictError> {
+        let deadline = Instant::now() + self.config.deadline;
+        let _admitted = self.admit()?;
+        let (scores, _) = self.infer(ModelInput::Tensor(values), deadline).await?;
+        Ok(scores)
+    }
+
+    fn admit(&self) -> Result<OwnedSemaphorePermit, PredictError> {
+        let overloaded = |secs: f64| PredictError::Overloaded { retry_after_secs: secs.ceil().max(1.0) as u64 };
+        let wait = self.estimated_wait();
+        if wait > self.config.deadline {
+            return Err(overloaded(wait.as_secs_f64() - self.config.deadline.as_secs_f64()));
+        }
+        Arc::clone(&self.admission).try_acquire_owned().map_err(|_| overloaded(wait.as_secs_f64()))
+    }
+
+    /// How long a job queued now would wait for a session.
+    pub fn estimated_wait(&self) -> Duration {
+        let per_image = f64::from_bits(self.per_image_secs.load(Ordering::Relaxed));
+        let queued = self.queue.depth() as f64;
+        Duration::from_secs_f64(queued * per_image / self.sessions as f64)
+    }
+
+    async fn compute(&self, bytes: Bytes, deadline: Instant) -> Shared {
+        let started = Instant::now();
+        let image = self.decode(bytes).await?;
+        let decode = started.elapsed();
+        let (scores, timings) = self.infer(image, deadline).await?;
+        Ok((scores, Timings { decode, ..timings }))
+    }
+
+    /// Queues one input and waits for its answer until `deadline`.
+    async fn infer(&self, input: ModelInput, deadline: Instant) -> Shared {
+        let decoded = Instant::now();
+        let rx = self.queue.submit(Arc::new(input), deadline).await.map_err(|e| match e {
+            SubmitError::Full => PredictError::Overloaded { retry_after_secs: 1 },
+            SubmitError::Closed => PredictError::Unavailable("shutting down".into()),
+            SubmitError::Unavailable(m) => PredictError::Unavailable(m),
+        })?;
+        let output = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(JobError::ShuttingDown),
+            Err(_) => Err(JobError::DeadlineExceeded),
+        };
+        let done = Instant::now();
+        let JobOutput { scores } = output.map_err(|e| match e {
+            JobError::DeadlineExceeded => PredictError::Timeout(self.config.deadline),
+            JobError::ShuttingDown => PredictError::Unavailable(e.to_string()),
+            JobError::Inference(_) | JobError::DeadLettered(_) => PredictError::Failed(e.to_string()),
+        })?;
+        self.observe_service_time(done - decoded);
+        Ok((scores, Timings { decode: Duration::ZERO, queue_and_infer: done - decoded }))
+    }
+
+    async fn decode(&self, bytes: Bytes) -> Result<ModelInput, PredictError> {
+        let _slot = Arc::clone(&self.decode_slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| PredictError::Unavailable("shutting down".into()))?;
+        let (resize, max_pixels) = (self.resize, self.config.max_pixels);
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || prepare(&bytes, &resize, max_pixels))
+            .await
+            .map_err(|_| PredictError::Failed("the decoder crashed on this image".into()))?;
+        self.metrics.stage(metrics::DECODE, started.elapsed());
+        Ok(ModelInput::Image(result?))
+    }
+
+    /// Feeds the wait estimate with the latest per-image service time.
+    fn observe_service_time(&self, took: Duration) {
+        let old = f64::from_bits(self.per_image_secs.load(Ordering::Relaxed));
+        // Queue wait is included in `took`, so divide by the queue length
+        // seen now plus this job to approximate the per-image cost.
+        let per_image = took.as_secs_f64() / (self.queue.depth() as f64 + 1.0);
+        let new = 0.9 * old + 0.1 * per_image;
+        self.per_image_secs.store(new.to_bits(), Ordering::Relaxed);
+    }
+}

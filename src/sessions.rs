@@ -1,0 +1,121 @@
+//! The pool of model sessions, each on its own OS thread.
+//!
+//! ONNX Runtime calls block for milliseconds, so they never run on the async
+//! runtime. A batch is handed to whichever session thread is free; `free`
+//! counts idle sessions, and its permit travels with the batch so the slot is
+//! released only when the session has finished it.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::engine::{Classifier, EngineError, ModelInput, Scores};
+
+type BatchReply = oneshot::Sender<(Result<Vec<Scores>, EngineError>, Duration)>;
+
+struct Work {
+    images: Vec<Arc<ModelInput>>,
+    reply: BatchReply,
+    /// Released when the session is done with this batch.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// A fixed set of model sessions.
+pub struct SessionPool {
+    /// Session threads share the receiving end; dropping this sender (when
+    /// the pool is dropped) ends them after their current batch.
+    tx: Mutex<Option<mpsc::Sender<Work>>>,
+    /// One permit per idle session.
+    free: Arc<Semaphore>,
+    sessions: usize,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl SessionPool {
+    /// Starts one thread per classifier. Each is warmed up with `warmup`
+    /// before it takes work, so the pool is ready when this returns.
+    pub fn start(
+        classifiers: Vec<Box<dyn Classifier>>,
+        warmup: Option<ModelInput>,
+    ) -> Result<Self, EngineError> {
+        let sessions = classifiers.len();
+        let (tx, rx) = mpsc::channel::<Work>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::with_capacity(sessions);
+        for (i, mut classifier) in classifiers.into_iter().enumerate() {
+            if let Some(img) = &warmup {
+                classifier.classify(&[img])?;
+            }
+            let rx = Arc::clone(&rx);
+            let handle = std::thread::Builder::new()
+                .name(format!("lens-session-{i}"))
+                .spawn(move || session_loop(classifier, rx))
+                .map_err(|e| EngineError::Inference(format!("cannot start a session thread: {e}")))?;
+            threads.push(handle);
+        }
+        Ok(SessionPool {
+            tx: Mutex::new(Some(tx)),
+            free: Arc::new(Semaphore::new(sessions)),
+            sessions,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions
+    }
+
+    /// Waits until a session is idle and reserves it.
+    pub async fn reserve(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.free).acquire_owned().await.ok()
+    }
+
+    /// Runs `images` on the reserved session. The answer carries the time the
+    /// model took.
+    pub fn run(
+        &self,
+        slot: OwnedSemaphorePermit,
+        images: Vec<Arc<ModelInput>>,
+    ) -> oneshot::Receiver<(Result<Vec<Scores>, EngineError>, Duration)> {
+        let (reply, rx) = oneshot::channel();
+        let work = Work { images, reply, _slot: slot };
+        let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = guard.as_ref() {
+            // If every thread is gone the work (and its reply sender) is
+            // dropped, and the caller sees a closed channel.
+            let _ = tx.send(work);
+        }
+        rx
+    }
+
+    /// Stops taking work and waits for the sessions to finish their batches.
+    pub fn shutdown(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.free.close();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn session_loop(mut classifier: Box<dyn Classifier>, rx: Arc<Mutex<mpsc::Receiver<Work>>>) {
+    loop {
+        let work = {
+            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+            match rx.recv() {
+                Ok(w) => w,
+                Err(_) => return,
+            }
+        };
+        let refs: Vec<&ModelInput> = work.images.iter().map(|a| a.as_ref()).collect();
+        let started = std::time::Instant::now();
+        // A panic inside the engine must not take the session thread down
+        // with the batch: the batch fails, the session keeps serving.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| classifier.classify(&refs)))
+            .unwrap_or_else(|_| Err(EngineError::Inference("the model session panicked".into())));
+        let _ = work.reply.send((result, started.elapsed()));
+    }
+}

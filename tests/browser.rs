@@ -1,0 +1,244 @@
+//! The upload page in a real browser: starts the real `lens serve` on port 0,
+//! runs the Playwright tests in `tests/browser/page.test.mjs` against it with
+//! Debian's chromium, then checks through `lens feedback export` that the
+//! reports the browser sent were stored with their images.
+//!
+//! Needs `node`, `npm` and `/usr/bin/chromium` (`make test-deps` installs
+//! them); it fails, never skips, when they are missing.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// A small `--body-limit`, so the 413 test uploads only a few megabytes.
+const BODY_LIMIT: &str = "2000000";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `lens serve` child, killed when dropped so a failing test leaves nothing behind.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lens"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--body-limit", BODY_LIMIT, "--data-dir"])
+            .arg(data_dir)
+            .current_dir(root())
+            // Warnings only, unless the caller asks for more.
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("could not start `lens serve`");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // Guard first, so the child dies even if no address line ever comes.
+        let mut server = Server { child, url: String::new() };
+        let (tx, rx) = mpsc::channel();
+        // Reads the address line, then keeps draining stdout so the server never blocks on it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.trim().strip_prefix("listening on ") {
+                    let _ = tx.send(url.trim_end_matches('/').to_owned());
+                }
+            }
+        });
+        server.url = rx
+            .recv_timeout(START_TIMEOUT)
+            .expect("`lens serve` printed no `listening on http://...` line");
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if http_status(&self.url, "/health/ready") == Some(200) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("`lens serve` exited before it was ready: {status}");
+            }
+            assert!(Instant::now() < deadline, "`lens serve` not ready after {START_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Asks for a graceful stop (SIGTERM) and waits a little; `Drop` kills otherwise.
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The status code of `GET url+path`, or `None` if the server did not answer.
+fn http_status(url: &str, path: &str) -> Option<u16> {
+    let host = url.strip_prefix("http://")?;
+    let mut stream = TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Fails with the one instruction that fixes a missing tool.
+fn require_tool(program: &str, arg: &str) {
+    let ok = Command::new(program).arg(arg).output().is_ok_and(|o| o.status.success());
+    assert!(ok, "`{program}` is missing: run `make test-deps` (installs chromium, node and npm)");
+}
+
+/// Installs playwright-core from the lockfile if `node_modules` is missing.
+fn ensure_node_modules(dir: &Path) {
+    if dir.join("node_modules/playwright-core").is_dir() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .status()
+        .expect("`npm` is missing: run `make test-deps`");
+    assert!(status.success(), "`npm ci` in {} failed", dir.display());
+}
+
+/// Splits RFC 4180 CSV text into rows of fields.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let (mut rows, mut row, mut field) = (Vec::new(), Vec::new(), String::new());
+    let (mut quoted, mut chars) = (false, text.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, '\r') => {}
+            (false, c) => field.push(c),
+        }
+    }
+    if !field.is_empty() || !row.is_empty() {
+        row.push(field);
+        rows.push(row);
+    }
+    rows
+}
+
+/// A report the browser says it sent, from `feedback.json`.
+struct SentReport {
+    id: i64,
+    correct_label: String,
+    prediction: String,
+}
+
+fn sent_reports(path: &Path) -> Vec<SentReport> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).expect("feedback.json is a JSON array");
+    list.iter()
+        .map(|v| SentReport {
+            id: v["id"].as_i64().expect("id"),
+            correct_label: v["correct_label"].as_str().expect("correct_label").to_owned(),
+            prediction: v["prediction"].as_str().expect("prediction").to_owned(),
+        })
+        .collect()
+}
+
+/// Checks that every sent report is a row of the export, with its image.
+fn assert_exported(export: &Path, sent: &[SentReport]) {
+    let rows = parse_csv(&std::fs::read_to_string(export.join("feedback.csv")).expect("feedback.csv"));
+    let header = &rows[0];
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no {name} column"));
+    let (id, predicted, correct, image) =
+        (col("id"), col("predicted_label"), col("correct_label"), col("image_file"));
+    for report in sent {
+        let row = rows[1..]
+            .iter()
+            .find(|r| r[id] == report.id.to_string())
+            .unwrap_or_else(|| panic!("report #{} is not in the export: {rows:?}", report.id));
+        assert_eq!(row[correct], report.correct_label, "correct_label of #{}", report.id);
+        assert_eq!(row[predicted], report.prediction, "predicted_label of #{}", report.id);
+        assert!(!row[image].is_empty(), "report #{} kept no image", report.id);
+        assert!(export.join("images").join(&row[image]).is_file(), "image of #{} not exported", report.id);
+    }
+}
+
+#[test]
+fn the_upload_page_works_in_a_real_browser() {
+    require_tool("node", "--version");
+    require_tool("npm", "--version");
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run `make test-deps`");
+    let browser_dir = root().join("tests/browser");
+    ensure_node_modules(&browser_dir);
+
+    let out: PathBuf = root().join("target/test-output");
+    std::fs::create_dir_all(&out).unwrap();
+    for stale in ["feedback.json", "result-page.png", "result-page-narrow.png", "result-page-nojs.png"] {
+        let _ = std::fs::remove_file(out.join(stale));
+    }
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+
+    let status = Command::new("node")
+        .args(["--test", "--test-reporter=spec", "page.test.mjs"])
+        .current_dir(&browser_dir)
+        .env("LENS_URL", &server.url)
+        .env("LENS_TEST_OUTPUT", &out)
+        .env("LENS_BODY_LIMIT", BODY_LIMIT)
+        .status()
+        .expect("could not run node");
+    assert!(status.success(), "browser tests failed (see the output above)");
+    server.stop();
+
+    let sent = sent_reports(&out.join("feedback.json"));
+    assert!(sent.iter().any(|r| r.correct_label == "malamute"), "the JS report was not sent");
+    let export = data.path().join("export");
+    let exported = Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args(["feedback", "export"])
+        .arg(&export)
+        .arg("--data-dir")
+        .arg(data.path())
+        .current_dir(root())
+        .status()
+        .expect("could not run `lens feedback export`");
+    assert!(exported.success(), "`lens feedback export` failed");
+    assert_exported(&export, &sent);
+
+    let png = std::fs::read(out.join("result-page.png")).expect("no result-page.png screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "result-page.png is not a PNG");
+}
+
+#[test]
+fn csv_parser_handles_quotes_commas_and_newlines() {
+    let rows = parse_csv("a,b\n1,\"x,\"\"y\"\"\nz\"\n2,\n");
+    assert_eq!(rows, vec![vec!["a", "b"], vec!["1", "x,\"y\"\nz"], vec!["2", ""]]);
+}
