@@ -141,6 +141,9 @@
     preview.hidden = false;
   }
 
+  // A file the browser cannot draw (not really an image) gets no broken preview.
+  previewImg.addEventListener('error', () => { if (previewImg.getAttribute('src')) preview.hidden = true; });
+
   function hidePreview() {
     preview.hidden = true;
     previewImg.removeAttribute('src');

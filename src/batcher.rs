@@ -209,4 +209,100 @@ mod tests {
         let t = triage(vec![live, gone, late], Instant::now());
         assert_eq!((t.live.len(), t.expired.len(), t.abandoned), (1, 1, 1));
     }
+
+    /// A fake model that records batch sizes; its first call waits for `gate`.
+    struct Recorder {
+        sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl crate::engine::Classifier for Recorder {
+        fn classify(&mut self, inputs: &[&ModelInput]) -> Result<Vec<crate::engine::Scores>, crate::engine::EngineError> {
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.recv();
+            }
+            self.sizes.lock().unwrap().push(inputs.len());
+            Ok(inputs.iter().map(|_| vec![1.0]).collect())
+        }
+    }
+
+    struct Harness {
+        queue: crate::queue::JobQueue,
+        sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn harness(cfg: BatchConfig, gate: Option<std::sync::mpsc::Receiver<()>>) -> Harness {
+        let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let fake = Recorder { sizes: sizes.clone(), gate };
+        let pool = Arc::new(SessionPool::start(vec![Box::new(fake)], None).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let (q, rx) = crate::queue::LocalQueue::new(64, metrics.clone());
+        let cancel = CancellationToken::new();
+        let ctx = Arc::new(BatchContext { metrics });
+        let task = tokio::spawn(run_local(rx, pool, cfg, ctx, cancel.clone()));
+        Harness { queue: crate::queue::JobQueue::Local(q), sizes, cancel, task }
+    }
+
+    async fn submit(h: &Harness) -> tokio::sync::oneshot::Receiver<JobResult> {
+        let img = Arc::new(ModelInput::Tensor(vec![0.0; 3]));
+        h.queue.submit(img, Instant::now() + Duration::from_secs(60)).await.unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_wait_gathers_jobs_that_arrive_within_it() {
+        let h = harness(cfg(4, 50), None);
+        let a = submit(&h).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let b = submit(&h).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let c = submit(&h).await;
+        for rx in [a, b, c] {
+            assert!(rx.await.unwrap().is_ok());
+        }
+        assert_eq!(*h.sizes.lock().unwrap(), vec![2, 1]);
+        h.cancel.cancel();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_batcher_takes_what_is_queued_when_a_session_frees() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let h = harness(cfg(3, 0), Some(gate));
+        let first = submit(&h).await;
+        // The only session is now busy with `first`; five more queue up.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut rest = Vec::new();
+        for _ in 0..5 {
+            rest.push(submit(&h).await);
+        }
+        open.send(()).unwrap();
+        assert!(first.await.unwrap().is_ok());
+        for rx in rest {
+            assert!(rx.await.unwrap().is_ok());
+        }
+        assert_eq!(*h.sizes.lock().unwrap(), vec![1, 3, 2], "greedy batches capped at max_batch");
+        h.cancel.cancel();
+        h.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn cancellation_drains_the_queue_before_stopping() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let h = harness(cfg(8, 0), Some(gate));
+        let mut all = vec![submit(&h).await];
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..4 {
+            all.push(submit(&h).await);
+        }
+        h.cancel.cancel();
+        open.send(()).unwrap();
+        for rx in all {
+            assert!(rx.await.unwrap().is_ok(), "accepted jobs are answered during shutdown");
+        }
+        h.task.await.unwrap();
+        let late = h.queue.submit(Arc::new(ModelInput::Tensor(vec![])), Instant::now() + Duration::from_secs(1)).await;
+        assert!(late.is_err(), "no new jobs after shutdown");
+    }
 }

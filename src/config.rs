@@ -91,7 +91,8 @@ pub struct ServeArgs {
     #[arg(long, env = "LENS_MAX_WAIT_MS", default_value_t = 0)]
     pub max_wait_ms: u64,
 
-    /// Jobs that may wait for a model session; beyond it, 429.
+    /// Jobs that may wait for a model session; beyond it, 429. With --redis,
+    /// the cap on the model's shared job stream (all API nodes together).
     #[arg(long, env = "LENS_QUEUE_CAPACITY", default_value_t = 256)]
     pub queue_capacity: usize,
 
@@ -132,6 +133,69 @@ pub struct ServeArgs {
     /// overload and deadline behaviour reproducible.
     #[arg(long, env = "LENS_DEBUG_SLOW_MS", default_value_t = 0, hide = true)]
     pub debug_slow_ms: u64,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    /// With --redis: also run this many model workers in this process
+    /// (each with --sessions sessions, default: cores / N). Without it an
+    /// API node loads no model session.
+    #[arg(long, env = "LENS_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// With --redis: how long answers stay in the shared Redis cache, in
+    /// seconds (0: no shared cache).
+    #[arg(long, env = "LENS_REDIS_CACHE_TTL_SECS", default_value_t = 3600)]
+    pub redis_cache_ttl_secs: u64,
+}
+
+/// Redis settings shared by `lens serve --redis` and `lens worker`.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL (redis://HOST:PORT[/DB]). `serve` then runs an API node whose
+    /// jobs go to workers through Redis; `worker` needs it.
+    #[arg(long, env = "LENS_REDIS")]
+    pub redis: Option<String>,
+
+    /// A job a worker took but did not acknowledge within this many
+    /// milliseconds (the worker died) is reclaimed by another worker.
+    #[arg(long, env = "LENS_VISIBILITY_TIMEOUT_MS", default_value_t = 5000)]
+    pub visibility_timeout_ms: u64,
+
+    /// A job delivered more than this many times goes to the dead-letter
+    /// stream and its client gets a 500.
+    #[arg(long, env = "LENS_MAX_DELIVERIES", default_value_t = 3)]
+    pub max_deliveries: u32,
+}
+
+/// `lens worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    /// Largest batch given to one model call.
+    #[arg(long, env = "LENS_MAX_BATCH", default_value_t = 8)]
+    pub max_batch: usize,
+
+    /// How long a partial batch may wait for more jobs, in milliseconds (0: never).
+    #[arg(long, env = "LENS_MAX_WAIT_MS", default_value_t = 0)]
+    pub max_wait_ms: u64,
+
+    /// Serve /health/live, /health/ready and /metrics on this address.
+    #[arg(long, env = "LENS_HEALTH_ADDR")]
+    pub health_addr: Option<String>,
+
+    /// Log one JSON object per line instead of text.
+    #[arg(long, env = "LENS_LOG_JSON")]
+    pub log_json: bool,
+
+    /// Test hook: sleep this many milliseconds in every model call.
+    #[arg(long, env = "LENS_DEBUG_SLOW_MS", default_value_t = 0, hide = true)]
+    pub debug_slow_ms: u64,
 }
 
 /// `lens feedback`.
@@ -144,5 +208,39 @@ pub enum FeedbackCommand {
         /// Where the server stores feedback.
         #[arg(long, env = "LENS_DATA_DIR", default_value = "var")]
         data_dir: PathBuf,
+        /// Export the reports every API node mirrored to this Redis
+        /// (`lens:feedback`) instead of the local store.
+        #[arg(long, env = "LENS_REDIS")]
+        redis: Option<String>,
+        /// With --redis: delete the exported reports from Redis afterwards.
+        #[arg(long, requires = "redis")]
+        drain: bool,
     },
+}
+
+/// `lens bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Measure pure inference over sessions x threads x batch (the default).
+    #[arg(long)]
+    pub model_only: bool,
+
+    /// Measure decode + preprocess + inference of real photos, no HTTP.
+    #[arg(long)]
+    pub pipeline: bool,
+
+    /// Seconds per configuration.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+
+    /// Batch sizes to try in --model-only.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub batch_sizes: Vec<usize>,
+
+    /// Photos to use; the first is the --model-only input.
+    #[arg(long, value_delimiter = ',', default_value = "tests/fixtures/dog.jpeg,tests/fixtures/grace_hopper.jpg,tests/fixtures/coffee.png,tests/fixtures/chelsea.png")]
+    pub images: Vec<PathBuf>,
 }

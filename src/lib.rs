@@ -15,17 +15,21 @@
 //! - [`engine`]: the model session (ONNX Runtime) behind a small synchronous trait.
 //! - [`prediction`]: probabilities to ranked, labelled answers.
 //! - [`job`]: a job and its answer, whatever queue carries it.
-//! - [`queue`]: the job queue seam (in-process channel).
+//! - [`queue`]: the job queue seam (in-process channel or Redis stream).
 //! - [`batcher`]: the batching rule and the in-process batcher loop.
 //! - [`sessions`]: model sessions on their own OS threads.
+//! - [`redis_queue`]: the Redis Streams protocol, API-node side (admission,
+//!   reply routing, worker liveness, shared cache, feedback mirror).
+//! - [`worker`]: `lens worker`, a model worker on a Redis job stream.
 //! - [`cache`]: the result cache and in-flight coalescing.
 //! - [`service`]: the prediction path every endpoint shares.
 //! - [`http`]: routes, handlers, the upload page, errors to responses.
 //! - [`feedback`]: durable feedback (SQLite) and content-addressed images.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`serve`]: `lens serve`; [`predict`]: `lens predict`.
+//! - [`serve`]: `lens serve`; [`predict`]: `lens predict`; [`bench`]: `lens bench`.
 
 pub mod batcher;
+pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod engine;
@@ -38,6 +42,8 @@ pub mod predict;
 pub mod prediction;
 pub mod preprocess;
 pub mod queue;
+pub mod redis_queue;
 pub mod serve;
 pub mod service;
 pub mod sessions;
+pub mod worker;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lens::config::{FeedbackCommand, PredictArgs, ServeArgs};
+use lens::config::{BenchArgs, FeedbackCommand, PredictArgs, ServeArgs, WorkerArgs};
 
 /// Lens: an image-classification serving system.
 #[derive(Parser)]
@@ -19,8 +19,12 @@ struct Cli {
 enum Command {
     /// Run the HTTP service: API, upload page, queue, batcher and model sessions.
     Serve(ServeArgs),
+    /// Run a model worker that takes jobs from Redis (see `serve --redis`).
+    Worker(WorkerArgs),
     /// Classify image files and folders offline.
     Predict(PredictArgs),
+    /// Measure the model's own throughput ceiling on this machine.
+    Bench(BenchArgs),
     /// Work with stored feedback.
     #[command(subcommand)]
     Feedback(FeedbackCommand),
@@ -28,7 +32,11 @@ enum Command {
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let json_logs = matches!(&cli.command, Command::Serve(a) if a.log_json);
+    let json_logs = match &cli.command {
+        Command::Serve(a) => a.log_json,
+        Command::Worker(a) => a.log_json,
+        _ => false,
+    };
     init_logging(json_logs);
     match cli.command {
         Command::Serve(args) => {
@@ -36,8 +44,23 @@ fn main() -> anyhow::Result<ExitCode> {
             runtime.block_on(lens::serve::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Worker(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(lens::worker::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Predict(args) => lens::predict::run(&args),
-        Command::Feedback(FeedbackCommand::Export { dir, data_dir }) => {
+        Command::Bench(args) => {
+            lens::bench::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Feedback(FeedbackCommand::Export { dir, redis: Some(url), drain, .. }) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let rows = runtime.block_on(lens::redis_queue::feedback::export(&url, &dir, drain))?;
+            println!("exported {rows} reports from Redis to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Feedback(FeedbackCommand::Export { dir, data_dir, .. }) => {
             let store = lens::feedback::FeedbackStore::open(&data_dir.join("feedback"))?;
             let rows = store.export(&dir)?;
             println!("exported {rows} reports to {}", dir.display());

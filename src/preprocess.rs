@@ -77,7 +77,11 @@ pub enum ImageError {
         "image is {width}x{height} pixels, over the limit of {max_pixels} pixels; \
          downscale it and retry"
     )]
-    TooLarge { width: u32, height: u32, max_pixels: u64 },
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
     #[error("the image is corrupt or truncated ({0}); re-export the image or retry the upload")]
     Corrupt(String),
     #[error(
@@ -124,7 +128,9 @@ pub fn sniff_format(bytes: &[u8]) -> Option<Format> {
     const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
     // BMP's two-byte "BM" is also how plenty of text starts: require a known
     // DIB header size (BITMAPCOREHEADER .. BITMAPV5HEADER) as well.
-    let bmp_dib_size = bytes.get(14..18).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+    let bmp_dib_size = bytes
+        .get(14..18)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
     match bytes {
         [0xFF, 0xD8, 0xFF, ..] => Some(Format::Jpeg),
         _ if bytes.starts_with(PNG) => Some(Format::Png),
@@ -146,7 +152,11 @@ pub fn prepare(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Result<Prepa
     }
     let format = sniff_format(bytes).ok_or(ImageError::NotAnImage)?;
     let source = shielded(|| Source::open(bytes, format, max_pixels))?;
-    let Header { width, height, orientation } = source.header();
+    let Header {
+        width,
+        height,
+        orientation,
+    } = source.header();
     check_size(width, height, max_pixels)?;
 
     let plan = Plan::new(width, height, orientation, spec);
@@ -176,7 +186,12 @@ fn finish(decoded: Decoded, plan: &Plan, spec: &ResizeSpec) -> Result<Prepared, 
         plan.out_height,
         spec.interpolation,
     )?;
-    let Pixels { width, height, data, .. } = resized.into_rgb();
+    let Pixels {
+        width,
+        height,
+        data,
+        ..
+    } = resized.into_rgb();
     let (rgb, width, height) =
         geometry::orient_pixels(data, width, height, Channels::Rgb.count(), plan.orientation);
     Ok(Prepared { width, height, rgb })
@@ -185,10 +200,16 @@ fn finish(decoded: Decoded, plan: &Plan, spec: &ResizeSpec) -> Result<Prepared, 
 /// Refuses empty images and images over the pixel budget.
 fn check_size(width: u32, height: u32, max_pixels: u64) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
-        return Err(ImageError::Corrupt(format!("the header declares a {width}x{height} image")));
+        return Err(ImageError::Corrupt(format!(
+            "the header declares a {width}x{height} image"
+        )));
     }
     if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(ImageError::TooLarge { width, height, max_pixels });
+        return Err(ImageError::TooLarge {
+            width,
+            height,
+            max_pixels,
+        });
     }
     Ok(())
 }
@@ -210,14 +231,14 @@ struct Decoded {
 
 /// A file whose header has been read by the decoder for its format.
 enum Source<'a> {
-    Jpeg(JpegSource<'a>),
+    Jpeg(Box<JpegSource<'a>>),
     Raster(RasterSource<'a>),
 }
 
 impl<'a> Source<'a> {
     fn open(bytes: &'a [u8], format: Format, max_pixels: u64) -> Result<Self, ImageError> {
         Ok(match format {
-            Format::Jpeg => Source::Jpeg(JpegSource::open(bytes, max_pixels)?),
+            Format::Jpeg => Source::Jpeg(Box::new(JpegSource::open(bytes, max_pixels)?)),
             _ => Source::Raster(RasterSource::open(bytes, format, max_pixels)?),
         })
     }
@@ -250,7 +271,9 @@ fn truncated() -> ImageError {
 /// observed afterwards (hence `AssertUnwindSafe`).
 fn shielded<T>(decoder_call: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
     catch_unwind(AssertUnwindSafe(decoder_call)).unwrap_or_else(|_| {
-        Err(ImageError::Corrupt("the decoder could not make sense of this file".into()))
+        Err(ImageError::Corrupt(
+            "the decoder could not make sense of this file".into(),
+        ))
     })
 }
 
@@ -276,10 +299,17 @@ mod tests {
 
     #[test]
     fn size_check_rejects_zero_and_oversized() {
-        assert!(matches!(check_size(0, 10, 100), Err(ImageError::Corrupt(_))));
+        assert!(matches!(
+            check_size(0, 10, 100),
+            Err(ImageError::Corrupt(_))
+        ));
         assert_eq!(
             check_size(11, 10, 100),
-            Err(ImageError::TooLarge { width: 11, height: 10, max_pixels: 100 })
+            Err(ImageError::TooLarge {
+                width: 11,
+                height: 10,
+                max_pixels: 100
+            })
         );
         assert_eq!(check_size(10, 10, 100), Ok(()));
         assert_eq!(check_size(u32::MAX, u32::MAX, u64::MAX), Ok(()));

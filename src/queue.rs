@@ -1,8 +1,9 @@
 //! The job queue seam between API nodes and model sessions.
 //!
 //! [`JobQueue::Local`] is an in-process bounded channel feeding the batcher.
-//! (The Redis Streams implementation plugs in as another variant.) Both give
-//! the caller a receiver for the job's answer.
+//! [`JobQueue::Redis`] puts jobs on a Redis stream read by workers on any
+//! machine ([`crate::redis_queue`], [`crate::worker`]). Both give the caller
+//! a receiver for the job's answer.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 use crate::job::{Job, JobResult};
 use crate::metrics::Metrics;
 use crate::engine::ModelInput;
+use crate::redis_queue::RedisQueue;
 
 /// Why a job was not accepted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -41,6 +43,7 @@ impl LocalQueue {
 
 pub enum JobQueue {
     Local(LocalQueue),
+    Redis(RedisQueue),
 }
 
 impl JobQueue {
@@ -62,6 +65,7 @@ impl JobQueue {
                 })?;
                 Ok(rx)
             }
+            JobQueue::Redis(q) => q.submit(image, deadline).await,
         }
     }
 
@@ -69,6 +73,16 @@ impl JobQueue {
     pub fn depth(&self) -> usize {
         match self {
             JobQueue::Local(q) => q.tx.max_capacity() - q.tx.capacity(),
+            JobQueue::Redis(q) => q.depth(),
+        }
+    }
+
+    /// Live workers and their model sessions, for a queue served by remote
+    /// workers; `None` for the in-process queue.
+    pub fn remote_capacity(&self) -> Option<(usize, usize)> {
+        match self {
+            JobQueue::Local(_) => None,
+            JobQueue::Redis(q) => Some((q.live_workers(), q.live_sessions())),
         }
     }
 }

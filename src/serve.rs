@@ -1,9 +1,13 @@
-//! `lens serve`: builds the in-process service and runs it until SIGTERM or
-//! Ctrl-C.
+//! `lens serve`: builds the service and runs it until SIGTERM or Ctrl-C.
+//!
+//! In-process (the default), each model gets a session pool and a batcher.
+//! With `--redis`, each model gets a [`RedisQueue`] instead and the node loads
+//! no session, unless `--workers N` also runs N [`Worker`]s in this process.
 //!
 //! Drain order on shutdown: stop accepting connections and let the requests
-//! in flight finish (each holds its job's reply), stop the batcher once the
-//! queue is empty, then stop the model sessions.
+//! in flight finish (each holds its job's reply), stop the batcher (or the
+//! in-process workers) once its batches are answered, stop the Redis reply
+//! listener, then stop the model sessions.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,22 +19,29 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{BatchConfig, BatchContext, run_local};
-use crate::config::ServeArgs;
-use crate::engine::{Classifier, EngineError, ModelInput, OrtClassifier, Scores};
+use crate::config::{ModelArgs, ServeArgs};
+use crate::engine::{Classifier, EngineError, ModelInput, OrtClassifier, Scores, SessionConfig};
 use crate::feedback::{FeedbackStore, ImageStore};
 use crate::http::{AppState, Limits, Models};
 use crate::metrics::Metrics;
 use crate::model::ModelDir;
 use crate::preprocess::Prepared;
 use crate::queue::{JobQueue, LocalQueue};
+use crate::redis_queue::RedisQueue;
+use crate::redis_queue::feedback::FeedbackMirror;
 use crate::service::{ModelInfo, Predictor, PredictorConfig};
 use crate::sessions::SessionPool;
+use crate::worker::{Worker, WorkerConfig};
 
-/// A running in-process model: its predictor and what must be stopped.
+/// A served model: its predictor and what must be stopped.
 struct Running {
     predictor: Arc<Predictor>,
-    pool: Arc<SessionPool>,
-    batcher: tokio::task::JoinHandle<()>,
+    /// Session pools, stopped last.
+    pools: Vec<Arc<SessionPool>>,
+    /// The batcher or the in-process workers; they end after `batcher_stop`.
+    batchers: Vec<tokio::task::JoinHandle<()>>,
+    /// Reply listener and liveness watcher; they end after `redis_stop`.
+    redis_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -47,6 +58,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let batcher_stop = CancellationToken::new();
+    let redis_stop = CancellationToken::new();
     let mut dirs = vec![args.model.model.clone()];
     if let Some(root) = &args.models_dir {
         dirs.extend(model_dirs(root)?);
@@ -60,7 +72,13 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
             continue;
         }
         default.get_or_insert_with(|| name.clone());
-        let r = start_model(model, &args, Arc::clone(&metrics), batcher_stop.clone()).await?;
+        let r = match &args.redis.redis {
+            None => start_model(model, &args, Arc::clone(&metrics), batcher_stop.clone()).await?,
+            Some(url) => {
+                let stops = (batcher_stop.clone(), redis_stop.clone());
+                start_remote_model(model, url, &args, Arc::clone(&metrics), stops).await?
+            }
+        };
         running.insert(name, r);
     }
     let default = default.context("no model to serve")?;
@@ -72,6 +90,10 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
         models,
         metrics,
         feedback: Arc::new(FeedbackStore::open(&args.data_dir.join("feedback")).context("opening the feedback store")?),
+        feedback_mirror: match &args.redis.redis {
+            Some(url) => Some(Arc::new(FeedbackMirror::new(url)?)),
+            None => None,
+        },
         uploads: ImageStore::open(&args.data_dir.join("uploads")).context("opening the upload store")?,
         limits: Limits {
             body_bytes: args.body_limit,
@@ -84,10 +106,19 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
     crate::http::serve(listener, state, async move { stop.cancelled().await }).await?;
     tracing::info!("stopped accepting; draining");
     batcher_stop.cancel();
+    for r in running.values_mut() {
+        for task in r.batchers.drain(..) {
+            let _ = task.await;
+        }
+    }
+    redis_stop.cancel();
     for (_, r) in running {
-        let _ = r.batcher.await;
-        let pool = r.pool;
-        tokio::task::spawn_blocking(move || pool.shutdown()).await?;
+        for task in r.redis_tasks {
+            let _ = task.await;
+        }
+        for pool in r.pools {
+            tokio::task::spawn_blocking(move || pool.shutdown()).await?;
+        }
     }
     tracing::info!("shut down");
     Ok(())
@@ -100,7 +131,95 @@ async fn start_model(
     stop: CancellationToken,
 ) -> anyhow::Result<Running> {
     let sessions = args.model.session_config();
-    let (ort_lib, slow) = (args.model.ort_lib.clone(), Duration::from_millis(args.debug_slow_ms));
+    let pool = Arc::new(load_pool(&model, &args.model, sessions, Duration::from_millis(args.debug_slow_ms)).await?);
+    let (queue, jobs) = LocalQueue::new(args.queue_capacity, Arc::clone(&metrics));
+    let ctx = Arc::new(BatchContext { metrics: Arc::clone(&metrics) });
+    let batcher = tokio::spawn(run_local(jobs, Arc::clone(&pool), batch_config(args), ctx, stop));
+    let predictor = Arc::new(Predictor::new(
+        model_info(&model),
+        predictor_config(args),
+        JobQueue::Local(queue),
+        args.decode_threads.unwrap_or_else(|| sessions.sessions.max(1)),
+        pool.sessions(),
+        metrics,
+    ));
+    predictor.set_ready(true);
+    Ok(Running { predictor, pools: vec![pool], batchers: vec![batcher], redis_tasks: Vec::new() })
+}
+
+/// A model served through Redis: an API node, plus `--workers` in-process
+/// workers. Ready once Redis is reachable and a live worker serves it.
+async fn start_remote_model(
+    model: ModelDir,
+    url: &str,
+    args: &ServeArgs,
+    metrics: Arc<Metrics>,
+    (batcher_stop, redis_stop): (CancellationToken, CancellationToken),
+) -> anyhow::Result<Running> {
+    let (queue, listener) = RedisQueue::start(url, &model.spec, args.queue_capacity, redis_stop.clone())
+        .with_context(|| format!("using Redis at {url}"))?;
+    let ttl = if args.cache_entries == 0 { Duration::ZERO } else { Duration::from_secs(args.redis_cache_ttl_secs) };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let predictor = Arc::new(
+        Predictor::new(
+            model_info(&model),
+            predictor_config(args),
+            JobQueue::Redis(queue.clone()),
+            args.decode_threads.unwrap_or(cores),
+            1,
+            Arc::clone(&metrics),
+        )
+        .with_shared_cache(queue.shared_cache(ttl)),
+    );
+    let watcher = tokio::spawn(queue.watch(Arc::clone(&predictor), redis_stop));
+    let mut running = Running { predictor, pools: Vec::new(), batchers: Vec::new(), redis_tasks: vec![listener, watcher] };
+    if let Some(per_worker) = cores.checked_div(args.workers) {
+        let sessions = SessionConfig {
+            sessions: args.model.sessions.unwrap_or(per_worker).max(1),
+            intra_threads: args.model.intra_threads.max(1),
+        };
+        let cfg = WorkerConfig {
+            redis_url: url.to_owned(),
+            batch: batch_config(args),
+            visibility: Duration::from_millis(args.redis.visibility_timeout_ms.max(100)),
+            max_deliveries: args.redis.max_deliveries.max(1),
+        };
+        for _ in 0..args.workers {
+            let pool = Arc::new(load_pool(&model, &args.model, sessions, Duration::from_millis(args.debug_slow_ms)).await?);
+            let worker = Worker::new(&model.spec, Arc::clone(&pool), cfg.clone(), Arc::clone(&metrics))?;
+            running.batchers.push(tokio::spawn(worker.run(batcher_stop.clone())));
+            running.pools.push(pool);
+        }
+    }
+    Ok(running)
+}
+
+fn model_info(model: &ModelDir) -> ModelInfo {
+    ModelInfo { labels: Arc::new(model.labels.clone()), spec: model.spec.clone() }
+}
+
+fn predictor_config(args: &ServeArgs) -> PredictorConfig {
+    PredictorConfig {
+        deadline: Duration::from_secs_f64(args.deadline_secs),
+        max_pixels: args.model.max_pixels,
+        cache_entries: args.cache_entries,
+        max_pending: args.max_pending,
+    }
+}
+
+fn batch_config(args: &ServeArgs) -> BatchConfig {
+    BatchConfig { max_batch: args.max_batch.max(1), max_wait: Duration::from_millis(args.max_wait_ms) }
+}
+
+/// Loads `sessions` model sessions (each warmed up) on a blocking thread.
+/// `slow` is the `--debug-slow-ms` test hook.
+pub(crate) async fn load_pool(
+    model: &ModelDir,
+    args: &ModelArgs,
+    sessions: SessionConfig,
+    slow: Duration,
+) -> anyhow::Result<SessionPool> {
+    let ort_lib = args.ort_lib.clone();
     let warmup = ModelInput::Image(Prepared {
         width: model.spec.input.width,
         height: model.spec.input.height,
@@ -116,27 +235,8 @@ async fn start_model(
         SessionPool::start(classifiers, Some(warmup))
     })
     .await??;
-    let pool = Arc::new(pool);
     tracing::info!(model = %model.spec.name, sessions = sessions.sessions, threads = sessions.intra_threads, "model ready");
-    let (queue, jobs) = LocalQueue::new(args.queue_capacity, Arc::clone(&metrics));
-    let cfg = BatchConfig { max_batch: args.max_batch.max(1), max_wait: Duration::from_millis(args.max_wait_ms) };
-    let ctx = Arc::new(BatchContext { metrics: Arc::clone(&metrics) });
-    let batcher = tokio::spawn(run_local(jobs, Arc::clone(&pool), cfg, ctx, stop));
-    let predictor = Arc::new(Predictor::new(
-        ModelInfo { labels: Arc::new(model.labels.clone()), spec: model.spec.clone() },
-        PredictorConfig {
-            deadline: Duration::from_secs_f64(args.deadline_secs),
-            max_pixels: args.model.max_pixels,
-            cache_entries: args.cache_entries,
-            max_pending: args.max_pending,
-        },
-        JobQueue::Local(queue),
-        args.decode_threads.unwrap_or_else(|| sessions.sessions.max(1)),
-        pool.sessions(),
-        metrics,
-    ));
-    predictor.set_ready(true);
-    Ok(Running { predictor, pool, batcher })
+    Ok(pool)
 }
 
 /// Subfolders of `root` that hold a model.toml, sorted.
@@ -164,7 +264,8 @@ impl<C: Classifier> Classifier for Slowed<C> {
     }
 }
 
-async fn signal_shutdown(token: CancellationToken) {
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub(crate) async fn signal_shutdown(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

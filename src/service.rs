@@ -20,6 +20,7 @@ use crate::model::{ModelSpec, ResizeSpec};
 use crate::engine::ModelInput;
 use crate::preprocess::{ImageError, prepare};
 use crate::queue::{JobQueue, SubmitError};
+use crate::redis_queue::SharedCache;
 
 /// Why a prediction failed. `Clone`, so coalesced requests share it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -63,6 +64,8 @@ pub struct Answer {
 pub struct Timings {
     pub decode: Duration,
     pub queue_and_infer: Duration,
+    /// Answered from the shared (Redis) cache: no stage ran.
+    pub cached: bool,
 }
 
 /// Tunables of the prediction path.
@@ -90,6 +93,8 @@ pub struct Predictor {
     config: PredictorConfig,
     queue: JobQueue,
     cache: ResultCache<Arc<[f32]>>,
+    /// The cache shared by every API node, behind the local one (Redis mode).
+    shared_cache: Option<SharedCache>,
     coalescer: Coalescer<Shared>,
     /// Bounded CPU pool for decoding: one permit per decode thread.
     decode_slots: Arc<Semaphore>,
@@ -115,6 +120,7 @@ impl Predictor {
         Predictor {
             resize: model.spec.resize_spec(),
             cache: ResultCache::new(config.cache_entries),
+            shared_cache: None,
             coalescer: Coalescer::default(),
             decode_slots: Arc::new(Semaphore::new(decode_threads.max(1))),
             admission: Arc::new(Semaphore::new(config.max_pending.max(1))),
@@ -126,6 +132,12 @@ impl Predictor {
             queue,
             metrics,
         }
+    }
+
+    /// Adds a second-level cache shared with other API nodes.
+    pub fn with_shared_cache(mut self, cache: Option<SharedCache>) -> Self {
+        self.shared_cache = cache;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -144,8 +156,16 @@ impl Predictor {
         self.queue.depth()
     }
 
+    /// Model sessions serving this model: in-process, or across the live
+    /// remote workers.
     pub fn sessions(&self) -> usize {
-        self.sessions
+        self.queue.remote_capacity().map_or(self.sessions, |(_, sessions)| sessions)
+    }
+
+    /// What `/api/status` reports as workers: in-process sessions, or live
+    /// remote worker processes.
+    pub fn workers(&self) -> usize {
+        self.queue.remote_capacity().map_or(self.sessions, |(workers, _)| workers)
     }
 
     /// Classifies one uploaded image.
@@ -171,9 +191,19 @@ impl Predictor {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let this = Arc::clone(self);
                 tokio::spawn(async move {
-                    let result = this.compute(bytes, deadline).await;
-                    if let Ok((scores, _)) = &result {
+                    let shared = match &this.shared_cache {
+                        Some(c) => c.get(&key.sha256).await,
+                        None => None,
+                    };
+                    let result = match shared {
+                        Some(scores) => Ok((scores, Timings { cached: true, ..Timings::default() })),
+                        None => this.compute(bytes, deadline).await,
+                    };
+                    if let Ok((scores, timings)) = &result {
                         this.cache.put(key.clone(), Arc::clone(scores));
+                        if let (Some(c), false) = (&this.shared_cache, timings.cached) {
+                            c.put(&key.sha256, scores);
+                        }
                     }
                     this.coalescer.finish(&key, &result);
                     let _ = tx.send(result);
@@ -184,7 +214,7 @@ impl Predictor {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => {
                 let (scores, timings) = result?;
-                Ok(Answer { scores, sha256, cached: false, timings })
+                Ok(Answer { scores, sha256, cached: timings.cached, timings })
             }
             Ok(Err(_)) => Err(PredictError::Unavailable("the prediction task ended unexpectedly".into())),
             Err(_) => Err(PredictError::Timeout(self.config.deadline)),
@@ -214,7 +244,7 @@ impl Predictor {
     pub fn estimated_wait(&self) -> Duration {
         let per_image = f64::from_bits(self.per_image_secs.load(Ordering::Relaxed));
         let queued = self.queue.depth() as f64;
-        Duration::from_secs_f64(queued * per_image / self.sessions as f64)
+        Duration::from_secs_f64(queued * per_image / self.sessions().max(1) as f64)
     }
 
     async fn compute(&self, bytes: Bytes, deadline: Instant) -> Shared {
@@ -245,7 +275,7 @@ impl Predictor {
             JobError::Inference(_) | JobError::DeadLettered(_) => PredictError::Failed(e.to_string()),
         })?;
         self.observe_service_time(done - decoded);
-        Ok((scores, Timings { decode: Duration::ZERO, queue_and_infer: done - decoded }))
+        Ok((scores, Timings { queue_and_infer: done - decoded, ..Timings::default() }))
     }
 
     async fn decode(&self, bytes: Bytes) -> Result<ModelInput, PredictError> {

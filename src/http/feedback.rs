@@ -51,7 +51,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
     let store = state.feedback.clone();
     let uploads = state.uploads.clone();
     let upload = file.filter(|(_, b)| !b.is_empty()).map(|f| check_upload(Some(f))).transpose()?;
-    let id = tokio::task::spawn_blocking(move || {
+    let (id, record) = tokio::task::spawn_blocking(move || {
         if let Some(u) = upload {
             record.image_file = Some(store.images().put(&u.bytes, &u.ext)?);
             record.image_sha256 = Some(crate::feedback::sha256_hex(&u.bytes));
@@ -63,7 +63,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
                 record.image_file = Some(store.images().put(&bytes, &ext)?);
             }
         }
-        store.record(&record)
+        store.record(&record).map(|id| (id, record))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -71,6 +71,13 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
         crate::feedback::FeedbackError::Invalid(m) => ApiError::BadRequest(m),
         other => ApiError::Internal(other.to_string()),
     })?;
+    if let Some(mirror) = &state.feedback_mirror {
+        let image = match record.image_file.as_deref().and_then(|f| state.feedback.images().path_of(f)) {
+            Some(path) => tokio::fs::read(&path).await.ok().zip(record.image_file.clone()).map(|(b, n)| (n, b)),
+            None => None,
+        };
+        mirror.push(id, &record, image).await;
+    }
     if wants_json {
         return Ok(Json(json!({"success": true, "id": id})).into_response());
     }

@@ -67,6 +67,8 @@ pub struct AppState {
     pub models: Arc<Models>,
     pub metrics: Arc<Metrics>,
     pub feedback: Arc<FeedbackStore>,
+    /// With Redis: every report is also pushed to `lens:feedback`.
+    pub feedback_mirror: Option<Arc<crate::redis_queue::feedback::FeedbackMirror>>,
     /// Images uploaded through the page, shown back at `/uploads/<sha256>.<ext>`.
     pub uploads: ImageStore,
     pub limits: Limits,

@@ -38,7 +38,7 @@ pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
         "model": p.name(),
         "ready": p.is_ready(),
         "queue_depth": p.queue_depth(),
-        "workers": p.sessions(),
+        "workers": p.workers(),
         "models": state.models.by_name.keys().collect::<Vec<_>>(),
     }))
 }

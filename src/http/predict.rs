@@ -33,6 +33,7 @@ pub struct Upload {
 
 /// Reads the multipart form: the first `file` part is the upload, other parts
 /// are read into `fields` (small text fields only) and counted against the cap.
+/// Past the cap, parts are read and discarded.
 pub async fn read_form(
     mut form: Multipart,
     max_parts: usize,
@@ -48,7 +49,10 @@ pub async fn read_form(
         };
         parts += 1;
         if parts > max_parts {
-            return Err(ApiError::TooManyParts(max_parts));
+            // Read the rest (the body limit bounds it) so the client gets
+            // the 400 instead of a connection reset mid-upload.
+            let _ = field.bytes().await;
+            continue;
         }
         let name = field.name().unwrap_or_default().to_owned();
         if name == "file" && file.is_none() {
@@ -61,6 +65,9 @@ pub async fn read_form(
                 fields.push((name, String::from_utf8_lossy(&value).into_owned()));
             }
         }
+    }
+    if parts > max_parts {
+        return Err(ApiError::TooManyParts(max_parts));
     }
     Ok(file)
 }

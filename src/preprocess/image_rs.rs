@@ -35,7 +35,14 @@ impl<'a> RasterSource<'a> {
         let (width, height) = decoder.dimensions();
         // A malformed EXIF block is not worth rejecting the picture for.
         let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-        Ok(RasterSource { decoder, header: Header { width, height, orientation } })
+        Ok(RasterSource {
+            decoder,
+            header: Header {
+                width,
+                height,
+                orientation,
+            },
+        })
     }
 
     pub fn header(&self) -> Header {
@@ -46,7 +53,11 @@ impl<'a> RasterSource<'a> {
     pub fn decode(self) -> Result<Decoded, ImageError> {
         let orientation = self.header.orientation;
         let image = DynamicImage::from_decoder(self.decoder).map_err(image_error)?;
-        Ok(Decoded { pixels: to_pixels(image), denominator: 1, orientation })
+        Ok(Decoded {
+            pixels: to_pixels(image),
+            denominator: 1,
+            orientation,
+        })
     }
 }
 
@@ -62,8 +73,11 @@ fn image_format(format: Format) -> ImageFormat {
 
 fn limits(max_pixels: u64) -> Limits {
     let mut limits = Limits::default();
-    limits.max_alloc =
-        Some(max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL).saturating_add(DECODER_OVERHEAD_BYTES));
+    limits.max_alloc = Some(
+        max_pixels
+            .saturating_mul(MAX_BYTES_PER_PIXEL)
+            .saturating_add(DECODER_OVERHEAD_BYTES),
+    );
     limits
 }
 
@@ -86,7 +100,12 @@ fn to_pixels(image: DynamicImage) -> Pixels {
         other if other.color().has_color() => (Channels::Rgb, other.into_rgb8().into_raw()),
         other => (Channels::Gray, other.into_luma8().into_raw()),
     };
-    Pixels { width, height, channels, data }
+    Pixels {
+        width,
+        height,
+        channels,
+        data,
+    }
 }
 
 fn image_error(e: image::ImageError) -> ImageError {

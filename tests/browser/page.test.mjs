@@ -8,7 +8,7 @@
 // listed in DIR/feedback.json were stored. Every page fails its test on a
 // dialog (an executed `alert`), an uncaught script error or a CSP violation.
 
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -50,9 +50,13 @@ async function openContext(options = {}) {
   return context;
 }
 
+/** Pages opened by the running test, closed after it. */
+const openPages = [];
+
 /** A new page that records dialogs, script errors and CSP violations. */
 async function openPage(context) {
   const page = await context.newPage();
+  openPages.push(page);
   const problems = [];
   page.on('dialog', (d) => {
     problems.push(`dialog fired: ${d.type()} ${JSON.stringify(d.message())}`);
@@ -68,6 +72,15 @@ async function openPage(context) {
   return page;
 }
 
+/** Polls `condition` (a Node-side check) until it holds or the wait times out. */
+async function waitUntil(condition, what) {
+  const deadline = Date.now() + WAIT.timeout;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 /** Waits for a JS-rendered result naming `label`. */
 async function waitForPrediction(page, label) {
   await page.locator('#result .prediction', { hasText: `Predicted class: ${label}` }).waitFor(WAIT);
@@ -81,6 +94,10 @@ before(async () => {
   await mkdir(OUT, { recursive: true });
   jsContext = await openContext();
   noJsContext = await openContext({ javaScriptEnabled: false });
+});
+
+afterEach(async () => {
+  for (const page of openPages.splice(0)) await page.close().catch(() => {});
 });
 
 after(async () => {
@@ -106,12 +123,18 @@ describe('with JavaScript', () => {
     page.assertClean();
   });
 
-  test('the status strip shows the model, queue depth and workers', async () => {
+  test('the status strip shows the model, queue depth and workers, and refreshes', async () => {
     const page = await openPage(jsContext);
+    let polls = 0;
+    page.on('request', (r) => { if (r.url().endsWith('/api/status')) polls += 1; });
+    await page.clock.install();
     await page.goto(BASE);
     await page.locator('#status-queue', { hasText: /Queue: \d+/ }).waitFor(WAIT);
     assert.match(await page.locator('#status-workers').textContent(), /^Workers: [1-9]\d*$/);
-    assert.notEqual((await page.locator('#status-model').textContent()).trim(), '');
+    assert.equal(await page.locator('#status-model').textContent(), 'efficientnet-lite0');
+    assert.equal(polls, 1);
+    await page.clock.runFor(5_500);
+    await waitUntil(() => polls >= 2, 'a second /api/status request');
     page.assertClean();
   });
 
@@ -139,6 +162,7 @@ describe('with JavaScript', () => {
   test('the drop zone is keyboard operable', async () => {
     const page = await openPage(jsContext);
     await page.goto(BASE);
+    await page.bringToFront();
     await page.keyboard.press('Tab');
     assert.equal(await page.evaluate(() => document.activeElement.id), 'drop-zone');
     const [chooser] = await Promise.all([page.waitForEvent('filechooser', WAIT), page.keyboard.press('Enter')]);
@@ -205,6 +229,7 @@ describe('with JavaScript', () => {
     assert.equal(await message.textContent(), `Lens could not classify "notes.jpg": ${error}`);
     assert.equal(await page.locator('#message [role="alert"]').count(), 1);
     assert.equal(await page.locator('#result .prediction').count(), 0);
+    await page.locator('#preview').waitFor({ state: 'hidden', ...WAIT }); // no broken image
     page.assertClean();
   });
 

@@ -1,0 +1,347 @@
+//! The Redis Streams job queue, API-node side: admission onto a model's job
+//! stream, the reply listener, worker liveness and the shared result cache.
+//!
+//! An API node that runs with `--redis` loads no model session. Each job it
+//! admits goes onto `lens:jobs:{model}` (see [`codec`] for the entry), and
+//! the request waits on a `oneshot` registered under the job's id. One
+//! listener task per queue pops the node's own reply list
+//! (`lens:replies:{node}`) on a dedicated connection and routes each reply to
+//! its waiter; nothing polls per request. Workers ([`crate::worker`]) read the
+//! stream through a consumer group and acknowledge a job only once its reply
+//! is written. `deploy/PROTOCOL.md` has the whole protocol.
+//!
+//! Every Redis call made on a request's path fails fast: while Redis is down
+//! the node answers 503 and is not ready; it reconnects by itself.
+
+pub mod codec;
+pub mod feedback;
+pub mod keys;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::ModelInput;
+use crate::job::JobResult;
+use crate::model::ModelSpec;
+use crate::queue::SubmitError;
+use crate::service::Predictor;
+use codec::Liveness;
+
+/// Longest a request waits for Redis to accept its job.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a shared-cache lookup may delay a request.
+const CACHE_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often the node re-reads worker liveness and the stream length.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// Replies popped per round trip once one has arrived.
+const DRAIN_BATCH: usize = 64;
+
+/// Admission and enqueue in one atomic step: refuse when the stream already
+/// holds `ARGV[1]` jobs (queued or being processed; acknowledged jobs are
+/// deleted), else `XADD` the fields in `ARGV[2..]`.
+static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end \
+         return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))",
+    )
+});
+
+/// A request waiting for its reply.
+struct Waiter {
+    reply: oneshot::Sender<JobResult>,
+    deadline: Instant,
+}
+
+struct Inner {
+    model: String,
+    version: String,
+    stream: String,
+    registry: String,
+    reply_key: String,
+    /// Most jobs the stream may hold; beyond it, [`SubmitError::Full`].
+    capacity: usize,
+    /// Multiplexed connection for everything but the blocking pop.
+    conn: ConnectionManager,
+    /// Requests waiting for a reply, by job id. The listener removes an entry
+    /// when its reply arrives; its sweep drops those whose request is gone
+    /// (deadline passed, client left), so the map cannot grow without bound.
+    waiting: Mutex<HashMap<u64, Waiter>>,
+    next_id: AtomicU64,
+    /// Whether the last look at Redis succeeded.
+    up: AtomicBool,
+    live_workers: AtomicUsize,
+    live_sessions: AtomicUsize,
+    depth: AtomicUsize,
+}
+
+impl Inner {
+    fn waiting(&self) -> MutexGuard<'_, HashMap<u64, Waiter>> {
+        // The map stays consistent if a holder panicked: every operation is
+        // a single insert or remove.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn deliver(&self, bytes: &[u8]) {
+        match codec::decode_reply(bytes) {
+            Ok((id, result)) => match self.waiting().remove(&id) {
+                Some(w) => {
+                    let _ = w.reply.send(result);
+                }
+                None => tracing::debug!(job = id, "reply for a request that is no longer waiting"),
+            },
+            Err(e) => tracing::warn!(error = %e, "ignoring a malformed reply"),
+        }
+    }
+
+    fn sweep(&self) {
+        let late = Instant::now() - Duration::from_secs(1);
+        self.waiting().retain(|_, w| !w.reply.is_closed() && w.deadline > late);
+    }
+}
+
+/// An API node's handle on one model's job stream. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisQueue {
+    inner: Arc<Inner>,
+}
+
+impl RedisQueue {
+    /// Connects (lazily: Redis may still be down) and starts the reply
+    /// listener, which runs until `stop` is cancelled. The node is not
+    /// serving until [`RedisQueue::watch`] has seen Redis and a live worker.
+    pub fn start(
+        url: &str,
+        spec: &ModelSpec,
+        capacity: usize,
+        stop: CancellationToken,
+    ) -> redis::RedisResult<(Self, tokio::task::JoinHandle<()>)> {
+        let node = keys::unique_id("api");
+        let inner = Arc::new(Inner {
+            model: spec.name.clone(),
+            version: spec.version.clone(),
+            stream: keys::jobs(&spec.name),
+            registry: keys::workers(&spec.name),
+            reply_key: keys::replies(&node),
+            capacity: capacity.max(1),
+            conn: keys::connect(url, SUBMIT_TIMEOUT)?,
+            waiting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            up: AtomicBool::new(false),
+            live_workers: AtomicUsize::new(0),
+            live_sessions: AtomicUsize::new(0),
+            depth: AtomicUsize::new(0),
+        });
+        // The blocking pop gets a connection of its own: on the shared one it
+        // would hold up every other command for its whole timeout.
+        let listener_conn = keys::connect(url, Duration::from_secs(4))?;
+        tracing::info!(model = %spec.name, replies = %inner.reply_key, "API node on Redis");
+        let listener = tokio::spawn(listen(Arc::clone(&inner), listener_conn, stop));
+        Ok((RedisQueue { inner }, listener))
+    }
+
+    /// Puts one job on the stream; the receiver gets the worker's answer.
+    pub async fn submit(
+        &self,
+        image: Arc<ModelInput>,
+        deadline: Instant,
+    ) -> Result<oneshot::Receiver<JobResult>, SubmitError> {
+        let inner = &self.inner;
+        if !inner.up.load(Ordering::SeqCst) {
+            return Err(SubmitError::Unavailable("Redis is unreachable".into()));
+        }
+        if inner.live_workers.load(Ordering::SeqCst) == 0 {
+            return Err(SubmitError::Unavailable(format!("no live worker serves model {}", inner.model)));
+        }
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let fields = codec::job_fields(id, &inner.reply_key, keys::unix_ms_at(deadline), keys::now_ms(), &image);
+        let (tx, rx) = oneshot::channel();
+        // Registered before the job exists, so no reply can arrive unrouted.
+        inner.waiting().insert(id, Waiter { reply: tx, deadline });
+        let mut call = ADMIT.prepare_invoke();
+        call.key(&inner.stream).arg(inner.capacity);
+        for (field, value) in &fields {
+            call.arg(*field).arg(value.as_slice());
+        }
+        let mut conn = inner.conn.clone();
+        let added = tokio::time::timeout(SUBMIT_TIMEOUT, call.invoke_async::<Option<String>>(&mut conn)).await;
+        let refused = match added {
+            Ok(Ok(Some(_))) => return Ok(rx),
+            Ok(Ok(None)) => SubmitError::Full,
+            Ok(Err(e)) => SubmitError::Unavailable(format!("Redis refused the job: {e}")),
+            Err(_) => SubmitError::Unavailable("Redis did not answer in time".into()),
+        };
+        inner.waiting().remove(&id);
+        Err(refused)
+    }
+
+    /// Jobs on the stream (queued or being processed), as last seen.
+    pub fn depth(&self) -> usize {
+        self.inner.depth.load(Ordering::Relaxed)
+    }
+
+    /// Workers of this model version that sent a heartbeat recently.
+    pub fn live_workers(&self) -> usize {
+        self.inner.live_workers.load(Ordering::Relaxed)
+    }
+
+    /// Model sessions across the live workers.
+    pub fn live_sessions(&self) -> usize {
+        self.inner.live_sessions.load(Ordering::Relaxed)
+    }
+
+    /// Redis is reachable and at least one live worker serves the model.
+    pub fn is_serving(&self) -> bool {
+        self.inner.up.load(Ordering::SeqCst) && self.live_workers() > 0
+    }
+
+    /// The Redis result cache for this model, or `None` if `ttl` is zero.
+    pub fn shared_cache(&self, ttl: Duration) -> Option<SharedCache> {
+        (!ttl.is_zero()).then(|| SharedCache { inner: Arc::clone(&self.inner), ttl })
+    }
+
+    /// Keeps the node's view of Redis and the workers fresh, and the
+    /// predictor's readiness in step with it, until `stop` is cancelled.
+    pub async fn watch(self, predictor: Arc<Predictor>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last: Option<(bool, usize)> = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let seen = tokio::time::timeout(SUBMIT_TIMEOUT, self.refresh()).await;
+            let inner = &self.inner;
+            let error = match seen {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("timed out".to_owned()),
+            };
+            inner.up.store(error.is_none(), Ordering::SeqCst);
+            predictor.set_ready(self.is_serving());
+            let now = (error.is_none(), self.live_workers());
+            if last != Some(now) {
+                match &error {
+                    Some(e) => tracing::warn!(model = %inner.model, error = %e, "Redis unreachable; answering 503"),
+                    None => tracing::info!(model = %inner.model, workers = now.1, "Redis reachable"),
+                }
+                last = Some(now);
+            }
+        }
+    }
+
+    async fn refresh(&self) -> redis::RedisResult<()> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        let (beats, depth): (HashMap<String, String>, usize) = redis::pipe()
+            .cmd("HGETALL")
+            .arg(&inner.registry)
+            .cmd("XLEN")
+            .arg(&inner.stream)
+            .query_async(&mut conn)
+            .await?;
+        let ms = |d: Duration| d.as_millis() as u64;
+        let (live, stale): (Liveness, _) =
+            codec::liveness(&beats, &inner.version, keys::now_ms(), ms(keys::WORKER_TTL), ms(keys::WORKER_FORGET));
+        if !stale.is_empty() {
+            redis::cmd("HDEL").arg(&inner.registry).arg(&stale).exec_async(&mut conn).await?;
+        }
+        inner.live_workers.store(live.workers, Ordering::SeqCst);
+        inner.live_sessions.store(live.sessions, Ordering::Relaxed);
+        inner.depth.store(depth, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Pops this node's replies and hands each to its waiting request.
+async fn listen(inner: Arc<Inner>, mut conn: ConnectionManager, stop: CancellationToken) {
+    let mut last_sweep = Instant::now();
+    let mut failing = false;
+    loop {
+        // Cancelling a pop in flight may lose one reply; at that point every
+        // request has been answered, so nobody waits for it.
+        let mut pop = redis::cmd("BLPOP");
+        pop.arg(&inner.reply_key).arg(1);
+        let popped = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = pop.query_async::<Option<(String, Vec<u8>)>>(&mut conn) => r,
+        };
+        match popped {
+            Ok(Some((_, first))) => {
+                failing = false;
+                inner.deliver(&first);
+                let more: redis::RedisResult<Option<Vec<Vec<u8>>>> =
+                    redis::cmd("LPOP").arg(&inner.reply_key).arg(DRAIN_BATCH).query_async(&mut conn).await;
+                for reply in more.ok().flatten().unwrap_or_default() {
+                    inner.deliver(&reply);
+                }
+            }
+            Ok(None) => failing = false,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot read replies from Redis; retrying");
+                }
+                failing = true;
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+        }
+        if last_sweep.elapsed() >= Duration::from_secs(1) {
+            inner.sweep();
+            last_sweep = Instant::now();
+        }
+    }
+}
+
+/// Answers shared by every API node through Redis, with a TTL. A lookup
+/// that fails or is slow counts as a miss: the cache never fails a request.
+#[derive(Clone)]
+pub struct SharedCache {
+    inner: Arc<Inner>,
+    ttl: Duration,
+}
+
+impl SharedCache {
+    fn key(&self, sha256: &[u8; 32]) -> String {
+        keys::cache(&self.inner.model, &self.inner.version, &hex::encode(sha256))
+    }
+
+    pub async fn get(&self, sha256: &[u8; 32]) -> Option<Arc<[f32]>> {
+        if !self.inner.up.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut conn = self.inner.conn.clone();
+        let mut get = redis::cmd("GET");
+        get.arg(self.key(sha256));
+        let bytes = tokio::time::timeout(CACHE_TIMEOUT, get.query_async::<Option<Vec<u8>>>(&mut conn)).await.ok()?.ok()??;
+        if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
+            return None;
+        }
+        Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// Stores an answer in the background.
+    pub fn put(&self, sha256: &[u8; 32], scores: &[f32]) {
+        if !self.inner.up.load(Ordering::SeqCst) {
+            return;
+        }
+        let bytes: Vec<u8> = scores.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let (key, ttl_ms, mut conn) = (self.key(sha256), self.ttl.as_millis() as u64, self.inner.conn.clone());
+        tokio::spawn(async move {
+            let mut set = redis::cmd("SET");
+            set.arg(key).arg(bytes).arg("PX").arg(ttl_ms);
+            if let Ok(Err(e)) = tokio::time::timeout(SUBMIT_TIMEOUT, set.exec_async(&mut conn)).await {
+                tracing::debug!(error = %e, "could not store an answer in the shared cache");
+            }
+        });
+    }
+}

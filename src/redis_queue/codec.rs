@@ -1,0 +1,306 @@
+//! What travels through Redis, and how it is encoded: job entries on the
+//! job stream, replies on an API node's reply list, worker heartbeats.
+//!
+//! A job carries the *preprocessed* input, not the uploaded file: the API
+//! node decodes (so a bad image is a 400 there and never reaches a worker),
+//! and a worker only assembles tensors. An RGB8 image at the model's input
+//! size is 150 KB for 224x224, about what a typical JPEG upload weighs, and
+//! a worker spends its CPU on the model alone. KServe v2 FP32 tensors travel
+//! as f32 little-endian bytes.
+//!
+//! Pure functions, unit-tested here; the Redis calls live in the callers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redis::streams::StreamId;
+
+use crate::engine::ModelInput;
+use crate::job::{JobError, JobOutput, JobResult};
+use crate::model::InputSpec;
+use crate::preprocess::Prepared;
+
+/// Version of the job entry layout, in field `v`.
+pub const JOB_VERSION: &str = "1";
+
+/// A job as a worker reads it from the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEntry {
+    pub job_id: u64,
+    /// The list the reply goes to.
+    pub reply_to: String,
+    pub deadline_ms: u64,
+    pub enqueued_ms: u64,
+    pub input: ModelInput,
+}
+
+/// An entry a worker cannot process. If it still names its job and reply
+/// list, the client is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Malformed {
+    pub job_id: Option<u64>,
+    pub reply_to: Option<String>,
+    pub reason: String,
+}
+
+/// The fields of a job entry, in `XADD` order.
+pub fn job_fields(
+    job_id: u64,
+    reply_to: &str,
+    deadline_ms: u64,
+    enqueued_ms: u64,
+    input: &ModelInput,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let mut f = vec![
+        ("v", JOB_VERSION.as_bytes().to_vec()),
+        ("id", job_id.to_string().into_bytes()),
+        ("reply", reply_to.as_bytes().to_vec()),
+        ("deadline_ms", deadline_ms.to_string().into_bytes()),
+        ("enqueued_ms", enqueued_ms.to_string().into_bytes()),
+    ];
+    match input {
+        ModelInput::Image(img) => {
+            f.push(("input", b"rgb8".to_vec()));
+            f.push(("width", img.width.to_string().into_bytes()));
+            f.push(("height", img.height.to_string().into_bytes()));
+            f.push(("data", img.rgb.clone()));
+        }
+        ModelInput::Tensor(values) => {
+            f.push(("input", b"f32".to_vec()));
+            f.push(("data", values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        }
+    }
+    f
+}
+
+/// Reads and validates a job entry against the worker's model input.
+pub fn decode_job(entry: &StreamId, spec: &InputSpec) -> Result<JobEntry, Malformed> {
+    let text = |k: &str| entry.get::<String>(k);
+    let num = |k: &str| text(k).and_then(|v| v.parse::<u64>().ok());
+    let job_id = num("id");
+    let reply_to = text("reply").filter(|r| r.starts_with("lens:replies:"));
+    let bad = |reason: String| Malformed { job_id, reply_to: reply_to.clone(), reason };
+    if text("v").as_deref() != Some(JOB_VERSION) {
+        return Err(bad(format!("unknown job layout version {:?}", text("v"))));
+    }
+    let (Some(id), Some(to)) = (job_id, reply_to.clone()) else {
+        return Err(bad("missing or invalid `id` or `reply`".into()));
+    };
+    let (Some(deadline_ms), Some(enqueued_ms)) = (num("deadline_ms"), num("enqueued_ms")) else {
+        return Err(bad("missing or invalid `deadline_ms` or `enqueued_ms`".into()));
+    };
+    let data: Vec<u8> = entry.get("data").ok_or_else(|| bad("missing `data`".into()))?;
+    let plane = spec.width as usize * spec.height as usize;
+    let input = match text("input").as_deref() {
+        Some("rgb8") => {
+            let (w, h) = (num("width"), num("height"));
+            if w != Some(spec.width as u64) || h != Some(spec.height as u64) || data.len() != plane * 3 {
+                return Err(bad(format!(
+                    "rgb8 input is {w:?}x{h:?} with {} bytes; this worker's model takes {}x{} ({} bytes)",
+                    data.len(),
+                    spec.width,
+                    spec.height,
+                    plane * 3
+                )));
+            }
+            ModelInput::Image(Prepared { width: spec.width, height: spec.height, rgb: data })
+        }
+        Some("f32") => {
+            if data.len() != plane * 3 * 4 {
+                return Err(bad(format!("f32 input has {} bytes; the model takes {}", data.len(), plane * 12)));
+            }
+            let values = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            ModelInput::Tensor(values)
+        }
+        other => return Err(bad(format!("unknown input kind {other:?}"))),
+    };
+    Ok(JobEntry { job_id: id, reply_to: to, deadline_ms, enqueued_ms, input })
+}
+
+// Reply layout: tag (1 byte), job id (u64 LE), payload.
+const OK: u8 = 0;
+const DEADLINE: u8 = 1;
+const INFERENCE: u8 = 2;
+const DEAD_LETTERED: u8 = 3;
+const SHUTTING_DOWN: u8 = 4;
+
+/// A reply as pushed to an API node's list.
+pub fn encode_reply(job_id: u64, result: &JobResult) -> Vec<u8> {
+    let (tag, payload): (u8, Vec<u8>) = match result {
+        Ok(out) => (OK, out.scores.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Err(JobError::DeadlineExceeded) => (DEADLINE, Vec::new()),
+        Err(JobError::Inference(m)) => (INFERENCE, m.as_bytes().to_vec()),
+        Err(JobError::DeadLettered(n)) => (DEAD_LETTERED, n.to_le_bytes().to_vec()),
+        Err(JobError::ShuttingDown) => (SHUTTING_DOWN, Vec::new()),
+    };
+    let mut out = Vec::with_capacity(9 + payload.len());
+    out.push(tag);
+    out.extend(job_id.to_le_bytes());
+    out.extend(payload);
+    out
+}
+
+/// Parses a reply; `Err` names what was wrong with it.
+pub fn decode_reply(bytes: &[u8]) -> Result<(u64, JobResult), String> {
+    if bytes.len() < 9 {
+        return Err(format!("reply of {} bytes is too short", bytes.len()));
+    }
+    let job_id = u64::from_le_bytes(bytes[1..9].try_into().map_err(|_| "bad job id".to_string())?);
+    let payload = &bytes[9..];
+    let result = match bytes[0] {
+        OK if payload.len().is_multiple_of(4) && !payload.is_empty() => {
+            let scores: Arc<[f32]> =
+                payload.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            Ok(JobOutput { scores })
+        }
+        DEADLINE => Err(JobError::DeadlineExceeded),
+        INFERENCE => Err(JobError::Inference(String::from_utf8_lossy(payload).into_owned())),
+        DEAD_LETTERED if payload.len() == 4 => {
+            Err(JobError::DeadLettered(u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]])))
+        }
+        SHUTTING_DOWN => Err(JobError::ShuttingDown),
+        tag => return Err(format!("unknown reply tag {tag} with {} payload bytes", payload.len())),
+    };
+    Ok((job_id, result))
+}
+
+/// What a worker publishes in `lens:workers:{model}` under its id.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerBeat {
+    pub last_seen_ms: u64,
+    pub started_ms: u64,
+    pub model: String,
+    pub version: String,
+    pub sessions: usize,
+    /// Jobs this worker ran through the model.
+    pub processed: u64,
+    /// Jobs this worker moved to the dead-letter stream.
+    pub dead_lettered: u64,
+    pub host: String,
+    pub pid: u32,
+}
+
+/// Live workers of a model version, from the registry hash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Liveness {
+    pub workers: usize,
+    pub sessions: usize,
+}
+
+/// Counts the workers seen within `ttl_ms` that serve `version`; also
+/// returns the ids of entries old enough to forget.
+pub fn liveness(
+    beats: &HashMap<String, String>,
+    version: &str,
+    now_ms: u64,
+    ttl_ms: u64,
+    forget_ms: u64,
+) -> (Liveness, Vec<String>) {
+    let mut live = Liveness::default();
+    let mut stale = Vec::new();
+    for (id, json) in beats {
+        let Ok(b) = serde_json::from_str::<WorkerBeat>(json) else {
+            stale.push(id.clone());
+            continue;
+        };
+        let age = now_ms.saturating_sub(b.last_seen_ms);
+        if age <= ttl_ms && b.version == version {
+            live.workers += 1;
+            live.sessions += b.sessions.max(1);
+        } else if age > forget_ms {
+            stale.push(id.clone());
+        }
+    }
+    (live, stale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ChannelOrder, Layout};
+
+    fn spec() -> InputSpec {
+        InputSpec { name: "x".into(), layout: Layout::Nchw, width: 2, height: 1, channel_order: ChannelOrder::Rgb }
+    }
+
+    fn entry(fields: Vec<(&str, Vec<u8>)>) -> StreamId {
+        StreamId {
+            id: "1-0".into(),
+            map: fields.into_iter().map(|(k, v)| (k.to_owned(), redis::Value::BulkString(v))).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn jobs_round_trip() {
+        let img = ModelInput::Image(Prepared { width: 2, height: 1, rgb: vec![1, 2, 3, 4, 5, 6] });
+        let e = decode_job(&entry(job_fields(7, "lens:replies:n", 100, 90, &img)), &spec()).unwrap();
+        assert_eq!(e, JobEntry { job_id: 7, reply_to: "lens:replies:n".into(), deadline_ms: 100, enqueued_ms: 90, input: img });
+        let t = ModelInput::Tensor(vec![0.5, -1.0, 2.0, 0.0, 1e-3, 7.0]);
+        let e = decode_job(&entry(job_fields(8, "lens:replies:n", 1, 1, &t)), &spec()).unwrap();
+        assert_eq!(e.input, t);
+    }
+
+    #[test]
+    fn wrong_geometry_is_malformed_but_still_answerable() {
+        let img = ModelInput::Image(Prepared { width: 3, height: 1, rgb: vec![0; 9] });
+        let m = decode_job(&entry(job_fields(9, "lens:replies:n", 1, 1, &img)), &spec()).unwrap_err();
+        assert_eq!((m.job_id, m.reply_to.as_deref()), (Some(9), Some("lens:replies:n")));
+        assert!(m.reason.contains("3"), "{}", m.reason);
+        let m = decode_job(&entry(vec![("id", b"x".to_vec())]), &spec()).unwrap_err();
+        assert_eq!((m.job_id, m.reply_to), (None, None));
+    }
+
+    #[test]
+    fn a_reply_list_must_be_a_lens_reply_list() {
+        let img = ModelInput::Image(Prepared { width: 2, height: 1, rgb: vec![0; 6] });
+        let m = decode_job(&entry(job_fields(1, "lens:jobs:m", 1, 1, &img)), &spec()).unwrap_err();
+        assert_eq!(m.reply_to, None, "a worker must not push into arbitrary keys");
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let cases: Vec<JobResult> = vec![
+            Ok(JobOutput { scores: vec![0.25f32, 0.75].into() }),
+            Err(JobError::DeadlineExceeded),
+            Err(JobError::Inference("boom".into())),
+            Err(JobError::DeadLettered(4)),
+            Err(JobError::ShuttingDown),
+        ];
+        for r in cases {
+            assert_eq!(decode_reply(&encode_reply(u64::MAX - 1, &r)).unwrap(), (u64::MAX - 1, r));
+        }
+        assert!(decode_reply(b"short").is_err());
+        assert!(decode_reply(&[9, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn liveness_counts_fresh_workers_of_this_version() {
+        let beat = |seen: u64, version: &str| {
+            serde_json::to_string(&WorkerBeat {
+                last_seen_ms: seen,
+                started_ms: 0,
+                model: "m".into(),
+                version: version.into(),
+                sessions: 2,
+                processed: 0,
+                dead_lettered: 0,
+                host: "h".into(),
+                pid: 1,
+            })
+            .unwrap()
+        };
+        let beats: HashMap<String, String> = [
+            ("fresh".to_owned(), beat(10_000, "1")),
+            ("other-version".to_owned(), beat(10_000, "2")),
+            ("late".to_owned(), beat(3_000, "1")),
+            ("gone".to_owned(), beat(1, "1")),
+            ("garbage".to_owned(), "{".to_owned()),
+        ]
+        .into();
+        let (live, mut stale) = liveness(&beats, "1", 10_000, 5_000, 9_000);
+        stale.sort();
+        assert_eq!(live, Liveness { workers: 1, sessions: 2 });
+        assert_eq!(stale, vec!["garbage".to_owned(), "gone".to_owned()]);
+    }
+}
