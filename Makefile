@@ -11,7 +11,7 @@ CARGO   := cargo
 .PHONY: run setup venv model build test test-deps bench clean
 
 run: setup
-	$(LENS) predict tests/fixtures/dog.jpeg
+	$(LENS) serve
 
 setup: model build
 

@@ -277,6 +277,10 @@ class Topology:
         self.worker_args = worker_args
         self.procs: dict[str, subprocess.Popen] = {}
         self.url = ""
+        # Where /metrics can be read: the API node, and each worker that
+        # serves its own (`lens worker --health-addr`).
+        self.metrics_urls: list[str] = []
+        self.worker_health = False
 
     def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen:
         logf = open(self.rowdir / f"{key}.log", "wb")
@@ -315,8 +319,14 @@ class Topology:
         serve = self._spawn(
             "serve", [str(self.lens), "serve", "--addr", "127.0.0.1:0", "--data-dir", str(data), *redis_args, *self.serve_args]
         )
+        worker_urls = []
         for i in range(self.workers_n):
-            self._spawn(f"worker{i + 1}", [str(self.lens), "worker", *redis_args, *self.worker_args])
+            extra = []
+            if self.worker_health:
+                port = free_port()
+                extra = ["--health-addr", f"127.0.0.1:{port}"]
+                worker_urls.append(f"http://127.0.0.1:{port}")
+            self._spawn(f"worker{i + 1}", [str(self.lens), "worker", *redis_args, *extra, *self.worker_args])
         end = time.monotonic() + 90
         logp = self.rowdir / "serve.log"
         while not self.url:
@@ -331,10 +341,24 @@ class Topology:
             if serve.poll() is not None or time.monotonic() > end:
                 raise RuntimeError(f"lens serve never became ready; see {logp}")
             time.sleep(0.2)
+        for wurl in worker_urls:
+            while http_get(wurl + "/health/ready")[0] != 200:
+                if time.monotonic() > end:
+                    raise RuntimeError(f"a worker never became ready at {wurl}")
+                time.sleep(0.2)
         for k, p in self.procs.items():
             if p.poll() is not None:
                 raise RuntimeError(f"{k} exited at start-up; see {self.rowdir / (k + '.log')}")
+        self.metrics_urls = [self.url, *worker_urls]
         return self.url
+
+    def scrape(self) -> dict[str, float]:
+        """Every process's metrics, summed (counters and histograms add up)."""
+        total: dict[str, float] = {}
+        for u in self.metrics_urls:
+            for k, v in scrape(u).items():
+                total[k] = total.get(k, 0.0) + v
+        return total
 
     def stop(self) -> None:
         order = [k for k in self.procs if k.startswith("worker")] + ["serve", "redis"]
@@ -353,16 +377,17 @@ class Topology:
                 p.wait(timeout=10)
 
 
-def redis_unavailable(lens: Path) -> str | None:
+def redis_unavailable(lens: Path) -> tuple[str | None, bool]:
+    """(why Redis rows cannot run or None, whether workers serve their own /metrics)."""
     try:
-        r = subprocess.run([str(lens), "worker", "--help"], cwd=ROOT, capture_output=True, timeout=20)
+        r = subprocess.run([str(lens), "worker", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"`lens worker --help` failed ({e})"
+        return f"`lens worker --help` failed ({e})", False
     if r.returncode != 0:
-        return "`lens worker --help` failed: this build has no Redis worker"
+        return "`lens worker --help` failed: this build has no Redis worker", False
     if not shutil.which("redis-server"):
-        return "redis-server is not installed"
-    return None
+        return "redis-server is not installed (apt-get install redis-server)", False
+    return None, "--health-addr" in r.stdout
 
 
 # -------------------------------------------------------------------- rows --
@@ -551,6 +576,8 @@ def run_row(row: Row, lens: Path, outdir: Path, args) -> None:
     rowdir.mkdir(parents=True, exist_ok=True)
     other_before = wait_idle(args.idle_wait) if args.idle_wait > 0 else None
     topo = Topology(row.topology, lens, rowdir, args.serve_args, args.worker_args)
+    topo.worker_health = args.worker_health
+    gen = None
     res: dict = {"other_cpu_before": round(other_before, 2) if other_before is not None else None}
     try:
         url = topo.start()
@@ -559,9 +586,11 @@ def run_row(row: Row, lens: Path, outdir: Path, args) -> None:
         for name in ("grace_hopper.jpg", "coffee.png", "chelsea.png", "grace_hopper.jpg"):
             http_post_file(url + "/predict", FIXTURES / name)
         http_get(url + "/")
-        m0 = scrape(url)
+        m0 = topo.scrape()
         pids = topo.lens_pids()
-        lens_cpu0 = {k: proc_cpu_s(pid) or 0.0 for k, pid in pids.items()}
+        # CPU of the system under test counts redis-server too; RSS is Lens's only.
+        cpu_pids = {**pids, **({"redis": topo.procs["redis"].pid} if "redis" in topo.procs else {})}
+        lens_cpu0 = {k: proc_cpu_s(pid) or 0.0 for k, pid in cpu_pids.items()}
         sys0, ch0, t0 = sys_cpu()[0], children_cpu_s(), time.monotonic()
         if row.generator == "locust":
             gen, argv = run_locust(row, url, rowdir, args)
@@ -581,11 +610,11 @@ def run_row(row: Row, lens: Path, outdir: Path, args) -> None:
             res["generator_timeout"] = True
         elapsed = time.monotonic() - t0
         sys1, ch1 = sys_cpu()[0], children_cpu_s()
-        lens_cpu1 = {k: proc_cpu_s(pid) for k, pid in pids.items()}
+        lens_cpu1 = {k: proc_cpu_s(pid) for k, pid in cpu_pids.items()}
         hwm = {k: vm_kb(pid, "VmHWM") for k, pid in pids.items()}
-        m1 = scrape(url)
+        m1 = topo.scrape()
         alive = {k: p.poll() is None for k, p in topo.procs.items()}
-        lens_cpu = sum((lens_cpu1[k] or lens_cpu0[k]) - lens_cpu0[k] for k in pids)
+        lens_cpu = sum((lens_cpu1[k] or lens_cpu0[k]) - lens_cpu0[k] for k in cpu_pids)
         gen_cpu = ch1 - ch0
         busy = sys1 - sys0
         res.update(
@@ -603,6 +632,9 @@ def run_row(row: Row, lens: Path, outdir: Path, args) -> None:
     except Exception as e:  # a row that fails is reported, the matrix goes on
         res["error"] = f"{type(e).__name__}: {e}"
     finally:
+        if gen is not None and gen.poll() is None:
+            os.killpg(gen.pid, signal.SIGKILL)
+            gen.wait()
         topo.stop()
     if not args.keep_data:
         shutil.rmtree(rowdir / "data", ignore_errors=True)
@@ -955,7 +987,17 @@ def report(data: dict, md_path: Path, png_path: Path) -> str:
         ctab = (f"`lens bench`: n/a ({ceil.get('why', 'not run')}). The model-only and pipeline ceilings are not measured in this "
                 f"build; the goal is checked against the {CEILING_REFERENCE:.0f} img/s reference instead.")
     skipped = sorted({r.skipped for r in rows if r.skipped})
-    yard = md_table(["setup", "POST /predict req/s", "mean latency", "failures"], [list(y) for y in YARDSTICK])
+    yrows = [["original: " + y[0], *y[1:]] for y in YARDSTICK]
+    names = {"inproc": "1 process", "redis1": "Redis + 1 worker", "redis2": "Redis + 2 workers"}
+    for r in rows:
+        if r.scenario == "original" and not r.skipped and "error" not in r.result:
+            x = r.result
+            reqs = x["predict_requests"] + x["get_requests"]
+            fails = x["predict_failures"] + x["get_failures"]
+            mean = x.get("ok_mean_ms")
+            yrows.append([f"**Lens**: {names[r.topology]}, {r.users} users", f"{x['predict_rps']:.1f}",
+                          f"{mean:.0f} ms" if mean is not None else "-", f"{100 * fails / reqs:.1f}%" if reqs else "-"])
+    yard = md_table(["setup", "POST /predict req/s", "mean latency", "failures"], yrows)
     png_rel = os.path.relpath(png_path, md_path.parent)
     serve_args = " ".join(meta["serve_args"]) or "(defaults)"
     text = f"""# Lens benchmarks
@@ -974,7 +1016,7 @@ Every row starts a fresh Lens (`lens serve {serve_args}`, cold cache), warms it 
 
 {table}
 
-Columns: *POST requests* counts every outcome; *failures* includes GET / failures, with their share of all requests; *answered POST/s* is throughput of successful predictions; *peak RSS* is VmHWM of `lens serve` (and of the largest worker); *CPU cores* is the average use over the row by Lens, by the load generator (locust or the asyncio client, measured from its own rusage) and by anything else on the machine (e.g. other builds); *mean batch* is images per model call. *limit* says what bounded the row: **offered load** when Lens answered what the users asked for (the think time sets the rate, so more throughput was not asked for), **Lens** when it saturated, **generator** when locust hit its CPU (it warns "CPU usage above 90%") or the asyncio client sent late.
+Columns: *POST requests* counts every outcome; *failures* includes GET / failures, with their share of all requests; *answered POST/s* is throughput of successful predictions; *peak RSS* is VmHWM of `lens serve` (and of the largest worker); *CPU cores* is the average use over the row by Lens (every Lens process, and redis-server in the Redis rows), by the load generator (locust or the asyncio client, measured from its own rusage) and by anything else on the machine (e.g. other builds); *mean batch* is images per model call. *limit* says what bounded the row: **offered load** when Lens answered what the users asked for (the think time sets the rate, so more throughput was not asked for), **Lens** when it saturated, **generator** when locust hit its CPU (it warns "CPU usage above 90%") or the asyncio client sent late.
 
 ## Ceiling
 
@@ -988,7 +1030,7 @@ From Lens's own `/metrics`, as deltas over each row (server-side means; *client 
 
 ## The original's report (the yardstick)
 
-Locust, 200 users (unless said), mixed GET / and POST /predict, `between(1, 5)`:
+Locust, 200 users (unless said), mixed GET / and POST /predict, `between(1, 5)`; Lens's rows are the same test from the table above. With a 3 s mean think time, N users offer about N/6 POSTs per second, so Lens's POST rate is what the users asked for, while the original's 7-20 req/s was its saturation.
 
 {yard}
 
@@ -1038,6 +1080,9 @@ def csv_words(allowed):
 
 
 def main() -> None:
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so every row's
+    # `finally` stops the Lens processes and the generator it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="reduced matrix: in-process and Redis, 50 and 200 users, 15 s rows")
     ap.add_argument("--scenarios", type=csv_words(SCENARIOS), help=f"rows to run, from {','.join(SCENARIOS)} (default all)")
@@ -1061,7 +1106,7 @@ def main() -> None:
     ap.add_argument("--ceiling-timeout", type=float, default=600, help="seconds per `lens bench` run (default 600)")
     ap.add_argument("--images-dir", type=Path, help="photos for the distinct rows (default: generated into target/distinct-images)")
     ap.add_argument("--images", type=int, default=2000, help="distinct photos to generate (default 2000)")
-    ap.add_argument("--idle-wait", type=float, help="wait up to this many seconds before each row for other work on the machine to calm down (default 60; quick 10; 0: never)")
+    ap.add_argument("--idle-wait", type=float, help="wait up to this many seconds before each row for other work on the machine to calm down (default 30; quick 10; 0: never)")
     ap.add_argument("--lens", type=Path, default=ROOT / "target" / "release" / "lens", help="the lens binary (copied aside for the run)")
     ap.add_argument("--out", type=Path, help="report path (default docs/benchmarks.md; quick: next to results.json)")
     ap.add_argument("--keep-data", action="store_true", help="keep each row's --data-dir")
@@ -1083,7 +1128,7 @@ def main() -> None:
     args.closed_time = args.closed_time or (12 if q else 45)
     args.open_time = args.open_time or (12 if q else 45)
     args.ramp = args.ramp or (3.0 if q else 5.0)
-    args.idle_wait = args.idle_wait if args.idle_wait is not None else (10.0 if q else 60.0)
+    args.idle_wait = args.idle_wait if args.idle_wait is not None else (10.0 if q else 30.0)
     args.serve_args = shlex.split(args.serve_args)
     args.worker_args = shlex.split(args.worker_args)
     args.deadline = deadline_from(args.serve_args)
@@ -1117,7 +1162,7 @@ def main() -> None:
     exts = (".jpg", ".jpeg", ".png", ".webp")
     n_images = sum(1 for p in images_dir.iterdir() if p.suffix.lower() in exts) if images_dir.exists() else 0
 
-    why_no_redis = redis_unavailable(lens) if any(r.topology != "inproc" for r in rows) else None
+    why_no_redis, args.worker_health = redis_unavailable(lens) if any(r.topology != "inproc" for r in rows) else (None, False)
     if why_no_redis:
         for r in rows:
             if r.topology != "inproc":

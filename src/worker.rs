@@ -167,6 +167,9 @@ impl Worker {
         let mut cursor = "0-0".to_owned();
         let mut last_reclaim: Option<Instant> = None;
         let mut failing = false;
+        if let Err(e) = self.ensure_group().await {
+            tracing::warn!(worker = %self.id, error = %e, "cannot create the consumer group yet; retrying");
+        }
         tracing::info!(worker = %self.id, stream = %self.stream, sessions = self.pool.sessions(), "worker started");
         loop {
             let slot = tokio::select! {

@@ -34,7 +34,7 @@ const CATS: [&str; 5] = ["tabby", "tiger_cat", "Persian_cat", "Siamese_cat", "Eg
 fn real_photos_get_their_expected_labels() {
     let model = model();
     let mut c = OrtClassifier::load(&model, 1, None).unwrap();
-    let top1 = |name: &str| {
+    let mut top1 = |name: &str| {
         let img = prepared(&model, name);
         let scores = c.classify(&[&img]).unwrap().remove(0);
         ranked(&scores, &model.labels, 1).remove(0)

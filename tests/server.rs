@@ -434,3 +434,34 @@ async fn operators_get_health_metrics_openapi_and_kserve_v2() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_models_are_served_from_a_models_directory() {
+    // A second model directory: the same network under another name.
+    let models = tempfile::tempdir().unwrap();
+    let src = common::root().join("models/efficientnet-lite0");
+    let dst = models.path().join("lite0-copy");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["model.onnx", "labels.txt"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let toml = std::fs::read_to_string(src.join("model.toml")).unwrap();
+    std::fs::write(dst.join("model.toml"), toml.replace("name = \"efficientnet-lite0\"", "name = \"lite0-copy\"")).unwrap();
+    let s = Server::start(&["--models-dir", models.path().to_str().unwrap(), "--sessions", "1"]).await;
+    let c = reqwest::Client::new();
+    let status: Value = c.get(format!("{}/api/status", s.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["models"], serde_json::json!(["efficientnet-lite0", "lite0-copy"]));
+    assert_eq!(status["model"], "efficientnet-lite0", "/predict keeps the --model one");
+    let r = c.get(format!("{}/v2/models/lite0-copy/ready", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    use base64::Engine as _;
+    let req = serde_json::json!({
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                    "data": [base64::engine::general_purpose::STANDARD.encode(fixture("coffee.png"))]}],
+        "outputs": [{"name": "logits", "parameters": {"classification": 1}}],
+    });
+    let body: Value = c.post(format!("{}/v2/models/lite0-copy/infer", s.url)).json(&req).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["model_name"], "lite0-copy");
+    assert!(body["outputs"][0]["data"][0].as_str().unwrap().ends_with(":967:espresso"));
+    s.stop().await;
+}

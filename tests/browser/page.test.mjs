@@ -81,6 +81,15 @@ async function waitUntil(condition, what) {
   }
 }
 
+/** `promise`, or a rejection naming `what` after the usual wait. */
+function withTimeout(promise, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), WAIT.timeout);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 /** Waits for a JS-rendered result naming `label`. */
 async function waitForPrediction(page, label) {
   await page.locator('#result .prediction', { hasText: `Predicted class: ${label}` }).waitFor(WAIT);
@@ -108,7 +117,7 @@ after(async () => {
   }
 });
 
-describe('with JavaScript', () => {
+describe('with JavaScript', { timeout: 180_000 }, () => {
   test('the page is served under the strict CSP with its own assets', async () => {
     const page = await openPage(jsContext);
     const resp = await page.goto(BASE);
@@ -161,12 +170,13 @@ describe('with JavaScript', () => {
 
   test('the drop zone is keyboard operable', async () => {
     const page = await openPage(jsContext);
+    // Listening before the page loads turns file-chooser interception on in time.
+    const chooser = new Promise((resolve) => page.once('filechooser', resolve));
     await page.goto(BASE);
-    await page.bringToFront();
     await page.keyboard.press('Tab');
     assert.equal(await page.evaluate(() => document.activeElement.id), 'drop-zone');
-    const [chooser] = await Promise.all([page.waitForEvent('filechooser', WAIT), page.keyboard.press('Enter')]);
-    await chooser.setFiles(DOG);
+    await page.keyboard.press('Enter');
+    await (await withTimeout(chooser, 'the file chooser')).setFiles(DOG);
     await waitForPrediction(page, 'Eskimo_dog');
     page.assertClean();
   });
@@ -341,7 +351,7 @@ describe('with JavaScript', () => {
   });
 });
 
-describe('without JavaScript', () => {
+describe('without JavaScript', { timeout: 120_000 }, () => {
   /** Submits the upload form with `file` and waits for the answer page. */
   async function upload(page, file) {
     await page.goto(BASE);
