@@ -37,7 +37,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
     let mut file = None;
     if is_multipart {
         let form = Multipart::from_request(req, &state).await.map_err(|e| ApiError::BadMultipart(e.body_text()))?;
-        file = read_form(form, state.limits.max_parts, &mut fields).await?;
+        file = read_form(form, &state.limits, &mut fields).await?;
     } else {
         let axum::Form(pairs) = axum::Form::<Vec<(String, String)>>::from_request(req, &state)
             .await
@@ -81,7 +81,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
     if wants_json {
         return Ok(Json(json!({"success": true, "id": id})).into_response());
     }
-    let message = format!("Thanks: report #{id} saved.");
+    let message = format!("Thanks — report #{id} saved");
     let view = PageView {
         model: state.models.default_model().name(),
         result: None,

@@ -186,10 +186,14 @@ fn render_result(out: &mut String, r: &PageResult) {
         best.score
     );
     render_bars(out, r.top);
-    let source = if r.cached { "from the cache" } else { "computed now" };
-    let _ = write!(
+    let source = if r.cached {
+        "from the cache"
+    } else {
+        "computed now"
+    };
+    let _ = writeln!(
         out,
-        "<p class=\"timing\">Took {:.1} ms, {source}.</p>\n",
+        "<p class=\"timing\">Took {:.1} ms, {source}.</p>",
         r.elapsed_ms
     );
     render_feedback_form(out, r, &best.label, best.score);
@@ -200,11 +204,11 @@ fn render_bars(out: &mut String, top: &[ClassScore]) {
     out.push_str("<ol class=\"bars\" aria-label=\"Top classes\">\n");
     for (i, class) in top.iter().enumerate() {
         let label = escape_html(&class.label);
-        let _ = write!(
+        let _ = writeln!(
             out,
             "<li class=\"bar\"><span class=\"bar-label\" id=\"bar-{i}\">{label}</span>\
 <meter min=\"0\" max=\"1\" value=\"{score:.4}\" aria-labelledby=\"bar-{i}\">{score:.4}</meter>\
-<span class=\"bar-score\">{score:.4}</span></li>\n",
+<span class=\"bar-score\">{score:.4}</span></li>",
             score = class.score
         );
     }
@@ -241,8 +245,16 @@ mod tests {
 
     fn top() -> Vec<ClassScore> {
         vec![
-            ClassScore { label: "Eskimo_dog".into(), index: 248, score: 0.6404 },
-            ClassScore { label: "Siberian_husky".into(), index: 250, score: 0.21 },
+            ClassScore {
+                label: "Eskimo_dog".into(),
+                index: 248,
+                score: 0.6404,
+            },
+            ClassScore {
+                label: "Siberian_husky".into(),
+                index: 250,
+                score: 0.21,
+            },
         ]
     }
 
@@ -276,7 +288,9 @@ mod tests {
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;.jpg"));
         // The hidden report carries it too, JSON inside an escaped attribute.
-        assert!(html.contains("&quot;filename&quot;:&quot;&lt;script&gt;alert(1)&lt;/script&gt;.jpg&quot;"));
+        assert!(html.contains(
+            "&quot;filename&quot;:&quot;&lt;script&gt;alert(1)&lt;/script&gt;.jpg&quot;"
+        ));
     }
 
     #[test]
@@ -285,7 +299,9 @@ mod tests {
         assert!(html.contains("Predicted class: <strong>Eskimo_dog</strong>"));
         assert!(html.contains("Score: 0.6404"));
         assert!(html.contains("Report incorrect answer"));
-        assert!(html.contains("<form id=\"feedback-form\" class=\"feedback\" method=\"post\" action=\"/feedback\">"));
+        assert!(html.contains(
+            "<form id=\"feedback-form\" class=\"feedback\" method=\"post\" action=\"/feedback\">"
+        ));
         assert!(html.contains("name=\"correct_label\""));
         assert!(html.contains("<datalist id=\"label-list\">"));
         assert!(html.contains("src=\"/uploads/abc.jpg\""));
@@ -313,9 +329,7 @@ mod tests {
             result: None,
             message: Some((MessageKind::Error, "No file was uploaded.")),
         });
-        assert!(html.contains(
-            "method=\"post\" action=\"/\" enctype=\"multipart/form-data\""
-        ));
+        assert!(html.contains("method=\"post\" action=\"/\" enctype=\"multipart/form-data\""));
         assert!(html.contains("<input type=\"file\" id=\"file\" name=\"file\""));
         assert!(html.contains("role=\"alert\">No file was uploaded.</p>"));
         assert!(!html.contains("Predicted class"));
@@ -324,7 +338,11 @@ mod tests {
     #[test]
     fn the_html_obeys_the_content_security_policy() {
         let hostile = result_page("<b style=\"x\" onclick=\"y\">.jpg");
-        let plain = render(&PageView { model: "m", result: None, message: None });
+        let plain = render(&PageView {
+            model: "m",
+            result: None,
+            message: None,
+        });
         for html in [hostile, plain] {
             assert!(!html.contains(" style=\""), "inline style attribute");
             assert!(!html.contains("<style"), "inline <style>");

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::page::{self, MessageKind, PageResult, PageView};
-use super::{AppState, StageTimes};
+use super::{AppState, Limits, StageTimes};
 use crate::prediction::{ClassScore, ranked};
 use crate::service::Answer;
 
@@ -36,9 +36,11 @@ pub struct Upload {
 /// Past the cap, parts are read and discarded.
 pub async fn read_form(
     mut form: Multipart,
-    max_parts: usize,
+    limits: &Limits,
     fields: &mut Vec<(String, String)>,
 ) -> Result<Option<(String, Bytes)>, ApiError> {
+    let max_parts = limits.max_parts;
+    let multipart_error = |e| multipart_error(e, limits.body_bytes);
     let mut file = None;
     let mut parts = 0;
     loop {
@@ -72,9 +74,9 @@ pub async fn read_form(
     Ok(file)
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+fn multipart_error(e: axum::extract::multipart::MultipartError, body_limit: usize) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::TooLarge(0)
+        ApiError::TooLarge(body_limit)
     } else {
         ApiError::BadMultipart(e.body_text())
     }
@@ -111,7 +113,7 @@ pub async fn predict(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let form = form.map_err(|e| ApiError::BadMultipart(e.body_text()))?;
-    let upload = check_upload(read_form(form, state.limits.max_parts, &mut Vec::new()).await?)?;
+    let upload = check_upload(read_form(form, &state.limits, &mut Vec::new()).await?)?;
     let predictor = state.models.default_model();
     let answer = predictor.predict(upload.bytes).await?;
     let labels = &predictor.model.labels;
@@ -171,7 +173,7 @@ pub async fn page_upload(
     };
     let upload = async {
         let form = form.map_err(|e| ApiError::BadMultipart(e.body_text()))?;
-        check_upload(read_form(form, state.limits.max_parts, &mut Vec::new()).await?)
+        check_upload(read_form(form, &state.limits, &mut Vec::new()).await?)
     };
     let upload = match upload.await {
         Ok(u) => u,
