@@ -140,7 +140,7 @@ pub struct ServeArgs {
     /// With --redis: also run this many model workers in this process
     /// (each with --sessions sessions, default: cores / N). Without it an
     /// API node loads no model session.
-    #[arg(long, env = "LENS_WORKERS", default_value_t = 0)]
+    #[arg(long, env = "LENS_WORKERS", default_value_t = 0, requires = "redis")]
     pub workers: usize,
 
     /// With --redis: how long answers stay in the shared Redis cache, in

@@ -7,6 +7,10 @@
 //!   -> job queue -> batcher -> model session (ONNX Runtime) -> reply
 //! ```
 //!
+//! Scaled out (`lens serve --redis`), the job queue is a Redis stream, and
+//! the batcher and model sessions run in `lens worker` processes on any
+//! machine; `deploy/PROTOCOL.md` describes the protocol.
+//!
 //! # Layout
 //!
 //! - [`config`]: command-line and `LENS_*` environment settings.

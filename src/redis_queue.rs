@@ -322,7 +322,8 @@ impl SharedCache {
         let mut conn = self.inner.conn.clone();
         let mut get = redis::cmd("GET");
         get.arg(self.key(sha256));
-        let bytes = tokio::time::timeout(CACHE_TIMEOUT, get.query_async::<Option<Vec<u8>>>(&mut conn)).await.ok()?.ok()??;
+        let bytes =
+            tokio::time::timeout(CACHE_TIMEOUT, get.query_async::<Option<Vec<u8>>>(&mut conn)).await.ok()?.ok()??;
         if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
             return None;
         }

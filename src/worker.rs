@@ -25,7 +25,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadOptions, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamPendingCountReply, StreamReadOptions,
+    StreamReadReply,
+};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -56,9 +59,11 @@ pub struct WorkerConfig {
 /// `lens worker`: loads the model, serves its stream until SIGTERM or Ctrl-C.
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let url = args.redis.redis.clone().context("`lens worker` needs --redis redis://HOST:PORT")?;
-    let model = ModelDir::load(&args.model.model).with_context(|| format!("loading model {}", args.model.model.display()))?;
+    let model =
+        ModelDir::load(&args.model.model).with_context(|| format!("loading model {}", args.model.model.display()))?;
     let sessions = args.model.session_config();
-    let pool = crate::serve::load_pool(&model, &args.model, sessions, Duration::from_millis(args.debug_slow_ms)).await?;
+    let pool =
+        crate::serve::load_pool(&model, &args.model, sessions, Duration::from_millis(args.debug_slow_ms)).await?;
     let pool = Arc::new(pool);
     let metrics = Arc::new(Metrics::new());
     let cancel = CancellationToken::new();
@@ -254,17 +259,17 @@ impl Worker {
         Ok(batch)
     }
 
-    async fn read(&self, reader: &mut ConnectionManager, count: usize, block: Duration) -> redis::RedisResult<Vec<Delivery>> {
+    async fn read(
+        &self,
+        reader: &mut ConnectionManager,
+        count: usize,
+        block: Duration,
+    ) -> redis::RedisResult<Vec<Delivery>> {
         // BLOCK 0 would mean forever.
         let block_ms = (block.as_millis() as usize).max(1);
         let opts = StreamReadOptions::default().group(keys::GROUP, &self.id).count(count).block(block_ms);
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg(&opts)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">")
-            .query_async(reader)
-            .await?;
+        let reply: Option<StreamReadReply> =
+            redis::cmd("XREADGROUP").arg(&opts).arg("STREAMS").arg(&self.stream).arg(">").query_async(reader).await?;
         let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
         Ok(entries.map(|entry| Delivery { entry, deliveries: 1 }).collect())
     }
@@ -293,8 +298,12 @@ impl Worker {
         }
         let pending: Vec<StreamPendingCountReply> = pipe.query_async(&mut conn).await?;
         let deliveries = pending.into_iter().map(|p| p.ids.first().map_or(1, |i| i.times_delivered as u32));
-        let batch: Vec<Delivery> =
-            reply.claimed.into_iter().zip(deliveries).map(|(entry, deliveries)| Delivery { entry, deliveries }).collect();
+        let batch: Vec<Delivery> = reply
+            .claimed
+            .into_iter()
+            .zip(deliveries)
+            .map(|(entry, deliveries)| Delivery { entry, deliveries })
+            .collect();
         tracing::warn!(worker = %self.id, jobs = batch.len(), "reclaimed jobs of a worker that stopped answering");
         Ok(batch)
     }
@@ -367,7 +376,12 @@ impl Worker {
             tracing::error!(worker = %self.id, entry = %d.entry.id, reason = %d.reason, "job moved to the dead-letter stream");
             pipe.cmd("XADD").arg(&self.dead).arg("MAXLEN").arg("~").arg(keys::DEAD_MAXLEN).arg("*");
             pipe.arg("dead_reason").arg(&d.reason).arg("dead_entry").arg(&d.entry.id);
-            pipe.arg("dead_deliveries").arg(d.deliveries).arg("dead_worker").arg(&self.id).arg("dead_at_ms").arg(keys::now_ms());
+            pipe.arg("dead_deliveries")
+                .arg(d.deliveries)
+                .arg("dead_worker")
+                .arg(&self.id)
+                .arg("dead_at_ms")
+                .arg(keys::now_ms());
             for (field, value) in &d.entry.map {
                 if let Ok(bytes) = redis::from_redis_value_ref::<Vec<u8>>(value) {
                     pipe.arg(field).arg(bytes);
@@ -402,8 +416,14 @@ impl Worker {
 
     async fn ensure_group(&self) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        let created: redis::RedisResult<()> =
-            redis::cmd("XGROUP").arg("CREATE").arg(&self.stream).arg(keys::GROUP).arg("0").arg("MKSTREAM").exec_async(&mut conn).await;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(keys::GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .exec_async(&mut conn)
+            .await;
         match created {
             Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
             _ => Ok(()),
@@ -431,6 +451,7 @@ impl Worker {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut group_ready = false;
+        let mut beats = 0u64;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -445,13 +466,44 @@ impl Worker {
             let in_flight: Vec<String> = self.in_flight().iter().cloned().collect();
             if !in_flight.is_empty() {
                 // JUSTID: resets the idle time without counting a delivery.
-                pipe.cmd("XCLAIM").arg(&self.stream).arg(keys::GROUP).arg(&self.id).arg(0).arg(&in_flight).arg("JUSTID").ignore();
+                pipe.cmd("XCLAIM")
+                    .arg(&self.stream)
+                    .arg(keys::GROUP)
+                    .arg(&self.id)
+                    .arg(0)
+                    .arg(&in_flight)
+                    .arg("JUSTID")
+                    .ignore();
             }
             let ok = pipe.exec_async(&mut conn).await.is_ok();
             if !ok {
                 group_ready = false;
             }
             self.registered.store(ok, Ordering::SeqCst);
+            beats += 1;
+            if ok && beats.is_multiple_of(60) {
+                self.forget_dead_consumers().await;
+            }
+        }
+    }
+
+    /// Removes from the group the consumers of workers that died long ago
+    /// and whose entries were all reclaimed (nothing pending).
+    async fn forget_dead_consumers(&self) {
+        let mut conn = self.conn.clone();
+        let info: redis::RedisResult<StreamInfoConsumersReply> =
+            redis::cmd("XINFO").arg("CONSUMERS").arg(&self.stream).arg(keys::GROUP).query_async(&mut conn).await;
+        let Ok(info) = info else { return };
+        for c in info.consumers {
+            if c.pending == 0 && c.idle as u128 > keys::WORKER_FORGET.as_millis() * 10 {
+                let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&self.stream)
+                    .arg(keys::GROUP)
+                    .arg(&c.name)
+                    .exec_async(&mut conn)
+                    .await;
+            }
         }
     }
 
@@ -459,7 +511,8 @@ impl Worker {
     /// nothing pending (deleting it would otherwise drop its pending entries).
     async fn leave(&self) {
         let mut conn = self.conn.clone();
-        let _: redis::RedisResult<()> = redis::cmd("HDEL").arg(&self.registry).arg(&self.id).exec_async(&mut conn).await;
+        let _: redis::RedisResult<()> =
+            redis::cmd("HDEL").arg(&self.registry).arg(&self.id).exec_async(&mut conn).await;
         let pending: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
             .arg(&self.stream)
             .arg(keys::GROUP)
@@ -470,8 +523,13 @@ impl Worker {
             .query_async(&mut conn)
             .await;
         if pending.is_ok_and(|p| p.ids.is_empty()) {
-            let _: redis::RedisResult<()> =
-                redis::cmd("XGROUP").arg("DELCONSUMER").arg(&self.stream).arg(keys::GROUP).arg(&self.id).exec_async(&mut conn).await;
+            let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(&self.stream)
+                .arg(keys::GROUP)
+                .arg(&self.id)
+                .exec_async(&mut conn)
+                .await;
         }
     }
 }

@@ -46,7 +46,8 @@ async fn predict_keeps_the_original_contract() {
     assert_eq!(body["cached"], true, "same bytes as before: answered from the cache");
 
     // Every refusal: 400 with the four-key error body.
-    let cases: Vec<(&str, Option<(&str, Vec<u8>)>)> = vec![
+    type Case<'a> = (&'a str, Option<(&'a str, Vec<u8>)>);
+    let cases: Vec<Case> = vec![
         ("no file", None),
         ("empty file", Some(("empty.jpg", vec![]))),
         ("bad extension", Some(("dog.bmp", fixture("dog.jpeg")))),

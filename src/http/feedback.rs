@@ -55,13 +55,16 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
         if let Some(u) = upload {
             record.image_file = Some(store.images().put(&u.bytes, &u.ext)?);
             record.image_sha256 = Some(crate::feedback::sha256_hex(&u.bytes));
-        } else if let Some(name) = record.image_sha256.as_deref().and_then(|h| uploads.find(h)) {
-            if let Some(path) = uploads.path_of(&name) {
-                let bytes = std::fs::read(&path)
-                    .map_err(|source| crate::feedback::FeedbackError::Io { path: path.clone(), source })?;
-                let ext = name.rsplit('.').next().unwrap_or("jpg").to_owned();
-                record.image_file = Some(store.images().put(&bytes, &ext)?);
-            }
+        } else if let Some((name, path)) = record
+            .image_sha256
+            .as_deref()
+            .and_then(|h| uploads.find(h))
+            .and_then(|name| uploads.path_of(&name).map(|path| (name, path)))
+        {
+            let bytes =
+                std::fs::read(&path).map_err(|source| crate::feedback::FeedbackError::Io { path: path.clone(), source })?;
+            let ext = name.rsplit('.').next().unwrap_or("jpg").to_owned();
+            record.image_file = Some(store.images().put(&bytes, &ext)?);
         }
         store.record(&record).map(|id| (id, record))
     })

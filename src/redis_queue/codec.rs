@@ -235,7 +235,10 @@ mod tests {
     fn jobs_round_trip() {
         let img = ModelInput::Image(Prepared { width: 2, height: 1, rgb: vec![1, 2, 3, 4, 5, 6] });
         let e = decode_job(&entry(job_fields(7, "lens:replies:n", 100, 90, &img)), &spec()).unwrap();
-        assert_eq!(e, JobEntry { job_id: 7, reply_to: "lens:replies:n".into(), deadline_ms: 100, enqueued_ms: 90, input: img });
+        assert_eq!(
+            e,
+            JobEntry { job_id: 7, reply_to: "lens:replies:n".into(), deadline_ms: 100, enqueued_ms: 90, input: img }
+        );
         let t = ModelInput::Tensor(vec![0.5, -1.0, 2.0, 0.0, 1e-3, 7.0]);
         let e = decode_job(&entry(job_fields(8, "lens:replies:n", 1, 1, &t)), &spec()).unwrap();
         assert_eq!(e.input, t);

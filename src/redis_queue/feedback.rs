@@ -58,19 +58,30 @@ impl FeedbackMirror {
 /// images to `out/images/`; with `drain`, then deletes them from Redis.
 /// Returns the number of reports.
 pub async fn export(url: &str, out: &Path, drain: bool) -> anyhow::Result<usize> {
-    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await.context("connecting to Redis")?;
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.context("connecting to Redis")?;
     let images = ImageStore::open(&out.join("images"))?;
-    let mut csv = String::from("node,id,created_at,model,image_sha256,image_file,filename,predicted_label,score,correct_label,report\n");
+    let mut csv = String::from(
+        "node,id,created_at,model,image_sha256,image_file,filename,predicted_label,score,correct_label,report\n",
+    );
     let mut exported = Vec::new();
     let mut start = "-".to_owned();
     loop {
-        let page: StreamRangeReply =
-            redis::cmd("XRANGE").arg(keys::FEEDBACK).arg(&start).arg("+").arg("COUNT").arg(PAGE).query_async(&mut conn).await?;
+        let page: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(keys::FEEDBACK)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(&mut conn)
+            .await?;
         let Some(last) = page.ids.last() else { break };
         start = format!("({}", last.id);
         for entry in &page.ids {
             exported.push(entry.id.clone());
-            let Some(mut record) = entry.get::<String>("record").and_then(|j| serde_json::from_str::<FeedbackRecord>(&j).ok())
+            let Some(mut record) =
+                entry.get::<String>("record").and_then(|j| serde_json::from_str::<FeedbackRecord>(&j).ok())
             else {
                 tracing::warn!(entry = %entry.id, "skipping a malformed feedback entry");
                 continue;

@@ -58,10 +58,10 @@ impl Server {
         let task = tokio::spawn(lens::serve::run_with(listener, args, token.clone()));
         let client = reqwest::Client::new();
         for _ in 0..300 {
-            if let Ok(r) = client.get(format!("{url}/health/ready")).send().await {
-                if r.status() == 200 {
-                    return Server { url, data_dir, token, task, _tmp: None };
-                }
+            if let Ok(r) = client.get(format!("{url}/health/ready")).send().await
+                && r.status() == 200
+            {
+                return Server { url, data_dir, token, task, _tmp: None };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

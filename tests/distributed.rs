@@ -1,0 +1,702 @@
+//! Lens scaled out on Redis, end to end: a real `redis-server` on a free
+//! port, real `lens serve --redis` and `lens worker` processes (so they can
+//! be killed), the real model, real photos.
+//!
+//! Tests run one at a time (they share two cores); each starts its own
+//! Redis in a temporary directory and stops everything it started, also
+//! when it fails. Process logs go to `target/tmp/distributed/<test>/`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lens::job::JobError;
+use lens::redis_queue::codec::{self, WorkerBeat};
+use redis::streams::StreamPendingReply;
+
+const JOBS: &str = "lens:jobs:efficientnet-lite0";
+const DEAD: &str = "lens:dead:efficientnet-lite0";
+const REGISTRY: &str = "lens:workers:efficientnet-lite0";
+const GROUP: &str = "lens-workers";
+const PHOTOS: [&str; 4] = ["dog.jpeg", "coffee.png", "chelsea.png", "grace_hopper.jpg"];
+
+/// One test at a time: each runs model workers on a two-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn model_dir() -> PathBuf {
+    common::root().join("models/efficientnet-lite0")
+}
+
+fn log_dir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("distributed").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// What `lens predict` (the in-process path) answers for each photo.
+fn expected() -> &'static HashMap<String, (String, f64)> {
+    static EXPECTED: OnceLock<HashMap<String, (String, f64)>> = OnceLock::new();
+    EXPECTED.get_or_init(|| {
+        let paths: Vec<PathBuf> = PHOTOS.iter().map(|p| common::root().join("tests/fixtures").join(p)).collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_lens"))
+            .arg("predict")
+            .arg("--json")
+            .arg("--model")
+            .arg(model_dir())
+            .args(&paths)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines = String::from_utf8(out.stdout).unwrap();
+        PHOTOS
+            .iter()
+            .zip(lines.lines())
+            .map(|(name, line)| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                (name.to_string(), (v["prediction"].as_str().unwrap().to_owned(), v["score"].as_f64().unwrap()))
+            })
+            .collect()
+    })
+}
+
+/// A `redis-server` of our own, killed on drop.
+struct Redis {
+    port: u16,
+    dir: tempfile::TempDir,
+    appendonly: bool,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start(appendonly: bool) -> Redis {
+        let mut r = Redis { port: free_port(), dir: tempfile::tempdir().unwrap(), appendonly, child: None };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run `scripts/system-deps test`");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Graceful stop (SIGTERM: Redis flushes its append-only file).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        // No response timeout: tests block on BLPOP for seconds.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection_with_config(&config).await.unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().unwrap();
+    assert!(ok.success());
+}
+
+/// A `lens` process, killed on drop.
+struct Lens {
+    child: Child,
+    /// The first stdout line: where it listens, or that the worker serves.
+    banner: String,
+}
+
+impl Lens {
+    fn spawn(logs: &Path, name: &str, args: &[&str]) -> Lens {
+        let log = std::fs::File::create(logs.join(format!("{name}.log"))).unwrap();
+        let mut child =
+            Command::new(env!("CARGO_BIN_EXE_lens")).args(args).stdout(Stdio::piped()).stderr(log).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let want = |l: &String| l.starts_with("listening on http://") || l.starts_with("worker ");
+        let banner = loop {
+            match rx.recv_timeout(Duration::from_secs(90)) {
+                Ok(line) if want(&line) => break line,
+                Ok(_) => continue,
+                Err(e) => panic!("{name} did not start ({e}); see {}", logs.join(format!("{name}.log")).display()),
+            }
+        };
+        Lens { child, banner }
+    }
+
+    fn api(logs: &Path, name: &str, redis: &Redis, extra: &[&str]) -> Lens {
+        let (url, model, data) = (redis.url(), model_dir(), logs.join(format!("{name}-data")));
+        let mut args = vec!["serve", "--redis", &url, "--addr", "127.0.0.1:0"];
+        args.extend(["--model", model.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+        args.extend(extra);
+        Lens::spawn(logs, name, &args)
+    }
+
+    fn worker(logs: &Path, name: &str, redis: &Redis, extra: &[&str]) -> Lens {
+        let (url, model) = (redis.url(), model_dir());
+        let mut args = vec!["worker", "--redis", &url, "--model", model.to_str().unwrap(), "--sessions", "1"];
+        args.extend(extra);
+        Lens::spawn(logs, name, &args)
+    }
+
+    fn url(&self) -> String {
+        self.banner.trim_start_matches("listening on ").to_owned()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Lens {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut check: F) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ready_status(client: &reqwest::Client, api: &str) -> u16 {
+    match client.get(format!("{api}/health/ready")).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+async fn wait_ready(client: &reqwest::Client, api: &str) {
+    wait_until("the API node is ready", Duration::from_secs(60), async || ready_status(client, api).await == 200).await;
+}
+
+/// Photo `i % 4`, made byte-distinct by `i` so that no cache answers it.
+fn photo(i: usize) -> (&'static str, Vec<u8>) {
+    let name = PHOTOS[i % PHOTOS.len()];
+    (name, common::variant(&common::fixture(name), 1000 + i))
+}
+
+/// One `/predict?top_k=1`: status, body, and how long it took.
+async fn predict(
+    client: &reqwest::Client,
+    api: &str,
+    name: &str,
+    bytes: Vec<u8>,
+) -> (u16, serde_json::Value, Duration) {
+    let started = Instant::now();
+    let r = client.post(format!("{api}/predict?top_k=1")).multipart(common::form(name, bytes)).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body = r.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body, started.elapsed())
+}
+
+fn assert_correct(name: &str, status: u16, body: &serde_json::Value) {
+    let (label, score) = &expected()[name];
+    assert_eq!(status, 200, "{name}: {body}");
+    assert_eq!(body["prediction"].as_str(), Some(label.as_str()), "{name}: {body}");
+    let got = body["score"].as_f64().unwrap();
+    assert!((got - score).abs() < 2e-3, "{name}: score {got} vs in-process {score}");
+}
+
+/// Sends photos `range` to `api`, `concurrency` at a time; answers in order.
+async fn load(
+    client: &reqwest::Client,
+    api: &str,
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+) -> Vec<(&'static str, u16, serde_json::Value, Duration)> {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::new();
+    for i in range {
+        let (client, api, gate) = (client.clone(), api.to_owned(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.unwrap();
+            let (name, bytes) = photo(i);
+            let (status, body, took) = predict(&client, &api, name, bytes).await;
+            (name, status, body, took)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+async fn beats(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<String, WorkerBeat> {
+    let raw: HashMap<String, String> = redis::cmd("HGETALL").arg(REGISTRY).query_async(conn).await.unwrap();
+    raw.into_iter().map(|(id, json)| (id, serde_json::from_str(&json).unwrap())).collect()
+}
+
+/// Entries delivered and not yet acknowledged, by consumer.
+async fn pending(conn: &mut redis::aio::MultiplexedConnection) -> HashMap<String, usize> {
+    let reply: StreamPendingReply = redis::cmd("XPENDING").arg(JOBS).arg(GROUP).query_async(conn).await.unwrap();
+    match reply {
+        StreamPendingReply::Data(d) => d.consumers.into_iter().map(|c| (c.name, c.pending)).collect(),
+        _ => HashMap::new(),
+    }
+}
+
+async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+    redis::cmd("XLEN").arg(key).query_async(conn).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_a_mixed_load_and_answer_it_correctly() {
+    let _serial = SERIAL.lock().await;
+    let logs = log_dir("mixed_load");
+    let redis = Redis::start(false);
+    let api = Lens::api(&logs, "api", &redis, &[]);
+    let _w1 = Lens::worker(&logs, "worker-1", &redis, &[]);
+    let _w2 = Lens::worker(&logs, "worker-2", &redis, &[]);
+    let client = reqwest::Client::new();
+    wait_until("both workers are live", Duration::from_secs(30), async || {
+        let s: serde_json::Value =
+            client.get(format!("{}/api/status", api.url())).send().await.unwrap().json().await.unwrap();
+        s["workers"] == 2
+    })
+    .await;
+
+    let answers = load(&client, &api.url(), 0..300, 16).await;
+    for (name, status, body, _) in &answers {
+        assert_correct(name, *status, body);
+        assert_eq!(body["cached"], false, "every request is byte-distinct");
+    }
+
+    let mut conn = redis.conn().await;
+    wait_until("both heartbeats count all 300 jobs", Duration::from_secs(5), async || {
+        beats(&mut conn).await.values().map(|b| b.processed).sum::<u64>() >= 300
+    })
+    .await;
+    let beats = beats(&mut conn).await;
+    eprintln!("jobs per worker: {:?}", beats.values().map(|b| b.processed).collect::<Vec<_>>());
+    assert_eq!(beats.len(), 2);
+    for (id, b) in &beats {
+        assert!(b.processed > 0, "worker {id} processed nothing: {beats:?}");
+    }
+    assert_eq!(xlen(&mut conn, JOBS).await, 0, "acknowledged jobs are deleted from the stream");
+    assert!(pending(&mut conn).await.values().all(|&n| n == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_a_killed_worker_are_reclaimed_by_the_survivor() {
+    let _serial = SERIAL.lock().await;
+    let logs = log_dir("kill_worker");
+    let redis = Redis::start(false);
+    let deadline_secs = 20.0;
+    let api = Lens::api(&logs, "api", &redis, &["--deadline-secs", "20"]);
+    let slow = ["--debug-slow-ms", "400", "--visibility-timeout-ms", "1000", "--max-batch", "4"];
+    let mut victim = Lens::worker(&logs, "victim", &redis, &slow);
+    let _survivor = Lens::worker(&logs, "survivor", &redis, &slow);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &api.url()).await;
+
+    let load = tokio::spawn({
+        let (client, url) = (client.clone(), api.url());
+        async move { load(&client, &url, 0..24, 24).await }
+    });
+    let mut conn = redis.conn().await;
+    let tag = format!("-{}-", victim.pid());
+    wait_until("the victim holds jobs", Duration::from_secs(20), async || {
+        pending(&mut conn).await.iter().any(|(c, &n)| c.contains(&tag) && n > 0)
+    })
+    .await;
+    victim.child.kill().unwrap(); // SIGKILL: no chance to acknowledge anything
+    victim.child.wait().unwrap();
+
+    for (name, status, body, took) in load.await.unwrap() {
+        assert_correct(name, status, &body);
+        assert!(took.as_secs_f64() < deadline_secs + 1.0, "{name} waited {took:?}");
+    }
+    assert!(pending(&mut conn).await.values().all(|&n| n == 0), "nothing left pending");
+    assert_eq!(xlen(&mut conn, JOBS).await, 0);
+    let survivor: u64 = beats(&mut conn).await.values().filter(|b| b.pid != victim.pid()).map(|b| b.processed).sum();
+    assert!(survivor > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_answers_503_while_redis_is_down_and_recovers_by_itself() {
+    let _serial = SERIAL.lock().await;
+    let logs = log_dir("redis_restart");
+    let mut redis = Redis::start(true);
+    let api = Lens::api(&logs, "api", &redis, &["--deadline-secs", "10"]);
+    let _worker = Lens::worker(&logs, "worker", &redis, &["--visibility-timeout-ms", "1000"]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &api.url()).await;
+
+    // A steady load through the whole outage.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut loops = Vec::new();
+    for l in 0..2 {
+        let (client, url, stop) = (client.clone(), api.url(), stop.clone());
+        loops.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut i = l * 10_000;
+            while !stop.is_cancelled() {
+                let (name, bytes) = photo(i);
+                let (status, body, took) = predict(&client, &url, name, bytes).await;
+                seen.push((name, status, body, took));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.stop();
+    wait_until("the node reports not ready", Duration::from_secs(5), async || {
+        ready_status(&client, &api.url()).await == 503
+    })
+    .await;
+    let (name, bytes) = photo(99_999);
+    let (status, body, took) = predict(&client, &api.url(), name, bytes).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(took < Duration::from_secs(1), "a 503 while Redis is down is immediate, took {took:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.spawn();
+    wait_until("the node is ready again", Duration::from_secs(30), async || {
+        ready_status(&client, &api.url()).await == 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for l in loops {
+        for (name, status, body, took) in l.await.unwrap() {
+            *statuses.entry(status).or_default() += 1;
+            match status {
+                200 => assert_correct(name, status, &body),
+                503 | 504 => assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}"),
+                other => panic!("unexpected {other}: {body}"),
+            }
+            assert!(took < Duration::from_secs(11), "a request waited {took:?}");
+        }
+    }
+    eprintln!("statuses through the Redis restart: {statuses:?}");
+    assert!(statuses.get(&200).is_some_and(|&n| n > 0), "{statuses:?}");
+    assert!(statuses.get(&503).is_some_and(|&n| n > 0), "{statuses:?}");
+    for (name, status, body, _) in load(&client, &api.url(), 50_000..50_008, 4).await {
+        assert_correct(name, status, &body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_jobs_go_to_the_dead_letter_stream_and_workers_keep_serving() {
+    let _serial = SERIAL.lock().await;
+    let logs = log_dir("poison");
+    let redis = Redis::start(false);
+    let api = Lens::api(&logs, "api", &redis, &[]);
+    let _worker = Lens::worker(&logs, "worker", &redis, &["--visibility-timeout-ms", "1000", "--max-deliveries", "3"]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &api.url()).await;
+    let mut conn = redis.conn().await;
+    let reply_to = "lens:replies:test-node";
+    let now = lens::redis_queue::keys::now_ms();
+    let deadline = (now + 60_000).to_string();
+
+    // An entry no worker can decode: dead-lettered at once, client told.
+    let _: String = redis::cmd("XADD")
+        .arg(JOBS)
+        .arg("*")
+        .arg(&[
+            ("v", "1"),
+            ("id", "4242"),
+            ("reply", reply_to),
+            ("deadline_ms", &deadline),
+            ("enqueued_ms", &now.to_string()),
+        ])
+        .arg(&[("input", "rgb8"), ("width", "3"), ("height", "3"), ("data", "not pixels")])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (_, reply): (String, Vec<u8>) = redis::cmd("BLPOP").arg(reply_to).arg(10).query_async(&mut conn).await.unwrap();
+    assert_eq!(codec::decode_reply(&reply).unwrap(), (4242, Err(JobError::DeadLettered(1))));
+    assert_eq!(xlen(&mut conn, DEAD).await, 1);
+
+    // A job that keeps killing its workers: a ghost consumer takes it (in the
+    // same transaction as the XADD, so the real worker cannot), and claims it
+    // again as if three more workers had died on it. The real worker then
+    // reclaims it after the visibility timeout and dead-letters it.
+    let zeros = vec![0u8; 3 * 224 * 224 * 4];
+    let input = lens::engine::ModelInput::Tensor(vec![0.0; 3 * 224 * 224]);
+    let fields = codec::job_fields(4243, reply_to, now + 60_000, now, &input);
+    assert_eq!(fields.last().unwrap().1, zeros);
+    let (id,): (String,) = {
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("XADD").arg(JOBS).arg("*");
+        for (k, v) in &fields {
+            pipe.arg(*k).arg(v.as_slice());
+        }
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg("ghost")
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(JOBS)
+            .arg(">")
+            .ignore();
+        pipe.query_async(&mut conn).await.unwrap()
+    };
+    for _ in 0..3 {
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(JOBS)
+            .arg(GROUP)
+            .arg("ghost")
+            .arg(0)
+            .arg(&id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (_, reply): (String, Vec<u8>) = redis::cmd("BLPOP").arg(reply_to).arg(15).query_async(&mut conn).await.unwrap();
+    let (job, result) = codec::decode_reply(&reply).unwrap();
+    assert_eq!(job, 4243);
+    assert!(matches!(result, Err(JobError::DeadLettered(n)) if n > 3), "{result:?}");
+    assert_eq!(xlen(&mut conn, DEAD).await, 2);
+    let dead: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(DEAD).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let reasons: Vec<String> = dead.ids.iter().map(|e| e.get::<String>("dead_reason").unwrap()).collect();
+    assert!(reasons[0].contains("rgb8"), "{reasons:?}");
+    assert!(reasons[1].contains("delivered"), "{reasons:?}");
+
+    // The worker is unharmed.
+    for (name, status, body, _) in load(&client, &api.url(), 0..8, 4).await {
+        assert_correct(name, status, &body);
+    }
+    assert!(pending(&mut conn).await.values().all(|&n| n == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_nodes_each_get_their_own_replies_and_share_the_cache() {
+    let _serial = SERIAL.lock().await;
+    let logs = log_dir("two_api_nodes");
+    let redis = Redis::start(false);
+    let a = Lens::api(&logs, "api-a", &redis, &[]);
+    let b = Lens::api(&logs, "api-b", &redis, &[]);
+    let _worker = Lens::worker(&logs, "worker", &redis, &[]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &a.url()).await;
+    wait_ready(&client, &b.url()).await;
+
+    // Node A only ever sends dogs and cats, node B coffee and Grace Hopper:
+    // a reply routed to the wrong node would be a wrong answer or a timeout.
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let url = if i % 2 == 0 { a.url() } else { b.url() };
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let (name, bytes) = photo(i);
+            let (status, body, _) = predict(&client, &url, name, bytes).await;
+            (name, status, body)
+        }));
+    }
+    for t in tasks {
+        let (name, status, body) = t.await.unwrap();
+        assert_correct(name, status, &body);
+    }
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("lens:replies:*").query_async(&mut conn).await.unwrap();
+    assert!(keys.is_empty(), "every reply was popped: {keys:?}");
+
+    // The result cache is shared: B answers what A computed.
+    let bytes = common::variant(&common::fixture("chelsea.png"), 777);
+    let (status, first, _) = predict(&client, &a.url(), "chelsea.png", bytes.clone()).await;
+    assert_correct("chelsea.png", status, &first);
+    assert_eq!(first["cached"], false);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, second, _) = predict(&client, &b.url(), "chelsea.png", bytes).await;
+    assert_correct("chelsea.png", status, &second);
+    assert_eq!(second["cached"], true, "{second}");
+
+    // Feedback taken by either node is collected from Redis in one place.
+    for (node, label) in [(&a, "tabby"), (&b, "tiger_cat")] {
+        let r = client
+            .post(format!("{}/feedback", node.url()))
+            .header("accept", "application/json")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("predicted_label=Egyptian_cat&correct_label={label}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let out = logs.join("feedback-export");
+    let export = Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args(["feedback", "export", "--drain", "--redis", &redis.url()])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let csv = std::fs::read_to_string(out.join("feedback.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[0].starts_with("node,id,created_at,model,"), "{csv}");
+    assert!(rows[1].ends_with(",tabby,") && rows[2].ends_with(",tiger_cat,"), "{csv}");
+    assert_ne!(rows[1].split(',').next(), rows[2].split(',').next(), "two nodes: {csv}");
+    assert_eq!(xlen(&mut conn, "lens:feedback").await, 0, "--drain removed them");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_worker_finish_and_acknowledge_its_batch() {
+    let _serial = SERIAL.lock().await;
+    let logs = log_dir("sigterm");
+    let redis = Redis::start(false);
+    let api = Lens::api(&logs, "api", &redis, &["--deadline-secs", "30"]);
+    let mut worker = Lens::worker(&logs, "worker", &redis, &["--debug-slow-ms", "1500", "--max-batch", "4"]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &api.url()).await;
+
+    let load = tokio::spawn({
+        let (client, url) = (client.clone(), api.url());
+        async move { load(&client, &url, 0..4, 4).await }
+    });
+    let mut conn = redis.conn().await;
+    wait_until("the worker holds a batch", Duration::from_secs(20), async || {
+        pending(&mut conn).await.values().any(|&n| n > 0)
+    })
+    .await;
+    let in_batch: usize = pending(&mut conn).await.values().sum();
+    signal(&worker.child, "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = worker.child.wait();
+        (worker, s)
+    });
+    let (_worker, exit) = tokio::time::timeout(Duration::from_secs(15), status).await.unwrap().unwrap();
+    assert!(exit.unwrap().success(), "the worker exits cleanly on SIGTERM");
+    assert!(pending(&mut conn).await.values().all(|&n| n == 0), "its batch was acknowledged");
+    assert!(beats(&mut conn).await.is_empty(), "it left the registry");
+    let left = xlen(&mut conn, JOBS).await;
+    assert_eq!(left, 4 - in_batch, "exactly the jobs it had not taken are still queued");
+
+    // Whatever it had not taken is served by the next worker.
+    let _next = Lens::worker(&logs, "next", &redis, &[]);
+    for (name, status, body, _) in load.await.unwrap() {
+        assert_correct(name, status, &body);
+    }
+}
+
+/// The compose file must be valid for `docker compose up --scale worker=4`
+/// and the Kubernetes manifests must hold what the README promises. No
+/// Docker engine or cluster here: this checks structure, not a deployment.
+#[test]
+fn deployment_files_are_well_formed() {
+    let deploy = common::root().join("deploy");
+    match Command::new("docker-compose")
+        .arg("-f")
+        .arg(deploy.join("docker-compose.yml"))
+        .args(["config", "--services"])
+        .output()
+    {
+        Ok(out) => {
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let services = String::from_utf8_lossy(&out.stdout);
+            for s in ["redis", "api", "worker"] {
+                assert!(services.lines().any(|l| l == s), "service {s} missing: {services}");
+            }
+        }
+        Err(_) => {
+            eprintln!("docker-compose not installed (scripts/system-deps test installs it): compose file not checked")
+        }
+    }
+    let check = r#"
+import sys, json, glob, yaml
+docs = []
+for path in sorted(glob.glob(sys.argv[1] + "/*.yaml")):
+    docs += [d for d in yaml.safe_load_all(open(path)) if d]
+out = {}
+for d in docs:
+    name = d["kind"] + "/" + d["metadata"]["name"]
+    if d["kind"] == "Deployment":
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        out[name] = {
+            "replicas": d["spec"].get("replicas"),
+            "command": c.get("args", []),
+            "ready": c.get("readinessProbe", {}).get("httpGet", {}).get("path"),
+            "live": c.get("livenessProbe", {}).get("httpGet", {}).get("path"),
+            "requests": sorted(c.get("resources", {}).get("requests", {})),
+            "env": sorted(e["name"] for e in c.get("env", [])),
+            "grace": d["spec"]["template"]["spec"].get("terminationGracePeriodSeconds"),
+        }
+    else:
+        out[name] = {}
+print(json.dumps(out))
+"#;
+    let out = match Command::new("python3").arg("-c").arg(check).arg(deploy.join("k8s")).output() {
+        Ok(out) if out.status.success() => out,
+        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named 'yaml'") => {
+            eprintln!("python3-yaml not installed: Kubernetes manifests not checked");
+            return;
+        }
+        Ok(out) => panic!("{}", String::from_utf8_lossy(&out.stderr)),
+        Err(_) => {
+            eprintln!("python3 not installed: Kubernetes manifests not checked");
+            return;
+        }
+    };
+    let k8s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for kind in
+        ["Deployment/lens-api", "Deployment/lens-worker", "Service/lens-api", "Deployment/redis", "Service/redis"]
+    {
+        assert!(k8s.get(kind).is_some(), "{kind} missing: {k8s}");
+    }
+    let api = &k8s["Deployment/lens-api"];
+    assert_eq!(api["ready"], "/health/ready");
+    assert_eq!(api["live"], "/health/live");
+    assert_eq!(api["requests"], serde_json::json!(["cpu", "memory"]));
+    assert!(api["env"].as_array().unwrap().contains(&"LENS_REDIS".into()));
+    let worker = &k8s["Deployment/lens-worker"];
+    assert_eq!(worker["command"][0], "worker");
+    assert_eq!(worker["ready"], "/health/ready");
+    assert_eq!(worker["live"], "/health/live");
+    assert_eq!(worker["requests"], serde_json::json!(["cpu", "memory"]));
+    assert!(worker["grace"].as_u64().unwrap() >= 10, "SIGTERM must leave time to finish a batch");
+}
