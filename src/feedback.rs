@@ -34,7 +34,7 @@ const MAX_FIELD_CHARS: usize = 1024;
 /// Longest accepted [`FeedbackRecord::report`], in characters.
 const MAX_REPORT_CHARS: usize = 4096;
 /// CSV header written by [`FeedbackStore::export`]; the column order of [`csv_row`].
-const CSV_HEADER: &str = "id,created_at,model,image_sha256,image_file,filename,\
+pub const CSV_HEADER: &str = "id,created_at,model,image_sha256,image_file,filename,\
                           predicted_label,score,correct_label,report";
 
 /// Errors from the image and feedback stores.
@@ -411,7 +411,7 @@ impl FeedbackStore {
 }
 
 /// One CSV line (without the line break) in [`CSV_HEADER`] order.
-fn csv_row(id: i64, created_at: f64, r: &FeedbackRecord) -> String {
+pub fn csv_row(id: i64, created_at: f64, r: &FeedbackRecord) -> String {
     let text = |v: &Option<String>| csv_field(v.as_deref().unwrap_or(""));
     [
         id.to_string(),
@@ -429,7 +429,7 @@ fn csv_row(id: i64, created_at: f64, r: &FeedbackRecord) -> String {
 }
 
 /// Quotes a CSV field if it holds a comma, quote or line break, doubling quotes.
-fn csv_field(s: &str) -> String {
+pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

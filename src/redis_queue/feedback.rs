@@ -17,7 +17,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 
 use super::keys;
-use crate::feedback::{FeedbackRecord, ImageStore};
+use crate::feedback::{CSV_HEADER, FeedbackRecord, ImageStore, csv_field, csv_row};
 
 /// The stream keeps about this many reports (approximate trim).
 const MAXLEN: usize = 100_000;
@@ -62,9 +62,7 @@ pub async fn export(url: &str, out: &Path, drain: bool) -> anyhow::Result<usize>
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.context("connecting to Redis")?;
     let images = ImageStore::open(&out.join("images"))?;
-    let mut csv = String::from(
-        "node,id,created_at,model,image_sha256,image_file,filename,predicted_label,score,correct_label,report\n",
-    );
+    let mut csv = format!("node,{CSV_HEADER}\n");
     let mut exported = Vec::new();
     let mut start = "-".to_owned();
     loop {
@@ -94,21 +92,10 @@ pub async fn export(url: &str, out: &Path, drain: bool) -> anyhow::Result<usize>
                 _ => None,
             };
             let created = entry.get::<u64>("created_ms").map_or(0.0, |ms| ms as f64 / 1000.0);
-            let text = |v: &Option<String>| csv_field(v.as_deref().unwrap_or(""));
-            let row = [
-                csv_field(&entry.get::<String>("node").unwrap_or_default()),
-                entry.get::<i64>("id").map(|i| i.to_string()).unwrap_or_default(),
-                created.to_string(),
-                csv_field(&record.model),
-                text(&record.image_sha256),
-                text(&record.image_file),
-                text(&record.filename),
-                text(&record.predicted_label),
-                record.score.map(|s| s.to_string()).unwrap_or_default(),
-                text(&record.correct_label),
-                text(&record.report),
-            ];
-            csv.push_str(&row.join(","));
+            let id = entry.get::<i64>("id").unwrap_or_default();
+            let node = csv_field(&entry.get::<String>("node").unwrap_or_default());
+            let row = format!("{node},{}", csv_row(id, created, &record));
+            csv.push_str(&row);
             csv.push('\n');
         }
     }
@@ -120,18 +107,4 @@ pub async fn export(url: &str, out: &Path, drain: bool) -> anyhow::Result<usize>
         }
     }
     Ok(exported.len())
-}
-
-/// RFC 4180 quoting, as `lens feedback export` writes the local store.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn csv_fields_are_quoted_only_when_needed() {
-        assert_eq!(super::csv_field("a"), "a");
-        assert_eq!(super::csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
-    }
 }
