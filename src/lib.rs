@@ -9,7 +9,7 @@
 //!
 //! Scaled out (`lens serve --redis`), the job queue is a Redis stream, and
 //! the batcher and model sessions run in `lens worker` processes on any
-//! machine; `deploy/PROTOCOL.md` describes the protocol.
+//! machine; the README's "Scaling out on Redis" section describes the protocol.
 //!
 //! # Layout
 //!

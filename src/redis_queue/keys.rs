@@ -1,5 +1,5 @@
 //! Key names, timing constants, wall-clock conversions and connection set-up
-//! shared by API nodes and workers. `deploy/PROTOCOL.md` documents the keys.
+//! shared by API nodes and workers. The README's "Scaling out on Redis" section documents them.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
