@@ -18,7 +18,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::batcher::{BatchConfig, BatchContext, run_local};
+use crate::batcher::{BatchContext, run_local};
 use crate::config::{ModelArgs, ServeArgs};
 use crate::engine::{Classifier, EngineError, ModelInput, OrtClassifier, Scores, SessionConfig};
 use crate::feedback::{FeedbackStore, ImageStore};
@@ -134,7 +134,7 @@ async fn start_model(
     let pool = Arc::new(load_pool(&model, &args.model, sessions, Duration::from_millis(args.debug_slow_ms)).await?);
     let (queue, jobs) = LocalQueue::new(args.queue_capacity, Arc::clone(&metrics));
     let ctx = Arc::new(BatchContext { metrics: Arc::clone(&metrics) });
-    let batcher = tokio::spawn(run_local(jobs, Arc::clone(&pool), batch_config(args), ctx, stop));
+    let batcher = tokio::spawn(run_local(jobs, Arc::clone(&pool), args.batch.config(), ctx, stop));
     let predictor = Arc::new(Predictor::new(
         model_info(&model),
         predictor_config(args),
@@ -180,7 +180,7 @@ async fn start_remote_model(
         };
         let cfg = WorkerConfig {
             redis_url: url.to_owned(),
-            batch: batch_config(args),
+            batch: args.batch.config(),
             visibility: Duration::from_millis(args.redis.visibility_timeout_ms.max(100)),
             max_deliveries: args.redis.max_deliveries.max(1),
         };
@@ -205,10 +205,6 @@ fn predictor_config(args: &ServeArgs) -> PredictorConfig {
         cache_entries: args.cache_entries,
         max_pending: args.max_pending,
     }
-}
-
-fn batch_config(args: &ServeArgs) -> BatchConfig {
-    BatchConfig { max_batch: args.max_batch.max(1), max_wait: Duration::from_millis(args.max_wait_ms) }
 }
 
 /// Loads `sessions` model sessions (each warmed up) on a blocking thread.

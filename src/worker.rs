@@ -70,7 +70,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::serve::signal_shutdown(cancel.clone()));
     let cfg = WorkerConfig {
         redis_url: url,
-        batch: BatchConfig { max_batch: args.max_batch.max(1), max_wait: Duration::from_millis(args.max_wait_ms) },
+        batch: args.batch.config(),
         visibility: Duration::from_millis(args.redis.visibility_timeout_ms.max(100)),
         max_deliveries: args.redis.max_deliveries.max(1),
     };
