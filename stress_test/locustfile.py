@@ -94,6 +94,7 @@ class DistinctImages:
         folder = Path(env_dir) if env_dir else DEFAULT_IMAGES_DIR
         if not env_dir and not any(folder.glob("img_*.jpg")):
             sys.path.insert(0, str(ROOT / "scripts"))
+            sys.dont_write_bytecode = True  # no __pycache__ left in scripts/
             from make_distinct_images import make  # noqa: PLC0415 (only when needed)
 
             make(folder, 2000, 20240601, ROOT / "tests" / "fixtures")
