@@ -33,9 +33,7 @@ fn spec() -> ResizeSpec {
 }
 
 fn load(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -53,21 +51,13 @@ fn median_ms(bytes: &[u8], spec: &ResizeSpec, runs: usize) -> f64 {
 
 fn bench_prepare(c: &mut Criterion) {
     let spec = spec();
-    let cases: Vec<(&str, Vec<u8>)> = CASES
-        .iter()
-        .map(|&(label, file)| (label, load(file)))
-        .collect();
+    let cases: Vec<(&str, Vec<u8>)> = CASES.iter().map(|&(label, file)| (label, load(file))).collect();
     for (label, bytes) in &cases {
         prepare(bytes, &spec, MAX_PIXELS).expect("fixture prepares");
-        println!(
-            "{label}: median {:.2} ms/image",
-            median_ms(bytes, &spec, 41)
-        );
+        println!("{label}: median {:.2} ms/image", median_ms(bytes, &spec, 41));
     }
     for (label, bytes) in &cases {
-        c.bench_function(label, |b| {
-            b.iter(|| prepare(black_box(bytes), &spec, MAX_PIXELS))
-        });
+        c.bench_function(label, |b| b.iter(|| prepare(black_box(bytes), &spec, MAX_PIXELS)));
     }
 }
 

@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::ModelInput;
 use crate::job::{Job, JobError, JobOutput, JobResult};
 use crate::metrics::{self, Metrics};
-use crate::engine::ModelInput;
 use crate::sessions::SessionPool;
 
 /// The batching rule's parameters.
@@ -217,7 +217,10 @@ mod tests {
     }
 
     impl crate::engine::Classifier for Recorder {
-        fn classify(&mut self, inputs: &[&ModelInput]) -> Result<Vec<crate::engine::Scores>, crate::engine::EngineError> {
+        fn classify(
+            &mut self,
+            inputs: &[&ModelInput],
+        ) -> Result<Vec<crate::engine::Scores>, crate::engine::EngineError> {
             if let Some(gate) = self.gate.take() {
                 let _ = gate.recv();
             }

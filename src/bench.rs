@@ -85,7 +85,13 @@ fn model_only(
 }
 
 /// Images per second decoding and classifying real photos, one session per thread.
-fn pipeline(model: &ModelDir, args: &BenchArgs, photos: &[Vec<u8>], threads: usize, seconds: Duration) -> anyhow::Result<f64> {
+fn pipeline(
+    model: &ModelDir,
+    args: &BenchArgs,
+    photos: &[Vec<u8>],
+    threads: usize,
+    seconds: Duration,
+) -> anyhow::Result<f64> {
     let resize = model.spec.resize_spec();
     let mut classifiers = Vec::new();
     for _ in 0..threads {

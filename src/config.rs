@@ -231,7 +231,11 @@ pub struct BenchArgs {
     pub batch_sizes: Vec<usize>,
 
     /// Photos to use; the first is the --model-only input.
-    #[arg(long, value_delimiter = ',', default_value = "tests/fixtures/dog.jpeg,tests/fixtures/grace_hopper.jpg,tests/fixtures/coffee.png,tests/fixtures/chelsea.png")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tests/fixtures/dog.jpeg,tests/fixtures/grace_hopper.jpg,tests/fixtures/coffee.png,tests/fixtures/chelsea.png"
+    )]
     pub images: Vec<PathBuf>,
 }
 

@@ -112,11 +112,7 @@ fn find_in_venv(venv: &Path) -> Option<PathBuf> {
         let mut found: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("libonnxruntime.so.1"))
-            })
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.1")))
             .collect();
         found.sort();
         if let Some(p) = found.pop() {
@@ -181,16 +177,11 @@ impl Classifier for OrtClassifier {
         let data = std::mem::take(&mut self.scratch);
         let tensor = Tensor::from_array((shape, data)).map_err(|e| EngineError::Inference(e.to_string()))?;
         let input_name = self.spec.input.name.as_str();
-        let outputs = self
-            .session
-            .run(ort::inputs![input_name => tensor])
-            .map_err(|e| EngineError::Inference(e.to_string()))?;
-        let output = outputs
-            .get(&self.spec.output.name)
-            .ok_or_else(|| EngineError::Inference("missing output".into()))?;
-        let (shape, values) = output
-            .try_extract_tensor::<f32>()
-            .map_err(|e| EngineError::Inference(e.to_string()))?;
+        let outputs =
+            self.session.run(ort::inputs![input_name => tensor]).map_err(|e| EngineError::Inference(e.to_string()))?;
+        let output =
+            outputs.get(&self.spec.output.name).ok_or_else(|| EngineError::Inference("missing output".into()))?;
+        let (shape, values) = output.try_extract_tensor::<f32>().map_err(|e| EngineError::Inference(e.to_string()))?;
         let dims: Vec<i64> = shape.iter().copied().collect();
         if dims.len() != 2 || dims[0] != n || dims[1] as usize != self.classes {
             return Err(EngineError::OutputShape { shape: dims, batch: images.len(), classes: self.classes });

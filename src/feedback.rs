@@ -156,10 +156,7 @@ impl ImageStore {
         if !is_sha256_hex(sha256) {
             return None;
         }
-        ALLOWED_EXTS
-            .iter()
-            .map(|ext| format!("{sha256}.{ext}"))
-            .find(|name| self.dir.join(name).is_file())
+        ALLOWED_EXTS.iter().map(|ext| format!("{sha256}.{ext}")).find(|name| self.dir.join(name).is_file())
     }
 }
 
@@ -297,8 +294,7 @@ impl FeedbackStore {
         let images = ImageStore::open(&dir.join("images"))?;
         let conn = Connection::open(dir.join("feedback.sqlite3"))?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(invalid(format!("database refused WAL mode (got {mode:?})")));
         }
@@ -322,8 +318,7 @@ impl FeedbackStore {
     /// report > 4096) and malformed hashes or image names are [`FeedbackError::Invalid`].
     pub fn record(&self, r: &FeedbackRecord) -> Result<i64, FeedbackError> {
         r.validate(&self.images)?;
-        let created_at =
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let created_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let conn = self.conn();
         conn.execute(
             "INSERT INTO feedback (created_at, model, image_sha256, image_file, filename,
@@ -346,8 +341,7 @@ impl FeedbackStore {
 
     /// Number of stored reports.
     pub fn count(&self) -> Result<u64, FeedbackError> {
-        let n: i64 =
-            self.conn().query_row("SELECT COUNT(*) FROM feedback", [], |row| row.get(0))?;
+        let n: i64 = self.conn().query_row("SELECT COUNT(*) FROM feedback", [], |row| row.get(0))?;
         // COUNT(*) is never negative.
         Ok(n.unsigned_abs())
     }
@@ -430,11 +424,7 @@ pub fn csv_row(id: i64, created_at: f64, r: &FeedbackRecord) -> String {
 
 /// Quotes a CSV field if it holds a comma, quote or line break, doubling quotes.
 pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 #[cfg(test)]
@@ -493,13 +483,7 @@ mod tests {
 
     #[test]
     fn sha256_of_known_inputs() {
-        assert_eq!(
-            sha256_hex(b""),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

@@ -39,9 +39,7 @@ pub const INFERENCE: &str = "inference";
 
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~65 s
-    Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    ])
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
 }
 
 /// All of Lens's metrics. Cheap to update from any thread.
@@ -95,7 +93,11 @@ impl Metrics {
         registry.register("inferred_images", "Images run through the model", m.inferred_images.clone());
         registry.register("cache_hits", "Result cache hits", m.cache_hits.clone());
         registry.register("cache_misses", "Result cache misses", m.cache_misses.clone());
-        registry.register("coalesced_requests", "Requests served by an identical in-flight request", m.coalesced.clone());
+        registry.register(
+            "coalesced_requests",
+            "Requests served by an identical in-flight request",
+            m.coalesced.clone(),
+        );
         registry.register("rejected_requests", "Requests refused, by reason", m.rejected.clone());
         registry.register("dropped_jobs", "Jobs dropped before inference, by reason", m.dropped_jobs.clone());
         Metrics { registry, ..m }

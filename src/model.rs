@@ -136,10 +136,8 @@ fn default_onnx() -> String {
 
 impl ModelSpec {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ModelError> {
-        let spec: ModelSpec = toml::from_str(text).map_err(|e| ModelError::Invalid {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let spec: ModelSpec =
+            toml::from_str(text).map_err(|e| ModelError::Invalid { path: path.to_owned(), message: e.to_string() })?;
         spec.validate().map_err(|message| ModelError::Invalid { path: path.to_owned(), message })?;
         Ok(spec)
     }
@@ -185,11 +183,8 @@ impl ModelDir {
         let text = read(&toml_path)?;
         let spec = ModelSpec::parse(&text, &toml_path)?;
         let labels_path = dir.join(&spec.labels);
-        let labels: Vec<String> = read(&labels_path)?
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect();
+        let labels: Vec<String> =
+            read(&labels_path)?.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
         if labels.is_empty() {
             return Err(ModelError::Invalid { path: labels_path, message: "no labels".into() });
         }

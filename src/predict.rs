@@ -19,9 +19,11 @@ const BATCH: usize = 8;
 
 pub fn run(args: &PredictArgs) -> anyhow::Result<ExitCode> {
     let model = ModelDir::load(&args.model.model).context("loading the model directory")?;
-    let threads = args.model.session_config().intra_threads.max(
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-    );
+    let threads = args
+        .model
+        .session_config()
+        .intra_threads
+        .max(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let mut classifier = OrtClassifier::load(&model, threads, args.model.ort_lib.as_deref())?;
     let files = expand(&args.paths);
     let resize = model.spec.resize_spec();
@@ -88,10 +90,7 @@ fn prepare_all(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("internal error while decoding".into())))
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("internal error while decoding".into()))).collect()
     })
 }
 
@@ -100,9 +99,8 @@ fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let mut inner: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| rd.flatten().map(|e| e.path()).collect())
-                .unwrap_or_default();
+            let mut inner: Vec<PathBuf> =
+                std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
             inner.sort();
             files.extend(expand(&inner));
         } else {

@@ -77,11 +77,7 @@ pub enum ImageError {
         "image is {width}x{height} pixels, over the limit of {max_pixels} pixels; \
          downscale it and retry"
     )]
-    TooLarge {
-        width: u32,
-        height: u32,
-        max_pixels: u64,
-    },
+    TooLarge { width: u32, height: u32, max_pixels: u64 },
     #[error("the image is corrupt or truncated ({0}); re-export the image or retry the upload")]
     Corrupt(String),
     #[error(
@@ -128,17 +124,13 @@ pub fn sniff_format(bytes: &[u8]) -> Option<Format> {
     const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
     // BMP's two-byte "BM" is also how plenty of text starts: require a known
     // DIB header size (BITMAPCOREHEADER .. BITMAPV5HEADER) as well.
-    let bmp_dib_size = bytes
-        .get(14..18)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
+    let bmp_dib_size = bytes.get(14..18).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]));
     match bytes {
         [0xFF, 0xD8, 0xFF, ..] => Some(Format::Jpeg),
         _ if bytes.starts_with(PNG) => Some(Format::Png),
         _ if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") => Some(Format::Gif),
         _ if bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WEBP") => Some(Format::WebP),
-        _ if bytes.starts_with(b"BM")
-            && matches!(bmp_dib_size, Some(12 | 16 | 40 | 52 | 56 | 64 | 108 | 124)) =>
-        {
+        _ if bytes.starts_with(b"BM") && matches!(bmp_dib_size, Some(12 | 16 | 40 | 52 | 56 | 64 | 108 | 124)) => {
             Some(Format::Bmp)
         }
         _ => None,
@@ -152,11 +144,7 @@ pub fn prepare(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Result<Prepa
     }
     let format = sniff_format(bytes).ok_or(ImageError::NotAnImage)?;
     let source = shielded(|| Source::open(bytes, format, max_pixels))?;
-    let Header {
-        width,
-        height,
-        orientation,
-    } = source.header();
+    let Header { width, height, orientation } = source.header();
     check_size(width, height, max_pixels)?;
 
     let plan = Plan::new(width, height, orientation, spec);
@@ -179,37 +167,19 @@ fn finish(decoded: Decoded, plan: &Plan, spec: &ResizeSpec) -> Result<Prepared, 
         width: f64::from(region.width) / scale,
         height: f64::from(region.height) / scale,
     };
-    let resized = resize::crop_resize(
-        &decoded.pixels,
-        crop,
-        plan.out_width,
-        plan.out_height,
-        spec.interpolation,
-    )?;
-    let Pixels {
-        width,
-        height,
-        data,
-        ..
-    } = resized.into_rgb();
-    let (rgb, width, height) =
-        geometry::orient_pixels(data, width, height, Channels::Rgb.count(), plan.orientation);
+    let resized = resize::crop_resize(&decoded.pixels, crop, plan.out_width, plan.out_height, spec.interpolation)?;
+    let Pixels { width, height, data, .. } = resized.into_rgb();
+    let (rgb, width, height) = geometry::orient_pixels(data, width, height, Channels::Rgb.count(), plan.orientation);
     Ok(Prepared { width, height, rgb })
 }
 
 /// Refuses empty images and images over the pixel budget.
 fn check_size(width: u32, height: u32, max_pixels: u64) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
-        return Err(ImageError::Corrupt(format!(
-            "the header declares a {width}x{height} image"
-        )));
+        return Err(ImageError::Corrupt(format!("the header declares a {width}x{height} image")));
     }
     if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(ImageError::TooLarge {
-            width,
-            height,
-            max_pixels,
-        });
+        return Err(ImageError::TooLarge { width, height, max_pixels });
     }
     Ok(())
 }
@@ -270,11 +240,8 @@ fn truncated() -> ImageError {
 /// unwind and only the read-only input is shared, so nothing half-updated is
 /// observed afterwards (hence `AssertUnwindSafe`).
 fn shielded<T>(decoder_call: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
-    catch_unwind(AssertUnwindSafe(decoder_call)).unwrap_or_else(|_| {
-        Err(ImageError::Corrupt(
-            "the decoder could not make sense of this file".into(),
-        ))
-    })
+    catch_unwind(AssertUnwindSafe(decoder_call))
+        .unwrap_or_else(|_| Err(ImageError::Corrupt("the decoder could not make sense of this file".into())))
 }
 
 #[cfg(test)]
@@ -299,18 +266,8 @@ mod tests {
 
     #[test]
     fn size_check_rejects_zero_and_oversized() {
-        assert!(matches!(
-            check_size(0, 10, 100),
-            Err(ImageError::Corrupt(_))
-        ));
-        assert_eq!(
-            check_size(11, 10, 100),
-            Err(ImageError::TooLarge {
-                width: 11,
-                height: 10,
-                max_pixels: 100
-            })
-        );
+        assert!(matches!(check_size(0, 10, 100), Err(ImageError::Corrupt(_))));
+        assert_eq!(check_size(11, 10, 100), Err(ImageError::TooLarge { width: 11, height: 10, max_pixels: 100 }));
         assert_eq!(check_size(10, 10, 100), Ok(()));
         assert_eq!(check_size(u32::MAX, u32::MAX, u64::MAX), Ok(()));
     }

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::engine::ModelInput;
 use crate::job::{Job, JobResult};
 use crate::metrics::Metrics;
-use crate::engine::ModelInput;
 use crate::redis_queue::RedisQueue;
 
 /// Why a job was not accepted.

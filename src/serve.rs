@@ -172,7 +172,8 @@ async fn start_remote_model(
         .with_shared_cache(queue.shared_cache(ttl)),
     );
     let watcher = tokio::spawn(queue.watch(Arc::clone(&predictor), redis_stop));
-    let mut running = Running { predictor, pools: Vec::new(), batchers: Vec::new(), redis_tasks: vec![listener, watcher] };
+    let mut running =
+        Running { predictor, pools: Vec::new(), batchers: Vec::new(), redis_tasks: vec![listener, watcher] };
     if let Some(per_worker) = cores.checked_div(args.workers) {
         let sessions = SessionConfig {
             sessions: args.model.sessions.unwrap_or(per_worker).max(1),
@@ -185,7 +186,8 @@ async fn start_remote_model(
             max_deliveries: args.redis.max_deliveries.max(1),
         };
         for _ in 0..args.workers {
-            let pool = Arc::new(load_pool(&model, &args.model, sessions, Duration::from_millis(args.debug_slow_ms)).await?);
+            let pool =
+                Arc::new(load_pool(&model, &args.model, sessions, Duration::from_millis(args.debug_slow_ms)).await?);
             let worker = Worker::new(&model.spec, Arc::clone(&pool), cfg.clone(), Arc::clone(&metrics))?;
             running.batchers.push(tokio::spawn(worker.run(batcher_stop.clone())));
             running.pools.push(pool);

@@ -14,10 +14,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::cache::{Coalescer, Key, ResultCache, Role};
+use crate::engine::ModelInput;
 use crate::job::{JobError, JobOutput};
 use crate::metrics::{self, Metrics};
 use crate::model::{ModelSpec, ResizeSpec};
-use crate::engine::ModelInput;
 use crate::preprocess::{ImageError, prepare};
 use crate::queue::{JobQueue, SubmitError};
 use crate::redis_queue::SharedCache;

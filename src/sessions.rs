@@ -36,10 +36,7 @@ pub struct SessionPool {
 impl SessionPool {
     /// Starts one thread per classifier. Each is warmed up with `warmup`
     /// before it takes work, so the pool is ready when this returns.
-    pub fn start(
-        classifiers: Vec<Box<dyn Classifier>>,
-        warmup: Option<ModelInput>,
-    ) -> Result<Self, EngineError> {
+    pub fn start(classifiers: Vec<Box<dyn Classifier>>, warmup: Option<ModelInput>) -> Result<Self, EngineError> {
         let sessions = classifiers.len();
         let (tx, rx) = mpsc::channel::<Work>();
         let rx = Arc::new(Mutex::new(rx));

@@ -31,31 +31,18 @@ struct Server {
 impl Server {
     fn start(data_dir: &Path) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lens"))
-            .args([
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--body-limit",
-                BODY_LIMIT,
-                "--data-dir",
-            ])
+            .args(["serve", "--addr", "127.0.0.1:0", "--body-limit", BODY_LIMIT, "--data-dir"])
             .arg(data_dir)
             .current_dir(root())
             // Warnings only, unless the caller asks for more.
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("could not start `lens serve`");
         let stdout = child.stdout.take().expect("piped stdout");
         // Guard first, so the child dies even if no address line ever comes.
-        let mut server = Server {
-            child,
-            url: String::new(),
-        };
+        let mut server = Server { child, url: String::new() };
         let (tx, rx) = mpsc::channel();
         // Reads the address line, then keeps draining stdout so the server never blocks on it.
         std::thread::spawn(move || {
@@ -65,9 +52,7 @@ impl Server {
                 }
             }
         });
-        server.url = rx
-            .recv_timeout(START_TIMEOUT)
-            .expect("`lens serve` printed no `listening on http://...` line");
+        server.url = rx.recv_timeout(START_TIMEOUT).expect("`lens serve` printed no `listening on http://...` line");
         server.wait_ready();
         server
     }
@@ -81,19 +66,14 @@ impl Server {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("`lens serve` exited before it was ready: {status}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "`lens serve` not ready after {START_TIMEOUT:?}"
-            );
+            assert!(Instant::now() < deadline, "`lens serve` not ready after {START_TIMEOUT:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// Asks for a graceful stop (SIGTERM) and waits a little; `Drop` kills otherwise.
     fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -118,11 +98,7 @@ fn http_status(url: &str, path: &str) -> Option<u16> {
     let host = url.strip_prefix("http://")?;
     let mut stream = TcpStream::connect(host).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
@@ -130,14 +106,8 @@ fn http_status(url: &str, path: &str) -> Option<u16> {
 
 /// Fails with the one instruction that fixes a missing tool.
 fn require_tool(program: &str, arg: &str) {
-    let ok = Command::new(program)
-        .arg(arg)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "`{program}` is missing: run `make test-deps` (installs chromium, node and npm)"
-    );
+    let ok = Command::new(program).arg(arg).output().is_ok_and(|o| o.status.success());
+    assert!(ok, "`{program}` is missing: run `make test-deps` (installs chromium, node and npm)");
 }
 
 /// Installs playwright-core from the lockfile if `node_modules` is missing.
@@ -191,15 +161,11 @@ struct SentReport {
 
 fn sent_reports(path: &Path) -> Vec<SentReport> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let list: Vec<serde_json::Value> =
-        serde_json::from_str(&text).expect("feedback.json is a JSON array");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).expect("feedback.json is a JSON array");
     list.iter()
         .map(|v| SentReport {
             id: v["id"].as_i64().expect("id"),
-            correct_label: v["correct_label"]
-                .as_str()
-                .expect("correct_label")
-                .to_owned(),
+            correct_label: v["correct_label"].as_str().expect("correct_label").to_owned(),
             prediction: v["prediction"].as_str().expect("prediction").to_owned(),
         })
         .collect()
@@ -207,46 +173,19 @@ fn sent_reports(path: &Path) -> Vec<SentReport> {
 
 /// Checks that every sent report is a row of the export, with its image.
 fn assert_exported(export: &Path, sent: &[SentReport]) {
-    let rows =
-        parse_csv(&std::fs::read_to_string(export.join("feedback.csv")).expect("feedback.csv"));
+    let rows = parse_csv(&std::fs::read_to_string(export.join("feedback.csv")).expect("feedback.csv"));
     let header = &rows[0];
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| h == name)
-            .unwrap_or_else(|| panic!("no {name} column"))
-    };
-    let (id, predicted, correct, image) = (
-        col("id"),
-        col("predicted_label"),
-        col("correct_label"),
-        col("image_file"),
-    );
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no {name} column"));
+    let (id, predicted, correct, image) = (col("id"), col("predicted_label"), col("correct_label"), col("image_file"));
     for report in sent {
         let row = rows[1..]
             .iter()
             .find(|r| r[id] == report.id.to_string())
             .unwrap_or_else(|| panic!("report #{} is not in the export: {rows:?}", report.id));
-        assert_eq!(
-            row[correct], report.correct_label,
-            "correct_label of #{}",
-            report.id
-        );
-        assert_eq!(
-            row[predicted], report.prediction,
-            "predicted_label of #{}",
-            report.id
-        );
-        assert!(
-            !row[image].is_empty(),
-            "report #{} kept no image",
-            report.id
-        );
-        assert!(
-            export.join("images").join(&row[image]).is_file(),
-            "image of #{} not exported",
-            report.id
-        );
+        assert_eq!(row[correct], report.correct_label, "correct_label of #{}", report.id);
+        assert_eq!(row[predicted], report.prediction, "predicted_label of #{}", report.id);
+        assert!(!row[image].is_empty(), "report #{} kept no image", report.id);
+        assert!(export.join("images").join(&row[image]).is_file(), "image of #{} not exported", report.id);
     }
 }
 
@@ -254,21 +193,13 @@ fn assert_exported(export: &Path, sent: &[SentReport]) {
 fn the_upload_page_works_in_a_real_browser() {
     require_tool("node", "--version");
     require_tool("npm", "--version");
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: run `make test-deps`"
-    );
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run `make test-deps`");
     let browser_dir = root().join("tests/browser");
     ensure_node_modules(&browser_dir);
 
     let out: PathBuf = root().join("target/test-output");
     std::fs::create_dir_all(&out).unwrap();
-    for stale in [
-        "feedback.json",
-        "result-page.png",
-        "result-page-narrow.png",
-        "result-page-nojs.png",
-    ] {
+    for stale in ["feedback.json", "result-page.png", "result-page-narrow.png", "result-page-nojs.png"] {
         let _ = std::fs::remove_file(out.join(stale));
     }
     let data = tempfile::tempdir().unwrap();
@@ -282,17 +213,11 @@ fn the_upload_page_works_in_a_real_browser() {
         .env("LENS_BODY_LIMIT", BODY_LIMIT)
         .status()
         .expect("could not run node");
-    assert!(
-        status.success(),
-        "browser tests failed (see the output above)"
-    );
+    assert!(status.success(), "browser tests failed (see the output above)");
     server.stop();
 
     let sent = sent_reports(&out.join("feedback.json"));
-    assert!(
-        sent.iter().any(|r| r.correct_label == "malamute"),
-        "the JS report was not sent"
-    );
+    assert!(sent.iter().any(|r| r.correct_label == "malamute"), "the JS report was not sent");
     let export = data.path().join("export");
     let exported = Command::new(env!("CARGO_BIN_EXE_lens"))
         .args(["feedback", "export"])
@@ -306,17 +231,11 @@ fn the_upload_page_works_in_a_real_browser() {
     assert_exported(&export, &sent);
 
     let png = std::fs::read(out.join("result-page.png")).expect("no result-page.png screenshot");
-    assert!(
-        png.starts_with(b"\x89PNG\r\n\x1a\n"),
-        "result-page.png is not a PNG"
-    );
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "result-page.png is not a PNG");
 }
 
 #[test]
 fn csv_parser_handles_quotes_commas_and_newlines() {
     let rows = parse_csv("a,b\n1,\"x,\"\"y\"\"\nz\"\n2,\n");
-    assert_eq!(
-        rows,
-        vec![vec!["a", "b"], vec!["1", "x,\"y\"\nz"], vec!["2", ""]]
-    );
+    assert_eq!(rows, vec![vec!["a", "b"], vec!["1", "x,\"y\"\nz"], vec!["2", ""]]);
 }

@@ -42,10 +42,8 @@ fn concurrent_puts_of_the_same_bytes_leave_one_whole_file() {
 
     let expected = format!("{}.jpg", sha256_hex(&bytes));
     assert!(names.iter().all(|name| *name == expected), "{names:?}");
-    let entries: Vec<String> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let entries: Vec<String> =
+        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(entries, std::slice::from_ref(&expected), "temp files left behind or duplicates");
     assert_eq!(fs::read(dir.path().join(&expected)).unwrap(), *bytes);
 }
@@ -126,10 +124,8 @@ fn export_writes_csv_that_parses_back_and_copies_images() {
         assert_eq!(row[7].parse::<f64>().ok(), r.score);
     }
 
-    let mut copied: Vec<String> = fs::read_dir(out.join("images"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut copied: Vec<String> =
+        fs::read_dir(out.join("images")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     copied.sort();
     let mut expected: Vec<String> = records.iter().filter_map(|r| r.image_file.clone()).collect();
     expected.sort();
@@ -159,11 +155,7 @@ fn over_long_or_malformed_fields_are_rejected() {
     }
     assert_eq!(store.count().unwrap(), 0);
 
-    let at_limit = FeedbackRecord {
-        correct_label: Some("x".repeat(1024)),
-        report: Some("é".repeat(4096)),
-        ..base
-    };
+    let at_limit = FeedbackRecord { correct_label: Some("x".repeat(1024)), report: Some("é".repeat(4096)), ..base };
     store.record(&at_limit).unwrap();
     assert_eq!(store.count().unwrap(), 1);
 }

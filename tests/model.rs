@@ -18,8 +18,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn model() -> ModelDir {
-    ModelDir::load(&root().join("models/efficientnet-lite0"))
-        .expect("default model missing: run `make setup` first")
+    ModelDir::load(&root().join("models/efficientnet-lite0")).expect("default model missing: run `make setup` first")
 }
 
 fn prepared(model: &ModelDir, name: &str) -> ModelInput {
@@ -80,11 +79,8 @@ fn rust_pipeline_agrees_with_the_python_reference() {
         .expect("run the reference script");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut c = OrtClassifier::load(&model, 1, None).unwrap();
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), PHOTOS.len());
     for (name, reference) in PHOTOS.iter().zip(&lines) {
         let scores = c.classify(&[&prepared(&model, name)]).unwrap().remove(0);

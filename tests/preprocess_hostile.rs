@@ -27,9 +27,7 @@ fn spec(size: u32) -> ResizeSpec {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -46,28 +44,15 @@ fn pixel(p: &Prepared, x: u32, y: u32) -> [u8; 3] {
 }
 
 fn assert_near(actual: [u8; 3], expected: [u8; 3], tolerance: u8, what: &str) {
-    let close = actual
-        .iter()
-        .zip(expected)
-        .all(|(&a, e)| a.abs_diff(e) <= tolerance);
-    assert!(
-        close,
-        "{what}: got {actual:?}, expected {expected:?} +- {tolerance}"
-    );
+    let close = actual.iter().zip(expected).all(|(&a, e)| a.abs_diff(e) <= tolerance);
+    assert!(close, "{what}: got {actual:?}, expected {expected:?} +- {tolerance}");
 }
 
 /// Mean and max absolute difference against a Pillow reference PNG.
 fn diff_to_reference(out: &Prepared, reference: &str) -> (f64, u8) {
-    let reference = image::load_from_memory(&fixture(reference))
-        .expect("reference png")
-        .to_rgb8();
+    let reference = image::load_from_memory(&fixture(reference)).expect("reference png").to_rgb8();
     assert_eq!(reference.dimensions(), (out.width, out.height));
-    let diffs: Vec<u8> = out
-        .rgb
-        .iter()
-        .zip(reference.as_raw())
-        .map(|(&a, &b)| a.abs_diff(b))
-        .collect();
+    let diffs: Vec<u8> = out.rgb.iter().zip(reference.as_raw()).map(|(&a, &b)| a.abs_diff(b)).collect();
     let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
     (mean, diffs.iter().copied().max().unwrap_or(0))
 }
@@ -83,10 +68,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: usize) -> usize {
@@ -101,28 +83,19 @@ fn real_fixtures_prepare_to_224() {
     for name in ["dog.jpeg", "grace_hopper.jpg", "coffee.png", "chelsea.png"] {
         let bytes = fixture(name);
         prepare_ok(&bytes, &spec(224));
-        let squash = ResizeSpec {
-            kind: ResizeKind::Squash,
-            width: 300,
-            height: 200,
-            ..spec(224)
-        };
+        let squash = ResizeSpec { kind: ResizeKind::Squash, width: 300, height: 200, ..spec(224) };
         prepare_ok(&bytes, &squash);
     }
 }
 
 #[test]
 fn jpeg_output_matches_pillow_reference() {
-    for (name, reference) in [
-        ("dog.jpeg", "generated/dog.pillow224.png"),
-        ("grace_hopper.jpg", "generated/grace_hopper.pillow224.png"),
-    ] {
+    for (name, reference) in
+        [("dog.jpeg", "generated/dog.pillow224.png"), ("grace_hopper.jpg", "generated/grace_hopper.pillow224.png")]
+    {
         let out = prepare_ok(&fixture(name), &spec(224));
         let (mean, max) = diff_to_reference(&out, reference);
-        assert!(
-            mean < 0.75 && max <= 16,
-            "{name}: mean {mean:.3}, max {max}"
-        );
+        assert!(mean < 0.75 && max <= 16, "{name}: mean {mean:.3}, max {max}");
     }
 }
 
@@ -131,16 +104,10 @@ fn dct_scaled_jpeg_decode_stays_close_to_pillow() {
     // dog.jpeg's 425px crop is decoded at 1/2 for a 64px output and at 1/4
     // for a 40px one (the scaled crop stays >= 2x the output). Measured:
     // mean 0.23 / max 6 and mean 0.50 / max 15 levels.
-    for (size, reference) in [
-        (64, "generated/dog.pillow64.png"),
-        (40, "generated/dog.pillow40.png"),
-    ] {
+    for (size, reference) in [(64, "generated/dog.pillow64.png"), (40, "generated/dog.pillow40.png")] {
         let out = prepare_ok(&fixture("dog.jpeg"), &spec(size));
         let (mean, max) = diff_to_reference(&out, reference);
-        assert!(
-            mean < 1.0 && max <= 24,
-            "{size}px: mean {mean:.3}, max {max}"
-        );
+        assert!(mean < 1.0 && max <= 24, "{size}px: mean {mean:.3}, max {max}");
     }
 }
 
@@ -154,26 +121,14 @@ fn sniffing_ignores_names_and_reads_magic_bytes() {
 // ------------------------------------------------------- formats and colours
 
 fn halves(width: u32, height: u32, left: [u8; 3], right: [u8; 3]) -> DynamicImage {
-    DynamicImage::ImageRgb8(ImageBuffer::from_fn(width, height, |x, _| {
-        Rgb(if x < width / 2 { left } else { right })
-    }))
+    DynamicImage::ImageRgb8(ImageBuffer::from_fn(width, height, |x, _| Rgb(if x < width / 2 { left } else { right })))
 }
 
 #[test]
 fn gif_bmp_webp_and_png_decode() {
     let (red, blue) = ([220, 20, 20], [20, 20, 220]);
-    let squash = ResizeSpec {
-        kind: ResizeKind::Squash,
-        width: 32,
-        height: 16,
-        ..spec(32)
-    };
-    for format in [
-        ImageFormat::Gif,
-        ImageFormat::Bmp,
-        ImageFormat::WebP,
-        ImageFormat::Png,
-    ] {
+    let squash = ResizeSpec { kind: ResizeKind::Squash, width: 32, height: 16, ..spec(32) };
+    for format in [ImageFormat::Gif, ImageFormat::Bmp, ImageFormat::WebP, ImageFormat::Png] {
         let bytes = encode(halves(64, 40, red, blue), format);
         let out = prepare_ok(&bytes, &squash);
         // GIF quantises to a palette; the others are lossless here.
@@ -189,11 +144,7 @@ fn grayscale_and_cmyk_jpegs_match_pillow() {
         let (mean, max) = diff_to_reference(&out, &format!("generated/{name}.pillow32.png"));
         assert!(mean < 1.5 && max <= 12, "{name}: mean {mean:.3}, max {max}");
         if name == "gray" {
-            assert!(
-                out.rgb
-                    .chunks_exact(3)
-                    .all(|p| p[0] == p[1] && p[1] == p[2])
-            );
+            assert!(out.rgb.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]));
         }
     }
 }
@@ -201,52 +152,26 @@ fn grayscale_and_cmyk_jpegs_match_pillow() {
 #[test]
 fn sixteen_bit_pngs_are_narrowed() {
     let rgb16 = ImageBuffer::from_pixel(20, 20, Rgb([65535u16, 32896, 0]));
-    let out = prepare_ok(
-        &encode(DynamicImage::ImageRgb16(rgb16), ImageFormat::Png),
-        &spec(8),
-    );
+    let out = prepare_ok(&encode(DynamicImage::ImageRgb16(rgb16), ImageFormat::Png), &spec(8));
     assert_near(pixel(&out, 4, 4), [255, 128, 0], 0, "rgb16");
 
     let gray16 = ImageBuffer::from_pixel(20, 20, Luma([257u16 * 100]));
-    let out = prepare_ok(
-        &encode(DynamicImage::ImageLuma16(gray16), ImageFormat::Png),
-        &spec(8),
-    );
+    let out = prepare_ok(&encode(DynamicImage::ImageLuma16(gray16), ImageFormat::Png), &spec(8));
     assert_near(pixel(&out, 4, 4), [100, 100, 100], 0, "gray16");
 }
 
 #[test]
 fn transparent_pixels_are_composited_on_white() {
     // Left half opaque red; right half fully transparent but hiding black.
-    let rgba = ImageBuffer::from_fn(64, 64, |x, _| {
-        if x < 32 {
-            Rgba([255u8, 0, 0, 255])
-        } else {
-            Rgba([0, 0, 0, 0])
-        }
-    });
-    let squash = ResizeSpec {
-        kind: ResizeKind::Squash,
-        ..spec(16)
-    };
-    let out = prepare_ok(
-        &encode(DynamicImage::ImageRgba8(rgba), ImageFormat::Png),
-        &squash,
-    );
+    let rgba = ImageBuffer::from_fn(64, 64, |x, _| if x < 32 { Rgba([255u8, 0, 0, 255]) } else { Rgba([0, 0, 0, 0]) });
+    let squash = ResizeSpec { kind: ResizeKind::Squash, ..spec(16) };
+    let out = prepare_ok(&encode(DynamicImage::ImageRgba8(rgba), ImageFormat::Png), &squash);
     assert_near(pixel(&out, 2, 8), [255, 0, 0], 0, "opaque");
     assert_near(pixel(&out, 13, 8), [255, 255, 255], 0, "transparent");
 
     let half = ImageBuffer::from_pixel(8, 8, Rgba([0u8, 0, 0, 128]));
-    let out = prepare_ok(
-        &encode(DynamicImage::ImageRgba8(half), ImageFormat::Png),
-        &spec(4),
-    );
-    assert_near(
-        pixel(&out, 1, 1),
-        [127, 127, 127],
-        1,
-        "half transparent black",
-    );
+    let out = prepare_ok(&encode(DynamicImage::ImageRgba8(half), ImageFormat::Png), &spec(4));
+    assert_near(pixel(&out, 1, 1), [127, 127, 127], 1, "half transparent black");
 }
 
 // ------------------------------------------------------------------- EXIF
@@ -299,12 +224,7 @@ fn png_exif_orientation_is_applied() {
     let png = encode(halves(40, 40, [255, 0, 0], [0, 0, 255]), ImageFormat::Png);
     let tiff = &exif_app1(6)[10..]; // APP1 minus marker, length and "Exif\0\0"
     let after_ihdr = 8 + 25;
-    let png = [
-        &png[..after_ihdr],
-        &png_chunk(b"eXIf", tiff),
-        &png[after_ihdr..],
-    ]
-    .concat();
+    let png = [&png[..after_ihdr], &png_chunk(b"eXIf", tiff), &png[after_ihdr..]].concat();
     let out = prepare_ok(&png, &spec(32));
     assert_near(pixel(&out, 16, 4), [255, 0, 0], 0, "top");
     assert_near(pixel(&out, 16, 28), [0, 0, 255], 0, "bottom");
@@ -314,21 +234,9 @@ fn png_exif_orientation_is_applied() {
 fn exif_rotation_swaps_a_non_square_output() {
     // dog.jpeg is landscape; with orientation 6 the upright picture is portrait.
     let rotated = with_orientation(&fixture("dog.jpeg"), 6);
-    let squash = ResizeSpec {
-        kind: ResizeKind::Squash,
-        width: 30,
-        height: 50,
-        ..spec(1)
-    };
+    let squash = ResizeSpec { kind: ResizeKind::Squash, width: 30, height: 50, ..spec(1) };
     let out = prepare_ok(&rotated, &squash);
-    let plain = prepare_ok(
-        &fixture("dog.jpeg"),
-        &ResizeSpec {
-            width: 50,
-            height: 30,
-            ..squash
-        },
-    );
+    let plain = prepare_ok(&fixture("dog.jpeg"), &ResizeSpec { width: 50, height: 30, ..squash });
     // Upright (x, y) of the rotated output is stored (y, 29 - x) of the plain one.
     for (x, y) in [(0, 0), (29, 0), (7, 41), (29, 49)] {
         assert_eq!(pixel(&out, x, y), pixel(&plain, y, 29 - x), "at {x},{y}");
@@ -347,15 +255,9 @@ fn random_bytes_and_text_are_not_images() {
     let mut lcg = Lcg(7);
     let random: Vec<u8> = (0..4096).map(|_| lcg.next() as u8).collect();
     assert_eq!(sniff_format(&random), None);
-    assert_eq!(
-        prepare(&random, &spec(224), MAX_PIXELS),
-        Err(ImageError::NotAnImage)
-    );
+    assert_eq!(prepare(&random, &spec(224), MAX_PIXELS), Err(ImageError::NotAnImage));
     let text = b"BM is how this text file starts, but it is not a bitmap.\n".repeat(20);
-    assert_eq!(
-        prepare(&text, &spec(224), MAX_PIXELS),
-        Err(ImageError::NotAnImage)
-    );
+    assert_eq!(prepare(&text, &spec(224), MAX_PIXELS), Err(ImageError::NotAnImage));
 }
 
 #[test]
@@ -363,10 +265,7 @@ fn truncated_jpeg_is_corrupt() {
     let dog = fixture("dog.jpeg");
     for cut in [dog.len() / 2, dog.len() - 100, 300, 4] {
         let result = prepare(&dog[..cut], &spec(224), MAX_PIXELS);
-        assert!(
-            matches!(result, Err(ImageError::Corrupt(_))),
-            "cut at {cut}: {result:?}"
-        );
+        assert!(matches!(result, Err(ImageError::Corrupt(_))), "cut at {cut}: {result:?}");
     }
 }
 
@@ -380,14 +279,7 @@ fn truncated_png_is_corrupt() {
 #[test]
 fn real_image_over_the_pixel_limit_is_too_large() {
     let result = prepare(&fixture("dog.jpeg"), &spec(224), 729 * 486 - 1);
-    assert_eq!(
-        result,
-        Err(ImageError::TooLarge {
-            width: 729,
-            height: 486,
-            max_pixels: 729 * 486 - 1
-        })
-    );
+    assert_eq!(result, Err(ImageError::TooLarge { width: 729, height: 486, max_pixels: 729 * 486 - 1 }));
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
@@ -395,11 +287,7 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &byte in bytes {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
         }
     }
     !crc
@@ -408,30 +296,15 @@ fn crc32(bytes: &[u8]) -> u32 {
 fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     let length = u32::try_from(data.len()).expect("small chunk");
     let body = [kind.as_slice(), data].concat();
-    [
-        &length.to_be_bytes()[..],
-        &body,
-        &crc32(&body).to_be_bytes(),
-    ]
-    .concat()
+    [&length.to_be_bytes()[..], &body, &crc32(&body).to_be_bytes()].concat()
 }
 
 /// A PNG that declares `width x height` RGB8 and carries one tiny IDAT.
 fn png_declaring(width: u32, height: u32) -> Vec<u8> {
-    let ihdr = [
-        &width.to_be_bytes()[..],
-        &height.to_be_bytes(),
-        &[8, 2, 0, 0, 0],
-    ]
-    .concat();
+    let ihdr = [&width.to_be_bytes()[..], &height.to_be_bytes(), &[8, 2, 0, 0, 0]].concat();
     let idat = [0x78, 0x9C, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01]; // zlib of one 0 byte
-    [
-        b"\x89PNG\r\n\x1a\n".as_slice(),
-        &png_chunk(b"IHDR", &ihdr),
-        &png_chunk(b"IDAT", &idat),
-        &png_chunk(b"IEND", &[]),
-    ]
-    .concat()
+    [b"\x89PNG\r\n\x1a\n".as_slice(), &png_chunk(b"IHDR", &ihdr), &png_chunk(b"IDAT", &idat), &png_chunk(b"IEND", &[])]
+        .concat()
 }
 
 /// A JPEG that is only SOI and a baseline frame header for `width x height`.
@@ -446,19 +319,8 @@ fn jpeg_declaring(width: u16, height: u16) -> Vec<u8> {
 fn assert_quick_too_large(bytes: &[u8], width: u32, height: u32) {
     let started = Instant::now();
     let result = prepare(bytes, &spec(224), MAX_PIXELS);
-    assert_eq!(
-        result,
-        Err(ImageError::TooLarge {
-            width,
-            height,
-            max_pixels: MAX_PIXELS
-        })
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(200),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert_eq!(result, Err(ImageError::TooLarge { width, height, max_pixels: MAX_PIXELS }));
+    assert!(started.elapsed() < Duration::from_millis(200), "took {:?}", started.elapsed());
 }
 
 #[test]
@@ -475,29 +337,20 @@ fn jpeg_bomb_is_rejected_from_its_header() {
 fn gif_bomb_is_rejected_from_its_header() {
     let mut gif = b"GIF89a".to_vec();
     gif.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0]); // 65535x65535, no palette
-    gif.extend_from_slice(&[
-        0x2C, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 2, 2, 0x4C, 0x01, 0, 0x3B,
-    ]);
+    gif.extend_from_slice(&[0x2C, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 2, 2, 0x4C, 0x01, 0, 0x3B]);
     assert_quick_too_large(&gif, 65_535, 65_535);
 }
 
 #[test]
 fn zero_sized_images_are_corrupt() {
-    for bytes in [
-        jpeg_declaring(0, 10),
-        png_declaring(0, 10),
-        png_declaring(10, 0),
-    ] {
+    for bytes in [jpeg_declaring(0, 10), png_declaring(0, 10), png_declaring(10, 0)] {
         let result = prepare(&bytes, &spec(224), MAX_PIXELS);
         assert!(matches!(result, Err(ImageError::Corrupt(_))), "{result:?}");
     }
     // A JPEG height of 0 means "given later by a DNL marker", which the decoder
     // does not support: still an error, with that explanation.
     let result = prepare(&jpeg_declaring(10, 0), &spec(224), MAX_PIXELS);
-    assert!(
-        matches!(result, Err(ImageError::Unsupported(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ImageError::Unsupported(_))), "{result:?}");
 }
 
 #[test]
@@ -508,21 +361,9 @@ fn header_only_jpeg_is_corrupt() {
 
 #[test]
 fn error_messages_say_what_to_do() {
-    let too_large = ImageError::TooLarge {
-        width: 9,
-        height: 9,
-        max_pixels: 80,
-    }
-    .to_string();
-    assert!(
-        too_large.contains("9x9") && too_large.contains("downscale"),
-        "{too_large}"
-    );
-    assert!(
-        ImageError::NotAnImage
-            .to_string()
-            .contains("JPEG, PNG, GIF, WebP or BMP")
-    );
+    let too_large = ImageError::TooLarge { width: 9, height: 9, max_pixels: 80 }.to_string();
+    assert!(too_large.contains("9x9") && too_large.contains("downscale"), "{too_large}");
+    assert!(ImageError::NotAnImage.to_string().contains("JPEG, PNG, GIF, WebP or BMP"));
 }
 
 /// Flips bytes in and truncates `original` at pseudo-random places; `prepare`
@@ -551,14 +392,8 @@ fn fuzzed_jpeg_never_panics() {
 #[test]
 fn fuzzed_png_gif_webp_bmp_never_panic() {
     let small = halves(40, 30, [200, 30, 30], [30, 30, 200]);
-    for (seed, format) in [
-        ImageFormat::Png,
-        ImageFormat::Gif,
-        ImageFormat::WebP,
-        ImageFormat::Bmp,
-    ]
-    .into_iter()
-    .enumerate()
+    for (seed, format) in
+        [ImageFormat::Png, ImageFormat::Gif, ImageFormat::WebP, ImageFormat::Bmp].into_iter().enumerate()
     {
         fuzz(&encode(small.clone(), format), seed as u64 + 10, 100);
     }

@@ -99,13 +99,16 @@ async fn the_upload_page_and_feedback_work_without_javascript() {
     assert!(r.text().await.unwrap().contains("No file selected"));
 
     // The original's hidden `report` field, and the structured form.
-    let report = format!(r#"{{"sha256":"{}","prediction":"Eskimo_dog","score":0.64,"filename":"dog.jpeg"}}"#, &img[..64]);
-    let r = c.post(format!("{}/feedback", s.url)).form(&[("report", report.as_str()), ("correct_label", "Siberian_husky")]);
+    let report =
+        format!(r#"{{"sha256":"{}","prediction":"Eskimo_dog","score":0.64,"filename":"dog.jpeg"}}"#, &img[..64]);
+    let r =
+        c.post(format!("{}/feedback", s.url)).form(&[("report", report.as_str()), ("correct_label", "Siberian_husky")]);
     assert_eq!(r.send().await.unwrap().status(), 200);
-    let r = c
-        .post(format!("{}/feedback", s.url))
-        .header("accept", "application/json")
-        .form(&[("predicted_label", "espresso"), ("score", "0.9"), ("correct_label", "cup")]);
+    let r = c.post(format!("{}/feedback", s.url)).header("accept", "application/json").form(&[
+        ("predicted_label", "espresso"),
+        ("score", "0.9"),
+        ("correct_label", "cup"),
+    ]);
     let body: Value = r.send().await.unwrap().json().await.unwrap();
     assert_eq!(body["success"], true);
     assert_eq!(c.get(format!("{}/feedback", s.url)).send().await.unwrap().status(), 200);
@@ -263,8 +266,18 @@ async fn hostile_uploads_get_4xx_and_the_server_stays_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_with_429_and_never_hangs() {
     let s = Server::start(&[
-        "--sessions", "1", "--max-batch", "1", "--queue-capacity", "2", "--max-pending", "4",
-        "--debug-slow-ms", "200", "--cache-entries", "0",
+        "--sessions",
+        "1",
+        "--max-batch",
+        "1",
+        "--queue-capacity",
+        "2",
+        "--max-pending",
+        "4",
+        "--debug-slow-ms",
+        "200",
+        "--cache-entries",
+        "0",
     ])
     .await;
     let c = reqwest::Client::new();
@@ -300,8 +313,16 @@ async fn overload_is_shed_with_429_and_never_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_job_gets_504_and_is_never_inferred() {
     let s = Server::start(&[
-        "--sessions", "1", "--max-batch", "1", "--deadline-secs", "0.5", "--debug-slow-ms", "400",
-        "--cache-entries", "0",
+        "--sessions",
+        "1",
+        "--max-batch",
+        "1",
+        "--deadline-secs",
+        "0.5",
+        "--debug-slow-ms",
+        "400",
+        "--cache-entries",
+        "0",
     ])
     .await;
     let c = reqwest::Client::new();
@@ -330,7 +351,8 @@ async fn an_expired_job_gets_504_and_is_never_inferred() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_answers_every_accepted_request() {
-    let s = Server::start(&["--sessions", "1", "--max-batch", "2", "--debug-slow-ms", "150", "--cache-entries", "0"]).await;
+    let s =
+        Server::start(&["--sessions", "1", "--max-batch", "2", "--debug-slow-ms", "150", "--cache-entries", "0"]).await;
     let c = reqwest::Client::new();
     let dog = fixture("dog.jpeg");
     let tasks: Vec<_> = (0..8)
@@ -415,7 +437,8 @@ async fn operators_get_health_metrics_openapi_and_kserve_v2() {
     let r = c.post(format!("{}/v2/models/efficientnet-lite0/infer", s.url)).json(&req).send().await.unwrap();
     let body: Value = r.json().await.unwrap();
     assert!(body["outputs"][0]["data"][0].as_str().unwrap().ends_with(":248:Eskimo_dog"), "{body}");
-    let bad = serde_json::json!({"inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32", "data": [0.0]}]});
+    let bad =
+        serde_json::json!({"inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32", "data": [0.0]}]});
     let r = c.post(format!("{}/v2/models/efficientnet-lite0/infer", s.url)).json(&bad).send().await.unwrap();
     assert_eq!(r.status(), 400);
 
@@ -447,7 +470,8 @@ async fn several_models_are_served_from_a_models_directory() {
         std::fs::copy(src.join(f), dst.join(f)).unwrap();
     }
     let toml = std::fs::read_to_string(src.join("model.toml")).unwrap();
-    std::fs::write(dst.join("model.toml"), toml.replace("name = \"efficientnet-lite0\"", "name = \"lite0-copy\"")).unwrap();
+    std::fs::write(dst.join("model.toml"), toml.replace("name = \"efficientnet-lite0\"", "name = \"lite0-copy\""))
+        .unwrap();
     let s = Server::start(&["--models-dir", models.path().to_str().unwrap(), "--sessions", "1"]).await;
     let c = reqwest::Client::new();
     let status: Value = c.get(format!("{}/api/status", s.url)).send().await.unwrap().json().await.unwrap();
@@ -461,7 +485,8 @@ async fn several_models_are_served_from_a_models_directory() {
                     "data": [base64::engine::general_purpose::STANDARD.encode(fixture("coffee.png"))]}],
         "outputs": [{"name": "logits", "parameters": {"classification": 1}}],
     });
-    let body: Value = c.post(format!("{}/v2/models/lite0-copy/infer", s.url)).json(&req).send().await.unwrap().json().await.unwrap();
+    let body: Value =
+        c.post(format!("{}/v2/models/lite0-copy/infer", s.url)).json(&req).send().await.unwrap().json().await.unwrap();
     assert_eq!(body["model_name"], "lite0-copy");
     assert!(body["outputs"][0]["data"][0].as_str().unwrap().ends_with(":967:espresso"));
     s.stop().await;

@@ -25,10 +25,8 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
 }
 
 pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Request) -> Result<Response, ApiError> {
-    let wants_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/json"));
+    let wants_json =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/json"));
     let is_multipart = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -61,8 +59,8 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
             .and_then(|h| uploads.find(h))
             .and_then(|name| uploads.path_of(&name).map(|path| (name, path)))
         {
-            let bytes =
-                std::fs::read(&path).map_err(|source| crate::feedback::FeedbackError::Io { path: path.clone(), source })?;
+            let bytes = std::fs::read(&path)
+                .map_err(|source| crate::feedback::FeedbackError::Io { path: path.clone(), source })?;
             let ext = name.rsplit('.').next().unwrap_or("jpg").to_owned();
             record.image_file = Some(store.images().put(&bytes, &ext)?);
         }
@@ -96,9 +94,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
 /// Builds a record from form fields. `report` may hold a JSON object with
 /// `sha256`, `prediction`, `score` and `filename`; explicit fields win.
 fn record_from_fields(fields: &[(String, String)], model: &str) -> Result<FeedbackRecord, ApiError> {
-    let get = |k: &str| {
-        fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).filter(|v| !v.is_empty())
-    };
+    let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).filter(|v| !v.is_empty());
     let mut r = FeedbackRecord { model: model.to_owned(), ..Default::default() };
     if let Some(report) = get("report") {
         if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(&report) {

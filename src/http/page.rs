@@ -141,11 +141,7 @@ fn render_message(out: &mut String, message: Option<(MessageKind, &str)>) {
             MessageKind::Info => ("info", "status"),
             MessageKind::Error => ("error", "alert"),
         };
-        let _ = write!(
-            out,
-            "<p class=\"message {class}\" role=\"{role}\">{}</p>",
-            escape_html(text)
-        );
+        let _ = write!(out, "<p class=\"message {class}\" role=\"{role}\">{}</p>", escape_html(text));
     }
     out.push_str("</div>\n");
 }
@@ -186,16 +182,8 @@ fn render_result(out: &mut String, r: &PageResult) {
         best.score
     );
     render_bars(out, r.top);
-    let source = if r.cached {
-        "from the cache"
-    } else {
-        "computed now"
-    };
-    let _ = writeln!(
-        out,
-        "<p class=\"timing\">Took {:.1} ms, {source}.</p>",
-        r.elapsed_ms
-    );
+    let source = if r.cached { "from the cache" } else { "computed now" };
+    let _ = writeln!(out, "<p class=\"timing\">Took {:.1} ms, {source}.</p>", r.elapsed_ms);
     render_feedback_form(out, r, &best.label, best.score);
 }
 
@@ -245,16 +233,8 @@ mod tests {
 
     fn top() -> Vec<ClassScore> {
         vec![
-            ClassScore {
-                label: "Eskimo_dog".into(),
-                index: 248,
-                score: 0.6404,
-            },
-            ClassScore {
-                label: "Siberian_husky".into(),
-                index: 250,
-                score: 0.21,
-            },
+            ClassScore { label: "Eskimo_dog".into(), index: 248, score: 0.6404 },
+            ClassScore { label: "Siberian_husky".into(), index: 250, score: 0.21 },
         ]
     }
 
@@ -288,9 +268,7 @@ mod tests {
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;.jpg"));
         // The hidden report carries it too, JSON inside an escaped attribute.
-        assert!(html.contains(
-            "&quot;filename&quot;:&quot;&lt;script&gt;alert(1)&lt;/script&gt;.jpg&quot;"
-        ));
+        assert!(html.contains("&quot;filename&quot;:&quot;&lt;script&gt;alert(1)&lt;/script&gt;.jpg&quot;"));
     }
 
     #[test]
@@ -299,9 +277,7 @@ mod tests {
         assert!(html.contains("Predicted class: <strong>Eskimo_dog</strong>"));
         assert!(html.contains("Score: 0.6404"));
         assert!(html.contains("Report incorrect answer"));
-        assert!(html.contains(
-            "<form id=\"feedback-form\" class=\"feedback\" method=\"post\" action=\"/feedback\">"
-        ));
+        assert!(html.contains("<form id=\"feedback-form\" class=\"feedback\" method=\"post\" action=\"/feedback\">"));
         assert!(html.contains("name=\"correct_label\""));
         assert!(html.contains("<datalist id=\"label-list\">"));
         assert!(html.contains("src=\"/uploads/abc.jpg\""));
@@ -338,11 +314,7 @@ mod tests {
     #[test]
     fn the_html_obeys_the_content_security_policy() {
         let hostile = result_page("<b style=\"x\" onclick=\"y\">.jpg");
-        let plain = render(&PageView {
-            model: "m",
-            result: None,
-            message: None,
-        });
+        let plain = render(&PageView { model: "m", result: None, message: None });
         for html in [hostile, plain] {
             assert!(!html.contains(" style=\""), "inline style attribute");
             assert!(!html.contains("<style"), "inline <style>");

@@ -137,11 +137,13 @@ async fn infer(
 /// Largest batch accepted in one infer request.
 const MAX_INFER_BATCH: usize = 64;
 
-async fn infer_bytes(p: &std::sync::Arc<Predictor>, input: &InferInput) -> Result<Vec<std::sync::Arc<[f32]>>, ApiError> {
-    let items = input
-        .data
-        .as_array()
-        .ok_or_else(|| ApiError::BadRequest(format!("input {:?}: data must be an array of base64 strings", input.name)))?;
+async fn infer_bytes(
+    p: &std::sync::Arc<Predictor>,
+    input: &InferInput,
+) -> Result<Vec<std::sync::Arc<[f32]>>, ApiError> {
+    let items = input.data.as_array().ok_or_else(|| {
+        ApiError::BadRequest(format!("input {:?}: data must be an array of base64 strings", input.name))
+    })?;
     if items.is_empty() || items.len() > MAX_INFER_BATCH {
         return Err(ApiError::BadRequest(format!("1 to {MAX_INFER_BATCH} images per request")));
     }
@@ -182,7 +184,11 @@ async fn infer_fp32(p: &std::sync::Arc<Predictor>, input: &InferInput) -> Result
         .ok_or_else(|| ApiError::BadRequest("FP32 data must hold only finite numbers".into()))?;
     let per = (want[1] * want[2] * want[3]) as usize;
     if values.len() != per * n as usize {
-        return Err(ApiError::BadRequest(format!("FP32 data has {} values, shape needs {}", values.len(), per * n as usize)));
+        return Err(ApiError::BadRequest(format!(
+            "FP32 data has {} values, shape needs {}",
+            values.len(),
+            per * n as usize
+        )));
     }
     let tasks: Vec<_> = values
         .chunks_exact(per)

@@ -48,25 +48,12 @@ impl Plan {
         let (up_w, up_h) = upright_size(width, height, orientation);
         let upright_region = match spec.kind {
             ResizeKind::CenterCrop => center_crop(up_w, up_h, spec.crop_fraction),
-            ResizeKind::Squash => Rect {
-                left: 0,
-                top: 0,
-                width: up_w,
-                height: up_h,
-            },
+            ResizeKind::Squash => Rect { left: 0, top: 0, width: up_w, height: up_h },
         };
         let region = upright_rect_to_stored(upright_region, width, height, orientation);
-        let (out_width, out_height) = if swaps_axes(orientation) {
-            (spec.height, spec.width)
-        } else {
-            (spec.width, spec.height)
-        };
-        Plan {
-            orientation,
-            region,
-            out_width,
-            out_height,
-        }
+        let (out_width, out_height) =
+            if swaps_axes(orientation) { (spec.height, spec.width) } else { (spec.width, spec.height) };
+        Plan { orientation, region, out_width, out_height }
     }
 
     /// The largest JPEG DCT-domain reduction (1, 2, 4 or 8) to decode at.
@@ -85,8 +72,7 @@ impl Plan {
             .into_iter()
             .find(|&d| {
                 let min = |out: u32| out.saturating_mul(DCT_MIN_OVERSAMPLING);
-                self.region.width / d >= min(self.out_width)
-                    && self.region.height / d >= min(self.out_height)
+                self.region.width / d >= min(self.out_width) && self.region.height / d >= min(self.out_height)
             })
             .unwrap_or(1)
     }
@@ -95,19 +81,12 @@ impl Plan {
 /// Whether `orientation` swaps width and height (EXIF values 5 to 8).
 pub(crate) fn swaps_axes(orientation: Orientation) -> bool {
     use Orientation::*;
-    matches!(
-        orientation,
-        Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH
-    )
+    matches!(orientation, Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH)
 }
 
 /// Size of the upright picture for a stored `width x height` frame.
 pub(crate) fn upright_size(width: u32, height: u32, orientation: Orientation) -> (u32, u32) {
-    if swaps_axes(orientation) {
-        (height, width)
-    } else {
-        (width, height)
-    }
+    if swaps_axes(orientation) { (height, width) } else { (width, height) }
 }
 
 /// The reference centre crop: a square of side `int(fraction * min(w, h))`,
@@ -117,29 +96,15 @@ pub(crate) fn center_crop(width: u32, height: u32, fraction: f32) -> Rect {
     // `fraction` was written in decimal in model.toml and Python reads that
     // decimal as an f64; recover the same f64 (not the f32's exact binary
     // value) so the floor agrees with Python's `int(fraction * min(w, h))`.
-    let fraction = fraction
-        .to_string()
-        .parse::<f64>()
-        .unwrap_or(f64::from(fraction));
+    let fraction = fraction.to_string().parse::<f64>().unwrap_or(f64::from(fraction));
     let side = (fraction * f64::from(short)).floor();
     // Saturating float->int cast, then clamp into 1..=short.
     let side = (side as u32).clamp(1, short.max(1));
-    Rect {
-        left: (width - side) / 2,
-        top: (height - side) / 2,
-        width: side,
-        height: side,
-    }
+    Rect { left: (width - side) / 2, top: (height - side) / 2, width: side, height: side }
 }
 
 /// Maps a pixel of the stored `width x height` frame to the upright picture.
-pub(crate) fn stored_to_upright(
-    x: u32,
-    y: u32,
-    width: u32,
-    height: u32,
-    orientation: Orientation,
-) -> (u32, u32) {
+pub(crate) fn stored_to_upright(x: u32, y: u32, width: u32, height: u32, orientation: Orientation) -> (u32, u32) {
     use Orientation::*;
     let (right, bottom) = (width - 1 - x, height - 1 - y);
     match orientation {
@@ -156,13 +121,7 @@ pub(crate) fn stored_to_upright(
 
 /// Maps a pixel of the upright picture back to the stored `width x height`
 /// frame: the inverse of [`stored_to_upright`].
-pub(crate) fn upright_to_stored(
-    x: u32,
-    y: u32,
-    width: u32,
-    height: u32,
-    orientation: Orientation,
-) -> (u32, u32) {
+pub(crate) fn upright_to_stored(x: u32, y: u32, width: u32, height: u32, orientation: Orientation) -> (u32, u32) {
     use Orientation::*;
     match orientation {
         NoTransforms => (x, y),
@@ -177,28 +136,13 @@ pub(crate) fn upright_to_stored(
 }
 
 /// Maps a non-empty box of the upright picture to the stored frame.
-pub(crate) fn upright_rect_to_stored(
-    rect: Rect,
-    width: u32,
-    height: u32,
-    orientation: Orientation,
-) -> Rect {
+pub(crate) fn upright_rect_to_stored(rect: Rect, width: u32, height: u32, orientation: Orientation) -> Rect {
     let corner_a = upright_to_stored(rect.left, rect.top, width, height, orientation);
-    let corner_b = upright_to_stored(
-        rect.left + rect.width - 1,
-        rect.top + rect.height - 1,
-        width,
-        height,
-        orientation,
-    );
+    let corner_b =
+        upright_to_stored(rect.left + rect.width - 1, rect.top + rect.height - 1, width, height, orientation);
     let (left, right) = (corner_a.0.min(corner_b.0), corner_a.0.max(corner_b.0));
     let (top, bottom) = (corner_a.1.min(corner_b.1), corner_a.1.max(corner_b.1));
-    Rect {
-        left,
-        top,
-        width: right - left + 1,
-        height: bottom - top + 1,
-    }
+    Rect { left, top, width: right - left + 1, height: bottom - top + 1 }
 }
 
 /// Rotates/flips a packed `width x height` image with `channels` bytes per
@@ -233,71 +177,25 @@ mod tests {
     use crate::model::Interpolation;
     use Orientation::*;
 
-    const ALL: [Orientation; 8] = [
-        NoTransforms,
-        FlipHorizontal,
-        Rotate180,
-        FlipVertical,
-        Rotate90FlipH,
-        Rotate90,
-        Rotate270FlipH,
-        Rotate270,
-    ];
+    const ALL: [Orientation; 8] =
+        [NoTransforms, FlipHorizontal, Rotate180, FlipVertical, Rotate90FlipH, Rotate90, Rotate270FlipH, Rotate270];
 
     fn spec(kind: ResizeKind, width: u32, height: u32) -> ResizeSpec {
-        ResizeSpec {
-            width,
-            height,
-            kind,
-            crop_fraction: 0.875,
-            interpolation: Interpolation::Bicubic,
-        }
+        ResizeSpec { width, height, kind, crop_fraction: 0.875, interpolation: Interpolation::Bicubic }
     }
 
     #[test]
     fn center_crop_matches_python_int_and_floor_division() {
         // int(0.875 * 486) = 425; (729 - 425) // 2 = 152; (486 - 425) // 2 = 30
-        assert_eq!(
-            center_crop(729, 486, 0.875),
-            Rect {
-                left: 152,
-                top: 30,
-                width: 425,
-                height: 425
-            }
-        );
+        assert_eq!(center_crop(729, 486, 0.875), Rect { left: 152, top: 30, width: 425, height: 425 });
         // int(0.875 * 512) = 448; (600 - 448) // 2 = 76
-        assert_eq!(
-            center_crop(512, 600, 0.875),
-            Rect {
-                left: 32,
-                top: 76,
-                width: 448,
-                height: 448
-            }
-        );
+        assert_eq!(center_crop(512, 600, 0.875), Rect { left: 32, top: 76, width: 448, height: 448 });
         // 224/256 of 256 is exactly 224.
         assert_eq!(center_crop(256, 256, 0.875).width, 224);
         // Python: int(0.9 * 480) == 432 (the f32 0.9 times 480 is 431.99998...).
         assert_eq!(center_crop(480, 640, 0.9).width, 432);
-        assert_eq!(
-            center_crop(1, 1, 0.875),
-            Rect {
-                left: 0,
-                top: 0,
-                width: 1,
-                height: 1
-            }
-        );
-        assert_eq!(
-            center_crop(7, 3, 1.0),
-            Rect {
-                left: 2,
-                top: 0,
-                width: 3,
-                height: 3
-            }
-        );
+        assert_eq!(center_crop(1, 1, 0.875), Rect { left: 0, top: 0, width: 1, height: 1 });
+        assert_eq!(center_crop(7, 3, 1.0), Rect { left: 2, top: 0, width: 3, height: 3 });
     }
 
     #[test]
@@ -330,10 +228,10 @@ mod tests {
             (FlipHorizontal, 3, &[3, 2, 1, 6, 5, 4]),
             (Rotate180, 3, &[6, 5, 4, 3, 2, 1]),
             (FlipVertical, 3, &[4, 5, 6, 1, 2, 3]),
-            (Rotate90FlipH, 2, &[1, 4, 2, 5, 3, 6]), // EXIF 5: transpose
-            (Rotate90, 2, &[4, 1, 5, 2, 6, 3]),      // EXIF 6: 90 degrees clockwise
+            (Rotate90FlipH, 2, &[1, 4, 2, 5, 3, 6]),  // EXIF 5: transpose
+            (Rotate90, 2, &[4, 1, 5, 2, 6, 3]),       // EXIF 6: 90 degrees clockwise
             (Rotate270FlipH, 2, &[6, 3, 5, 2, 4, 1]), // EXIF 7: transverse
-            (Rotate270, 2, &[3, 6, 2, 5, 1, 4]),     // EXIF 8: 90 degrees counter-clockwise
+            (Rotate270, 2, &[3, 6, 2, 5, 1, 4]),      // EXIF 8: 90 degrees counter-clockwise
         ];
         for (o, width, pixels) in expected {
             let (out, w, h) = orient_pixels(stored.clone(), 3, 2, 1, o);
@@ -354,16 +252,10 @@ mod tests {
         let stored: Vec<u8> = (0..w * h).map(|v| v as u8).collect();
         for o in ALL {
             let (upright, uw, _) = orient_pixels(stored.clone(), w, h, 1, o);
-            let r = Rect {
-                left: 1,
-                top: 1,
-                width: 2,
-                height: 3,
-            };
+            let r = Rect { left: 1, top: 1, width: 2, height: 3 };
             let stored_r = upright_rect_to_stored(r, w, h, o);
             let stored_crop = crop(&stored, w, stored_r);
-            let (oriented_crop, cw, _) =
-                orient_pixels(stored_crop, stored_r.width, stored_r.height, 1, o);
+            let (oriented_crop, cw, _) = orient_pixels(stored_crop, stored_r.width, stored_r.height, 1, o);
             assert_eq!(cw, r.width, "{o:?}");
             assert_eq!(oriented_crop, crop(&upright, uw, r), "{o:?}");
         }
@@ -379,26 +271,10 @@ mod tests {
     fn plan_transposes_output_and_crop_for_rotated_images() {
         let plan = Plan::new(600, 512, Rotate90, &spec(ResizeKind::CenterCrop, 224, 100));
         // Upright 512x600: crop (32, 76) side 448 -> stored x from 76, y from 512-1-(32+447).
-        assert_eq!(
-            plan.region,
-            Rect {
-                left: 76,
-                top: 32,
-                width: 448,
-                height: 448
-            }
-        );
+        assert_eq!(plan.region, Rect { left: 76, top: 32, width: 448, height: 448 });
         assert_eq!((plan.out_width, plan.out_height), (100, 224));
         let squash = Plan::new(600, 512, Rotate90, &spec(ResizeKind::Squash, 10, 20));
-        assert_eq!(
-            squash.region,
-            Rect {
-                left: 0,
-                top: 0,
-                width: 600,
-                height: 512
-            }
-        );
+        assert_eq!(squash.region, Rect { left: 0, top: 0, width: 600, height: 512 });
     }
 
     #[test]
@@ -412,9 +288,6 @@ mod tests {
         assert_eq!(Plan::new(8000, 8000, NoTransforms, &s).dct_denominator(), 8);
         // Both axes count: a squash of a wide strip is limited by its height.
         let squash = spec(ResizeKind::Squash, 224, 224);
-        assert_eq!(
-            Plan::new(8000, 900, NoTransforms, &squash).dct_denominator(),
-            2
-        );
+        assert_eq!(Plan::new(8000, 900, NoTransforms, &squash).dct_denominator(), 2);
     }
 }

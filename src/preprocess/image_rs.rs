@@ -30,19 +30,11 @@ impl<'a> RasterSource<'a> {
     pub fn open(bytes: &'a [u8], format: Format, max_pixels: u64) -> Result<Self, ImageError> {
         let mut reader = ImageReader::with_format(Cursor::new(bytes), image_format(format));
         reader.limits(limits(max_pixels));
-        let mut decoder: Box<dyn ImageDecoder + 'a> =
-            Box::new(reader.into_decoder().map_err(image_error)?);
+        let mut decoder: Box<dyn ImageDecoder + 'a> = Box::new(reader.into_decoder().map_err(image_error)?);
         let (width, height) = decoder.dimensions();
         // A malformed EXIF block is not worth rejecting the picture for.
         let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-        Ok(RasterSource {
-            decoder,
-            header: Header {
-                width,
-                height,
-                orientation,
-            },
-        })
+        Ok(RasterSource { decoder, header: Header { width, height, orientation } })
     }
 
     pub fn header(&self) -> Header {
@@ -53,11 +45,7 @@ impl<'a> RasterSource<'a> {
     pub fn decode(self) -> Result<Decoded, ImageError> {
         let orientation = self.header.orientation;
         let image = DynamicImage::from_decoder(self.decoder).map_err(image_error)?;
-        Ok(Decoded {
-            pixels: to_pixels(image),
-            denominator: 1,
-            orientation,
-        })
+        Ok(Decoded { pixels: to_pixels(image), denominator: 1, orientation })
     }
 }
 
@@ -73,11 +61,7 @@ fn image_format(format: Format) -> ImageFormat {
 
 fn limits(max_pixels: u64) -> Limits {
     let mut limits = Limits::default();
-    limits.max_alloc = Some(
-        max_pixels
-            .saturating_mul(MAX_BYTES_PER_PIXEL)
-            .saturating_add(DECODER_OVERHEAD_BYTES),
-    );
+    limits.max_alloc = Some(max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL).saturating_add(DECODER_OVERHEAD_BYTES));
     limits
 }
 
@@ -100,21 +84,16 @@ fn to_pixels(image: DynamicImage) -> Pixels {
         other if other.color().has_color() => (Channels::Rgb, other.into_rgb8().into_raw()),
         other => (Channels::Gray, other.into_luma8().into_raw()),
     };
-    Pixels {
-        width,
-        height,
-        channels,
-        data,
-    }
+    Pixels { width, height, channels, data }
 }
 
 fn image_error(e: image::ImageError) -> ImageError {
     use image::ImageError as E;
     match e {
         E::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => truncated(),
-        E::Limits(_) => ImageError::Unsupported(
-            "decoding it would need more memory than this server allows per image".into(),
-        ),
+        E::Limits(_) => {
+            ImageError::Unsupported("decoding it would need more memory than this server allows per image".into())
+        }
         E::Unsupported(u) => ImageError::Unsupported(u.to_string()),
         other => ImageError::Corrupt(other.to_string()),
     }

@@ -28,23 +28,15 @@ impl<'a> JpegSource<'a> {
     pub fn open(bytes: &'a [u8], max_pixels: u64) -> Result<Self, ImageError> {
         let mut decoder = Decoder::new(bytes);
         // Belt over the caller's pixel check: the largest output is CMYK.
-        decoder.set_max_decoding_buffer_size(
-            usize::try_from(max_pixels.saturating_mul(4)).unwrap_or(usize::MAX),
-        );
+        decoder.set_max_decoding_buffer_size(usize::try_from(max_pixels.saturating_mul(4)).unwrap_or(usize::MAX));
         decoder.read_info().map_err(jpeg_error)?;
-        let info = decoder
-            .info()
-            .ok_or_else(|| ImageError::Corrupt("no JPEG frame header".into()))?;
+        let info = decoder.info().ok_or_else(|| ImageError::Corrupt("no JPEG frame header".into()))?;
         let header = Header {
             width: u32::from(info.width),
             height: u32::from(info.height),
             orientation: exif_orientation(&decoder),
         };
-        Ok(JpegSource {
-            decoder,
-            header,
-            lossless: info.coding_process == CodingProcess::Lossless,
-        })
+        Ok(JpegSource { decoder, header, lossless: info.coding_process == CodingProcess::Lossless })
     }
 
     pub fn header(&self) -> Header {
@@ -59,17 +51,11 @@ impl<'a> JpegSource<'a> {
         if denominator > 1 {
             let (w, h) = (width.div_ceil(denominator), height.div_ceil(denominator));
             // Both fit: they are at most the u16 header dimensions.
-            let (w, h) = (
-                u16::try_from(w).unwrap_or(u16::MAX),
-                u16::try_from(h).unwrap_or(u16::MAX),
-            );
+            let (w, h) = (u16::try_from(w).unwrap_or(u16::MAX), u16::try_from(h).unwrap_or(u16::MAX));
             self.decoder.scale(w, h).map_err(jpeg_error)?;
         }
         let mut data = self.decoder.decode().map_err(jpeg_error)?;
-        let info = self
-            .decoder
-            .info()
-            .ok_or_else(|| ImageError::Corrupt("no JPEG frame header".into()))?;
+        let info = self.decoder.info().ok_or_else(|| ImageError::Corrupt("no JPEG frame header".into()))?;
         let (out_w, out_h) = (u32::from(info.width), u32::from(info.height));
         let applied = [1, 2, 4, 8]
             .into_iter()
@@ -89,17 +75,10 @@ impl<'a> JpegSource<'a> {
             }
         };
         if data.len() != Pixels::expected_len(out_w, out_h, channels) {
-            return Err(ImageError::Corrupt(
-                "JPEG pixel data does not match its header".into(),
-            ));
+            return Err(ImageError::Corrupt("JPEG pixel data does not match its header".into()));
         }
         Ok(Decoded {
-            pixels: Pixels {
-                width: out_w,
-                height: out_h,
-                channels,
-                data,
-            },
+            pixels: Pixels { width: out_w, height: out_h, channels, data },
             denominator: applied,
             // Decoding reads every segment; an EXIF block placed after the
             // frame header (non-conforming, but Pillow honours it) shows up now.
@@ -109,10 +88,7 @@ impl<'a> JpegSource<'a> {
 }
 
 fn exif_orientation(decoder: &Decoder<&[u8]>) -> Orientation {
-    decoder
-        .exif_data()
-        .and_then(Orientation::from_exif_chunk)
-        .unwrap_or(Orientation::NoTransforms)
+    decoder.exif_data().and_then(Orientation::from_exif_chunk).unwrap_or(Orientation::NoTransforms)
 }
 
 fn jpeg_error(e: JpegError) -> ImageError {

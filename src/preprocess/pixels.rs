@@ -42,11 +42,9 @@ impl Pixels {
     pub fn into_rgb(self) -> Pixels {
         match self.channels {
             Channels::Rgb => self,
-            Channels::Gray => Pixels {
-                data: self.data.iter().flat_map(|&v| [v, v, v]).collect(),
-                channels: Channels::Rgb,
-                ..self
-            },
+            Channels::Gray => {
+                Pixels { data: self.data.iter().flat_map(|&v| [v, v, v]).collect(), channels: Channels::Rgb, ..self }
+            }
         }
     }
 }
@@ -62,12 +60,7 @@ fn mul_div_255(a: u8, b: u8) -> u8 {
 pub(crate) fn cmyk_to_rgb_in_place(data: &mut Vec<u8>) {
     let pixels = data.len() / 4;
     for i in 0..pixels {
-        let [c, m, y, k] = [
-            data[4 * i],
-            data[4 * i + 1],
-            data[4 * i + 2],
-            data[4 * i + 3],
-        ];
+        let [c, m, y, k] = [data[4 * i], data[4 * i + 1], data[4 * i + 2], data[4 * i + 3]];
         let paper = 255 - k;
         // Writing pixel i at 3*i never overtakes reading pixel j >= i at 4*j.
         data[3 * i] = paper - mul_div_255(c, paper);
@@ -116,10 +109,7 @@ mod tests {
     fn cmyk_no_ink_is_white_and_full_key_is_black() {
         let mut data = vec![0, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 128, 0, 0];
         cmyk_to_rgb_in_place(&mut data);
-        assert_eq!(
-            data,
-            vec![255, 255, 255, 0, 0, 0, 0, 255, 255, 255, 127, 255]
-        );
+        assert_eq!(data, vec![255, 255, 255, 0, 0, 0, 0, 255, 255, 255, 127, 255]);
     }
 
     #[test]
@@ -134,22 +124,14 @@ mod tests {
 
     #[test]
     fn sixteen_bit_samples_round_to_eight() {
-        let mut data: Vec<u8> = [0u16, 65535, 257 * 7, 257 * 7 + 129]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
+        let mut data: Vec<u8> = [0u16, 65535, 257 * 7, 257 * 7 + 129].iter().flat_map(|v| v.to_ne_bytes()).collect();
         narrow_u16_in_place(&mut data);
         assert_eq!(data, vec![0, 255, 7, 8]);
     }
 
     #[test]
     fn gray_widens_to_rgb() {
-        let gray = Pixels {
-            width: 2,
-            height: 1,
-            channels: Channels::Gray,
-            data: vec![3, 9],
-        };
+        let gray = Pixels { width: 2, height: 1, channels: Channels::Gray, data: vec![3, 9] };
         assert_eq!(gray.into_rgb().data, vec![3, 3, 3, 9, 9, 9]);
     }
 }

@@ -44,9 +44,7 @@ fn pixel_type(channels: Channels) -> PixelType {
 /// A resizer failure means the decoder handed back a buffer that does not
 /// match its own header; report it as a bad file rather than panic.
 fn resize_error(e: impl std::fmt::Display) -> ImageError {
-    ImageError::Corrupt(format!(
-        "decoded pixels are inconsistent with the header ({e})"
-    ))
+    ImageError::Corrupt(format!("decoded pixels are inconsistent with the header ({e})"))
 }
 
 /// Crops `src` to `crop` and resamples it to `out_width x out_height`.
@@ -58,38 +56,27 @@ pub(crate) fn crop_resize(
     interpolation: Interpolation,
 ) -> Result<Pixels, ImageError> {
     let pixel_type = pixel_type(src.channels);
-    let whole =
-        ImageRef::new(src.width, src.height, &src.data, pixel_type).map_err(resize_error)?;
+    let whole = ImageRef::new(src.width, src.height, &src.data, pixel_type).map_err(resize_error)?;
 
     // Enclosing whole-pixel box, clamped to the image.
     let left = crop.left.floor().max(0.0) as u32;
     let top = crop.top.floor().max(0.0) as u32;
     let right = ((crop.left + crop.width).ceil() as u32).clamp(left + 1, src.width.max(left + 1));
     let bottom = ((crop.top + crop.height).ceil() as u32).clamp(top + 1, src.height.max(top + 1));
-    let view =
-        CroppedImage::new(&whole, left, top, right - left, bottom - top).map_err(resize_error)?;
+    let view = CroppedImage::new(&whole, left, top, right - left, bottom - top).map_err(resize_error)?;
 
     let inner_width = crop.width.min(f64::from(right - left));
     let inner_height = crop.height.min(f64::from(bottom - top));
-    let options = ResizeOptions::new()
-        .resize_alg(algorithm(interpolation))
-        .crop(
-            crop.left - f64::from(left),
-            crop.top - f64::from(top),
-            inner_width,
-            inner_height,
-        );
+    let options = ResizeOptions::new().resize_alg(algorithm(interpolation)).crop(
+        crop.left - f64::from(left),
+        crop.top - f64::from(top),
+        inner_width,
+        inner_height,
+    );
 
     let mut dst = Image::new(out_width, out_height, pixel_type);
-    Resizer::new()
-        .resize(&view, &mut dst, &options)
-        .map_err(resize_error)?;
-    Ok(Pixels {
-        width: out_width,
-        height: out_height,
-        channels: src.channels,
-        data: dst.into_vec(),
-    })
+    Resizer::new().resize(&view, &mut dst, &options).map_err(resize_error)?;
+    Ok(Pixels { width: out_width, height: out_height, channels: src.channels, data: dst.into_vec() })
 }
 
 #[cfg(test)]
@@ -97,30 +84,16 @@ mod tests {
     use super::*;
 
     fn gradient(width: u32, height: u32) -> Pixels {
-        let data = (0..height)
-            .flat_map(|y| (0..width).map(move |x| (x * 10 + y) as u8))
-            .collect();
-        Pixels {
-            width,
-            height,
-            channels: Channels::Gray,
-            data,
-        }
+        let data = (0..height).flat_map(|y| (0..width).map(move |x| (x * 10 + y) as u8)).collect();
+        Pixels { width, height, channels: Channels::Gray, data }
     }
 
     #[test]
     fn same_size_whole_pixel_crop_is_an_exact_copy() {
         let src = gradient(8, 6);
-        let crop = CropBox {
-            left: 2.0,
-            top: 1.0,
-            width: 4.0,
-            height: 3.0,
-        };
+        let crop = CropBox { left: 2.0, top: 1.0, width: 4.0, height: 3.0 };
         let out = crop_resize(&src, crop, 4, 3, Interpolation::Bicubic).unwrap();
-        let expected: Vec<u8> = (1..4)
-            .flat_map(|y| (2..6).map(move |x| (x * 10 + y) as u8))
-            .collect();
+        let expected: Vec<u8> = (1..4).flat_map(|y| (2..6).map(move |x| (x * 10 + y) as u8)).collect();
         assert_eq!(out.data, expected);
     }
 
@@ -130,28 +103,10 @@ mod tests {
         // resizing must stay pure white (Pillow's crop-then-resize).
         let (w, h) = (10u32, 10u32);
         let data = (0..h)
-            .flat_map(|y| {
-                (0..w).map(move |x| {
-                    if x == 0 || y == 0 || x == 9 || y == 9 {
-                        0
-                    } else {
-                        255
-                    }
-                })
-            })
+            .flat_map(|y| (0..w).map(move |x| if x == 0 || y == 0 || x == 9 || y == 9 { 0 } else { 255 }))
             .collect();
-        let src = Pixels {
-            width: w,
-            height: h,
-            channels: Channels::Gray,
-            data,
-        };
-        let crop = CropBox {
-            left: 1.0,
-            top: 1.0,
-            width: 8.0,
-            height: 8.0,
-        };
+        let src = Pixels { width: w, height: h, channels: Channels::Gray, data };
+        let crop = CropBox { left: 1.0, top: 1.0, width: 8.0, height: 8.0 };
         let out = crop_resize(&src, crop, 3, 3, Interpolation::Lanczos3).unwrap();
         assert!(out.data.iter().all(|&v| v == 255), "{:?}", out.data);
     }
