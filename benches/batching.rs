@@ -1,5 +1,5 @@
 //! Batch formation cost: the pure batching rule (`batcher::next_step`), the
-//! pre-inference triage (`batcher::triage`) and one whole batch formation as
+//! pre-inference triage (`batcher::triage`, as `run_batch` applies it) and one whole batch formation as
 //! the in-process batcher does it (drain the channel up to `max_batch`, ask
 //! `next_step`, triage). These run once per model call, so anything in the
 //! low microseconds is noise next to a ~10-20 ms inference; the bench is
@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use lens::batcher::{BatchConfig, Next, next_step, triage};
-use lens::engine::ModelInput;
-use lens::job::{Job, JobResult};
+use lens::batcher::{BatchConfig, Fate, Next, next_step, triage};
+use lens::job::{Job, JobResult, ModelInput};
+use lens::queue::Queued;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -63,7 +63,7 @@ impl Mix {
 
 /// `n` jobs sharing one small input, plus the receivers kept alive for the
 /// live and expired ones (dropping a receiver is what "client gone" means).
-fn jobs(n: usize, mix: Mix, image: &Arc<ModelInput>) -> (Vec<Job>, Vec<oneshot::Receiver<JobResult>>) {
+fn jobs(n: usize, mix: Mix, image: &Arc<ModelInput>) -> (Vec<Queued>, Vec<oneshot::Receiver<JobResult>>) {
     let now = Instant::now();
     let mut out = Vec::with_capacity(n);
     let mut keep = Vec::with_capacity(n);
@@ -73,13 +73,19 @@ fn jobs(n: usize, mix: Mix, image: &Arc<ModelInput>) -> (Vec<Job>, Vec<oneshot::
             Mix::Thirds => i % 3,
         };
         let deadline = if kind == 2 { now } else { now + Duration::from_secs(30) };
-        let (job, rx) = Job::new(Arc::clone(image), deadline);
+        let (reply, rx) = oneshot::channel();
         if kind != 1 {
             keep.push(rx);
         }
-        out.push(job);
+        out.push(Queued { job: Job::new(Arc::clone(image), deadline), reply });
     }
     (out, keep)
+}
+
+/// The fates of a whole batch, as `batcher::run_batch` computes them.
+fn triage_all(batch: &[Queued]) -> Vec<Fate> {
+    let now = Instant::now();
+    batch.iter().map(|q| triage(q, now)).collect()
 }
 
 fn bench_triage(c: &mut Criterion) {
@@ -92,7 +98,7 @@ fn bench_triage(c: &mut Criterion) {
                 b.iter_batched(
                     || jobs(n, mix, &image),
                     // The receivers ride along so that they outlive the call.
-                    |(batch, keep)| (triage(black_box(batch), Instant::now()), keep),
+                    |(batch, keep)| (triage_all(black_box(&batch)), keep),
                     BatchSize::SmallInput,
                 )
             });
@@ -112,7 +118,7 @@ fn bench_form_batch(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("max_batch_8", queued), &queued, |b, &queued| {
             b.iter_batched(
                 || {
-                    let (tx, rx) = mpsc::channel::<Job>(queued.max(1));
+                    let (tx, rx) = mpsc::channel::<Queued>(queued.max(1));
                     let (batch, keep) = jobs(queued, Mix::AllLive, &image);
                     for job in batch {
                         tx.try_send(job).expect("channel has room");
@@ -128,9 +134,9 @@ fn bench_form_batch(c: &mut Criterion) {
                             Err(_) => break,
                         }
                     }
-                    let step = next_step(batch.len(), &config, batch[0].enqueued, Instant::now());
+                    let step = next_step(batch.len(), &config, batch[0].job.enqueued, Instant::now());
                     debug_assert_eq!(step, Next::Dispatch);
-                    (triage(batch, Instant::now()), tx, rx, keep)
+                    (triage_all(&batch), tx, rx, keep)
                 },
                 BatchSize::SmallInput,
             )

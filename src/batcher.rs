@@ -10,13 +10,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::ModelInput;
-use crate::job::{Job, JobError, JobOutput, JobResult};
+use crate::job::{Job, JobError, JobOutput, JobResult, ModelInput};
 use crate::metrics::{self, Metrics};
+use crate::queue::Queued;
 use crate::sessions::SessionPool;
 
 /// The batching rule's parameters.
@@ -45,53 +46,98 @@ pub fn next_step(len: usize, cfg: &BatchConfig, first_enqueued: Instant, now: In
     if now >= until { Next::Dispatch } else { Next::WaitUntil(until) }
 }
 
-/// Jobs split by whether they are still worth running.
-#[derive(Debug, Default)]
-pub struct Triage {
-    pub live: Vec<Job>,
-    pub expired: Vec<Job>,
-    pub abandoned: usize,
+/// What happens to a job when its batch is formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Run,
+    /// Its deadline passed: answered without running it.
+    Expired,
+    /// Nobody waits for its answer any more: dropped.
+    Abandoned,
 }
 
-/// Drops jobs whose client is gone and sets aside those past their deadline.
-pub fn triage(jobs: Vec<Job>, now: Instant) -> Triage {
-    let mut t = Triage::default();
-    for job in jobs {
-        if job.reply.is_closed() {
-            t.abandoned += 1;
-        } else if now >= job.deadline {
-            t.expired.push(job);
-        } else {
-            t.live.push(job);
+/// A job as the batch step sees it, whatever queue it came from.
+pub trait Batched {
+    fn job(&self) -> &Job;
+    /// The client that waits for it is gone (in-process: its receiver was dropped).
+    fn abandoned(&self) -> bool {
+        false
+    }
+}
+
+impl Batched for Queued {
+    fn job(&self) -> &Job {
+        &self.job
+    }
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// Whether a job is still worth running at `now`.
+pub fn triage(job: &impl Batched, now: Instant) -> Fate {
+    if job.abandoned() {
+        Fate::Abandoned
+    } else if now >= job.job().deadline {
+        Fate::Expired
+    } else {
+        Fate::Run
+    }
+}
+
+/// The one batch step, shared by the in-process batcher and Redis workers:
+/// triage, then run the live jobs on the reserved session. One answer per
+/// job, in order: `None` for an abandoned job, `DeadlineExceeded` for an
+/// expired one. Drops and stage times are counted here.
+pub async fn run_batch<B: Batched>(
+    batch: &[B],
+    slot: OwnedSemaphorePermit,
+    pool: &SessionPool,
+    metrics: &Metrics,
+) -> Vec<Option<JobResult>> {
+    let now = Instant::now();
+    let fates: Vec<Fate> = batch.iter().map(|b| triage(b, now)).collect();
+    let mut inputs = Vec::with_capacity(batch.len());
+    for (b, fate) in batch.iter().zip(&fates) {
+        match fate {
+            Fate::Run => {
+                metrics.stage(metrics::QUEUE_WAIT, now.saturating_duration_since(b.job().enqueued));
+                inputs.push(Arc::clone(&b.job().input));
+            }
+            Fate::Expired => metrics.drop_job("deadline"),
+            Fate::Abandoned => metrics.drop_job("client_gone"),
         }
     }
-    t
+    let mut ran = if inputs.is_empty() { Vec::new() } else { execute(pool, slot, inputs, metrics).await }.into_iter();
+    fates
+        .into_iter()
+        .map(|fate| match fate {
+            Fate::Run => ran.next(),
+            Fate::Expired => Some(Err(JobError::DeadlineExceeded)),
+            Fate::Abandoned => None,
+        })
+        .collect()
 }
 
-/// What a batch needs besides its images.
-pub struct BatchContext {
-    pub metrics: Arc<Metrics>,
-}
-
-/// Runs `images` on a reserved session and turns the scores into one
-/// [`JobResult`] per image. Shared by the in-process batcher and Redis workers.
-pub async fn execute(
+/// Runs `inputs` on a reserved session and turns the scores into one
+/// [`JobResult`] per input.
+async fn execute(
     pool: &SessionPool,
-    slot: tokio::sync::OwnedSemaphorePermit,
-    images: Vec<Arc<ModelInput>>,
-    ctx: &BatchContext,
+    slot: OwnedSemaphorePermit,
+    inputs: Vec<Arc<ModelInput>>,
+    metrics: &Metrics,
 ) -> Vec<JobResult> {
-    let n = images.len();
-    ctx.metrics.batch_size.observe(n as f64);
-    let outcome = pool.run(slot, images).await;
+    let n = inputs.len();
+    metrics.batch_size.observe(n as f64);
+    let outcome = pool.run(slot, inputs).await;
     let (result, took) = match outcome {
         Ok(r) => r,
         Err(_) => return vec![Err(JobError::ShuttingDown); n],
     };
-    ctx.metrics.stage(metrics::INFERENCE, took);
+    metrics.stage(metrics::INFERENCE, took);
     match result {
         Ok(rows) if rows.len() == n => {
-            ctx.metrics.inferred_images.inc_by(n as u64);
+            metrics.inferred_images.inc_by(n as u64);
             rows.into_iter().map(|scores| Ok(JobOutput { scores: scores.into() })).collect()
         }
         Ok(rows) => vec![Err(JobError::Inference(format!("model answered {} rows for {n} images", rows.len()))); n],
@@ -105,11 +151,13 @@ pub async fn execute(
 /// The in-process batcher: forms batches from `jobs` whenever a session is
 /// free, until `jobs` closes (all senders dropped) or `cancel` fires. On
 /// cancellation it still drains what is queued, so no accepted job is lost.
+/// `depth` is the queue's gauge, decremented for every job taken.
 pub async fn run_local(
-    mut jobs: mpsc::Receiver<Job>,
+    mut jobs: mpsc::Receiver<Queued>,
     pool: Arc<SessionPool>,
     cfg: BatchConfig,
-    ctx: Arc<BatchContext>,
+    metrics: Arc<Metrics>,
+    depth: Gauge,
     cancel: CancellationToken,
 ) {
     let mut in_flight = tokio::task::JoinSet::new();
@@ -129,7 +177,7 @@ pub async fn run_local(
                     Err(_) => break,
                 }
             }
-            match next_step(batch.len(), &cfg, batch[0].enqueued, Instant::now()) {
+            match next_step(batch.len(), &cfg, batch[0].job.enqueued, Instant::now()) {
                 Next::Dispatch => break,
                 Next::WaitUntil(until) => match tokio::time::timeout_at(until, jobs.recv()).await {
                     Ok(Some(job)) => batch.push(job),
@@ -137,29 +185,15 @@ pub async fn run_local(
                 },
             }
         }
-        ctx.metrics.queue_depth.dec_by(batch.len() as i64);
-        let now = Instant::now();
-        let t = triage(batch, now);
-        for _ in 0..t.abandoned {
-            ctx.metrics.drop_job("client_gone");
-        }
-        for job in t.expired {
-            ctx.metrics.drop_job("deadline");
-            let _ = job.reply.send(Err(JobError::DeadlineExceeded));
-        }
-        if t.live.is_empty() {
-            continue;
-        }
-        for job in &t.live {
-            ctx.metrics.stage(metrics::QUEUE_WAIT, now - job.enqueued);
-        }
-        let images = t.live.iter().map(|j| Arc::clone(&j.image)).collect();
+        depth.dec_by(batch.len() as i64);
         let pool = Arc::clone(&pool);
-        let ctx = Arc::clone(&ctx);
+        let metrics = Arc::clone(&metrics);
         in_flight.spawn(async move {
-            let results = execute(&pool, slot, images, &ctx).await;
-            for (job, result) in t.live.into_iter().zip(results) {
-                let _ = job.reply.send(result);
+            let results = run_batch(&batch, slot, &pool, &metrics).await;
+            for (queued, result) in batch.into_iter().zip(results) {
+                if let Some(result) = result {
+                    let _ = queued.reply.send(result);
+                }
             }
         });
         while in_flight.try_join_next().is_some() {}
@@ -170,6 +204,7 @@ pub async fn run_local(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::JobQueue;
 
     fn cfg(max_batch: usize, wait_ms: u64) -> BatchConfig {
         BatchConfig { max_batch, max_wait: Duration::from_millis(wait_ms) }
@@ -195,19 +230,43 @@ mod tests {
         assert_eq!(next_step(3, &cfg(8, 50), t0, t0 + Duration::from_millis(50)), Next::Dispatch);
     }
 
-    fn job(deadline_in: Duration) -> (Job, tokio::sync::oneshot::Receiver<JobResult>) {
+    fn queued(deadline_in: Duration) -> (Queued, tokio::sync::oneshot::Receiver<JobResult>) {
         let img = Arc::new(ModelInput::Tensor(vec![0.0; 3]));
-        Job::new(img, Instant::now() + deadline_in)
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        (Queued { job: Job::new(img, Instant::now() + deadline_in), reply }, rx)
     }
 
     #[test]
     fn triage_drops_gone_clients_and_expired_jobs() {
-        let (live, _rx1) = job(Duration::from_secs(10));
-        let (gone, rx2) = job(Duration::from_secs(10));
+        let (live, _rx1) = queued(Duration::from_secs(10));
+        let (gone, rx2) = queued(Duration::from_secs(10));
         drop(rx2);
-        let (late, _rx3) = job(Duration::ZERO);
-        let t = triage(vec![live, gone, late], Instant::now());
-        assert_eq!((t.live.len(), t.expired.len(), t.abandoned), (1, 1, 1));
+        let (late, _rx3) = queued(Duration::ZERO);
+        let now = Instant::now();
+        let fates: Vec<Fate> = [live, gone, late].iter().map(|q| triage(q, now)).collect();
+        assert_eq!(fates, vec![Fate::Run, Fate::Abandoned, Fate::Expired]);
+    }
+
+    #[tokio::test]
+    async fn run_batch_answers_in_order_and_runs_only_live_jobs() {
+        let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pool = SessionPool::start(vec![Box::new(Recorder { sizes: sizes.clone(), gate: None })], None).unwrap();
+        let metrics = Metrics::new();
+        let (live, _rx1) = queued(Duration::from_secs(10));
+        let (late, _rx2) = queued(Duration::ZERO);
+        let (gone, rx3) = queued(Duration::from_secs(10));
+        drop(rx3);
+        let (live2, _rx4) = queued(Duration::from_secs(10));
+        let slot = pool.reserve().await.unwrap();
+        let out = run_batch(&[live, late, gone, live2], slot, &pool, &metrics).await;
+        assert!(matches!(out[0], Some(Ok(_))));
+        assert_eq!(out[1], Some(Err(JobError::DeadlineExceeded)));
+        assert_eq!(out[2], None);
+        assert!(matches!(out[3], Some(Ok(_))));
+        assert_eq!(*sizes.lock().unwrap(), vec![2], "only the two live jobs ran, as one batch");
+        let text = metrics.render();
+        assert!(text.contains("lens_dropped_jobs_total{reason=\"deadline\"} 1"), "{text}");
+        assert!(text.contains("lens_dropped_jobs_total{reason=\"client_gone\"} 1"), "{text}");
     }
 
     /// A fake model that records batch sizes; its first call waits for `gate`.
@@ -230,7 +289,7 @@ mod tests {
     }
 
     struct Harness {
-        queue: crate::queue::JobQueue,
+        queue: crate::queue::LocalQueue,
         sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
         cancel: CancellationToken,
         task: tokio::task::JoinHandle<()>,
@@ -241,11 +300,11 @@ mod tests {
         let fake = Recorder { sizes: sizes.clone(), gate };
         let pool = Arc::new(SessionPool::start(vec![Box::new(fake)], None).unwrap());
         let metrics = Arc::new(Metrics::new());
-        let (q, rx) = crate::queue::LocalQueue::new(64, metrics.clone());
+        let depth = metrics.queue_depth("m");
+        let (queue, rx) = crate::queue::LocalQueue::new(64, 1, depth.clone());
         let cancel = CancellationToken::new();
-        let ctx = Arc::new(BatchContext { metrics });
-        let task = tokio::spawn(run_local(rx, pool, cfg, ctx, cancel.clone()));
-        Harness { queue: crate::queue::JobQueue::Local(q), sizes, cancel, task }
+        let task = tokio::spawn(run_local(rx, pool, cfg, metrics, depth, cancel.clone()));
+        Harness { queue, sizes, cancel, task }
     }
 
     async fn submit(h: &Harness) -> tokio::sync::oneshot::Receiver<JobResult> {

@@ -3,10 +3,14 @@
 //! Answers are keyed on the model and the SHA-256 of the uploaded bytes. The
 //! cache is a bounded LRU; [`Coalescer`] makes identical requests that arrive
 //! while the first is still being computed wait for that one computation.
+//! [`SharedCache`] is a second level that several API nodes share (Redis
+//! implements it in [`crate::redis::RedisCache`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 use tokio::sync::oneshot;
@@ -16,6 +20,18 @@ use tokio::sync::oneshot;
 pub struct Key {
     pub model: String,
     pub sha256: [u8; 32],
+}
+
+/// What a [`SharedCache`] lookup returns: the scores stored, if any.
+pub type Lookup<'a> = Pin<Box<dyn Future<Output = Option<Arc<[f32]>>> + Send + 'a>>;
+
+/// Answers shared by every API node of a model version, behind the local
+/// cache. A lookup that fails or is slow is a miss: it never fails a request.
+pub trait SharedCache: Send + Sync {
+    /// The scores stored for this image, if any.
+    fn get<'a>(&'a self, sha256: &'a [u8; 32]) -> Lookup<'a>;
+    /// Stores an answer, in the background.
+    fn put(&self, sha256: &[u8; 32], scores: &[f32]);
 }
 
 /// A bounded LRU of answers. Zero capacity disables it.

@@ -6,8 +6,19 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use clap::builder::RangedU64ValueParser;
 
 use crate::engine::SessionConfig;
+
+/// The cores this process may use.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A clap parser for a count that must be at least 1.
+fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..)
+}
 
 /// Which model to load and how to run it.
 #[derive(Debug, Clone, Args)]
@@ -21,11 +32,11 @@ pub struct ModelArgs {
     pub ort_lib: Option<PathBuf>,
 
     /// Model sessions (instances) run in parallel; default: one per core.
-    #[arg(long, env = "LENS_SESSIONS")]
+    #[arg(long, env = "LENS_SESSIONS", value_parser = at_least_one())]
     pub sessions: Option<usize>,
 
     /// Intra-op threads per session.
-    #[arg(long, env = "LENS_INTRA_THREADS", default_value_t = 1)]
+    #[arg(long, env = "LENS_INTRA_THREADS", value_parser = at_least_one(), default_value_t = 1)]
     pub intra_threads: usize,
 
     /// Largest image accepted, in pixels (width x height), checked from the
@@ -36,12 +47,8 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn session_config(&self) -> SessionConfig {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let default = SessionConfig::for_cores(cores);
-        SessionConfig {
-            sessions: self.sessions.unwrap_or(default.sessions).max(1),
-            intra_threads: self.intra_threads.max(1),
-        }
+        let default = SessionConfig::for_cores(available_cores());
+        SessionConfig { sessions: self.sessions.unwrap_or(default.sessions), intra_threads: self.intra_threads }
     }
 }
 
@@ -88,11 +95,11 @@ pub struct ServeArgs {
 
     /// Jobs that may wait for a model session; beyond it, 429. With --redis,
     /// the cap on the model's shared job stream (all API nodes together).
-    #[arg(long, env = "LENS_QUEUE_CAPACITY", default_value_t = 256)]
+    #[arg(long, env = "LENS_QUEUE_CAPACITY", value_parser = at_least_one(), default_value_t = 256)]
     pub queue_capacity: usize,
 
     /// Requests admitted at once (decoding, queued or running); beyond it, 429.
-    #[arg(long, env = "LENS_MAX_PENDING", default_value_t = 1024)]
+    #[arg(long, env = "LENS_MAX_PENDING", value_parser = at_least_one(), default_value_t = 1024)]
     pub max_pending: usize,
 
     /// Per-request deadline in seconds: a job not answered by then gets 504 and
@@ -105,7 +112,7 @@ pub struct ServeArgs {
     pub cache_entries: usize,
 
     /// Threads decoding and resizing images; default: one per core.
-    #[arg(long, env = "LENS_DECODE_THREADS")]
+    #[arg(long, env = "LENS_DECODE_THREADS", value_parser = at_least_one())]
     pub decode_threads: Option<usize>,
 
     /// Largest request body in bytes (413 beyond).
@@ -113,7 +120,7 @@ pub struct ServeArgs {
     pub body_limit: usize,
 
     /// Most multipart parts accepted in one request.
-    #[arg(long, env = "LENS_MAX_PARTS", default_value_t = 16)]
+    #[arg(long, env = "LENS_MAX_PARTS", value_parser = at_least_one(), default_value_t = 16)]
     pub max_parts: usize,
 
     /// Whole-request timeout in seconds (504 beyond).
@@ -154,12 +161,12 @@ pub struct RedisArgs {
 
     /// A job a worker took but did not acknowledge within this many
     /// milliseconds (the worker died) is reclaimed by another worker.
-    #[arg(long, env = "LENS_VISIBILITY_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = "LENS_VISIBILITY_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
     pub visibility_timeout_ms: u64,
 
     /// A job delivered more than this many times goes to the dead-letter
     /// stream and its client gets a 500.
-    #[arg(long, env = "LENS_MAX_DELIVERIES", default_value_t = 3)]
+    #[arg(long, env = "LENS_MAX_DELIVERIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_deliveries: u32,
 }
 
@@ -245,7 +252,7 @@ pub struct BatchArgs {
     /// Largest batch given to one model call. On this project's 2-core
     /// measurements EfficientNet-Lite0 ran fastest per image at batch 1, and
     /// every image of batch adds to ONNX Runtime's memory arena, hence 1.
-    #[arg(long, env = "LENS_MAX_BATCH", default_value_t = 1)]
+    #[arg(long, env = "LENS_MAX_BATCH", value_parser = at_least_one(), default_value_t = 1)]
     pub max_batch: usize,
 
     /// How long a partial batch may wait for more jobs, in milliseconds (0: never).
@@ -256,7 +263,7 @@ pub struct BatchArgs {
 impl BatchArgs {
     pub fn config(&self) -> crate::batcher::BatchConfig {
         crate::batcher::BatchConfig {
-            max_batch: self.max_batch.max(1),
+            max_batch: self.max_batch,
             max_wait: std::time::Duration::from_millis(self.max_wait_ms),
         }
     }

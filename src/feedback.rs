@@ -27,8 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
 
+use crate::preprocess::IMAGE_EXTENSIONS;
+
 /// Extensions an image may be stored under, lowercase.
-const ALLOWED_EXTS: [&str; 6] = ["png", "jpg", "jpeg", "gif", "webp", "bmp"];
 /// Longest accepted text field of a [`FeedbackRecord`], in characters.
 const MAX_FIELD_CHARS: usize = 1024;
 /// Longest accepted [`FeedbackRecord::report`], in characters.
@@ -67,7 +68,7 @@ fn is_sha256_hex(s: &str) -> bool {
 /// True for exactly `<64 lowercase hex>.<allowed ext>`: no separators, no `..`.
 fn is_stored_name(name: &str) -> bool {
     match name.split_once('.') {
-        Some((sha, ext)) => is_sha256_hex(sha) && ALLOWED_EXTS.contains(&ext),
+        Some((sha, ext)) => is_sha256_hex(sha) && IMAGE_EXTENSIONS.contains(&ext),
         None => false,
     }
 }
@@ -98,10 +99,10 @@ impl ImageStore {
     /// and whichever rename lands last replaces identical bytes atomically.
     pub fn put(&self, bytes: &[u8], ext: &str) -> Result<String, FeedbackError> {
         let ext = ext.to_ascii_lowercase();
-        if !ALLOWED_EXTS.contains(&ext.as_str()) {
+        if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
             return Err(FeedbackError::Invalid(format!(
                 "image extension {ext:?} is not one of {}",
-                ALLOWED_EXTS.join("|")
+                IMAGE_EXTENSIONS.join("|")
             )));
         }
         let name = format!("{}.{ext}", sha256_hex(bytes));
@@ -156,7 +157,7 @@ impl ImageStore {
         if !is_sha256_hex(sha256) {
             return None;
         }
-        ALLOWED_EXTS.iter().map(|ext| format!("{sha256}.{ext}")).find(|name| self.dir.join(name).is_file())
+        IMAGE_EXTENSIONS.iter().map(|ext| format!("{sha256}.{ext}")).find(|name| self.dir.join(name).is_file())
     }
 }
 

@@ -33,8 +33,8 @@
 //! - [`serve`]: `lens serve`; [`predict`]: `lens predict`; [`bench`]: `lens bench`.
 
 pub mod batcher;
-pub mod bench;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod feedback;
@@ -42,12 +42,12 @@ pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod model;
-pub mod predict;
-pub mod prediction;
+pub mod predictor;
 pub mod preprocess;
 pub mod queue;
-pub mod redis_queue;
+pub mod ranking;
+pub mod redis;
 pub mod serve;
-pub mod service;
 pub mod sessions;
+pub mod shutdown;
 pub mod worker;

@@ -49,14 +49,14 @@ fn main() -> anyhow::Result<ExitCode> {
             runtime.block_on(lens::worker::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Predict(args) => lens::predict::run(&args),
+        Command::Predict(args) => lens::cli::predict::run(&args),
         Command::Bench(args) => {
-            lens::bench::run(&args)?;
+            lens::cli::bench::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Feedback(FeedbackCommand::Export { dir, redis: Some(url), drain, .. }) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let rows = runtime.block_on(lens::redis_queue::feedback::export(&url, &dir, drain))?;
+            let rows = runtime.block_on(lens::redis::feedback::export(&url, &dir, drain))?;
             println!("exported {rows} reports from Redis to {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }

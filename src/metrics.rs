@@ -28,6 +28,11 @@ pub struct Stage {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: &'static str,
 }
@@ -48,7 +53,9 @@ pub struct Metrics {
     pub requests: Family<RouteStatus, Counter>,
     pub request_seconds: Family<Route, Histogram, fn() -> Histogram>,
     pub stage_seconds: Family<Stage, Histogram, fn() -> Histogram>,
-    pub queue_depth: Gauge,
+    /// Jobs queued per model, kept by each queue (in-process: the channel;
+    /// Redis: the job stream's length as last seen).
+    pub queue_depth: Family<ModelLabel, Gauge>,
     pub batch_size: Histogram,
     /// Images that went through the model.
     pub inferred_images: Counter,
@@ -75,7 +82,7 @@ impl Metrics {
             requests: Family::default(),
             request_seconds: Family::new_with_constructor(latency_histogram),
             stage_seconds: Family::new_with_constructor(latency_histogram),
-            queue_depth: Gauge::default(),
+            queue_depth: Family::default(),
             batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
             inferred_images: Counter::default(),
             cache_hits: Counter::default(),
@@ -101,6 +108,11 @@ impl Metrics {
         registry.register("rejected_requests", "Requests refused, by reason", m.rejected.clone());
         registry.register("dropped_jobs", "Jobs dropped before inference, by reason", m.dropped_jobs.clone());
         Metrics { registry, ..m }
+    }
+
+    /// The queue depth gauge of `model`, for its queue to keep.
+    pub fn queue_depth(&self, model: &str) -> Gauge {
+        self.queue_depth.get_or_create(&ModelLabel { model: model.to_owned() }).clone()
     }
 
     pub fn stage(&self, stage: &'static str, d: Duration) {

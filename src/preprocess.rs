@@ -96,6 +96,14 @@ pub struct Prepared {
     pub rgb: Vec<u8>,
 }
 
+/// Extensions an upload to `/predict` or the page may have: the original
+/// service's four.
+pub const UPLOAD_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "gif"];
+
+/// Extensions of every format the decoder reads ([`Format`]); stored images
+/// carry one of these.
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "gif", "webp", "bmp"];
+
 /// An image container format recognised by its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

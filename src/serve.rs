@@ -18,19 +18,19 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::batcher::{BatchContext, run_local};
-use crate::config::{ModelArgs, ServeArgs};
-use crate::engine::{Classifier, EngineError, ModelInput, OrtClassifier, Scores, SessionConfig};
+use crate::batcher::run_local;
+use crate::cache::SharedCache;
+use crate::config::{ServeArgs, available_cores};
+use crate::engine::SessionConfig;
 use crate::feedback::{FeedbackStore, ImageStore};
 use crate::http::{AppState, Limits, Models};
 use crate::metrics::Metrics;
 use crate::model::ModelDir;
-use crate::preprocess::Prepared;
-use crate::queue::{JobQueue, LocalQueue};
-use crate::redis_queue::RedisQueue;
-use crate::redis_queue::feedback::FeedbackMirror;
-use crate::service::{ModelInfo, Predictor, PredictorConfig};
-use crate::sessions::SessionPool;
+use crate::predictor::{ModelInfo, Predictor, PredictorConfig};
+use crate::queue::LocalQueue;
+use crate::redis::RedisQueue;
+use crate::redis::feedback::FeedbackMirror;
+use crate::sessions::{SessionPool, load_pool};
 use crate::worker::{Worker, WorkerConfig};
 
 /// A served model: its predictor and what must be stopped.
@@ -50,7 +50,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the port.
     println!("listening on http://{addr}");
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(crate::shutdown::on_signal(shutdown.clone()));
     run_with(listener, args, shutdown).await
 }
 
@@ -131,19 +131,15 @@ async fn start_model(
     stop: CancellationToken,
 ) -> anyhow::Result<Running> {
     let sessions = args.model.session_config();
-    let pool = Arc::new(load_pool(&model, &args.model, sessions, Duration::from_millis(args.debug_slow_ms)).await?);
-    let (queue, jobs) = LocalQueue::new(args.queue_capacity, Arc::clone(&metrics));
-    let ctx = Arc::new(BatchContext { metrics: Arc::clone(&metrics) });
-    let batcher = tokio::spawn(run_local(jobs, Arc::clone(&pool), args.batch.config(), ctx, stop));
-    let predictor = Arc::new(Predictor::new(
-        model_info(&model),
-        predictor_config(args),
-        JobQueue::Local(queue),
-        args.decode_threads.unwrap_or_else(|| sessions.sessions.max(1)),
-        pool.sessions(),
-        metrics,
-    ));
-    predictor.set_ready(true);
+    let slow = Duration::from_millis(args.debug_slow_ms);
+    let pool = Arc::new(load_pool(&model, args.model.ort_lib.clone(), sessions, slow).await?);
+    let depth = metrics.queue_depth(&model.spec.name);
+    let (queue, jobs) = LocalQueue::new(args.queue_capacity, pool.sessions(), depth.clone());
+    let batcher =
+        tokio::spawn(run_local(jobs, Arc::clone(&pool), args.batch.config(), Arc::clone(&metrics), depth, stop));
+    let decode_threads = args.decode_threads.unwrap_or(sessions.sessions);
+    let predictor =
+        Arc::new(Predictor::new(model_info(&model), predictor_config(args), Arc::new(queue), decode_threads, metrics));
     Ok(Running { predictor, pools: vec![pool], batchers: vec![batcher], redis_tasks: Vec::new() })
 }
 
@@ -156,38 +152,33 @@ async fn start_remote_model(
     metrics: Arc<Metrics>,
     (batcher_stop, redis_stop): (CancellationToken, CancellationToken),
 ) -> anyhow::Result<Running> {
-    let (queue, listener) = RedisQueue::start(url, &model.spec, args.queue_capacity, redis_stop.clone())
+    let depth = metrics.queue_depth(&model.spec.name);
+    let (queue, redis_tasks) = RedisQueue::start(url, &model.spec, args.queue_capacity, depth, redis_stop)
         .with_context(|| format!("using Redis at {url}"))?;
     let ttl = if args.cache_entries == 0 { Duration::ZERO } else { Duration::from_secs(args.redis_cache_ttl_secs) };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let shared_cache = queue.shared_cache(ttl).map(|c| Arc::new(c) as Arc<dyn SharedCache>);
+    let cores = available_cores();
+    let decode_threads = args.decode_threads.unwrap_or(cores);
     let predictor = Arc::new(
         Predictor::new(
             model_info(&model),
             predictor_config(args),
-            JobQueue::Redis(queue.clone()),
-            args.decode_threads.unwrap_or(cores),
-            1,
+            Arc::new(queue),
+            decode_threads,
             Arc::clone(&metrics),
         )
-        .with_shared_cache(queue.shared_cache(ttl)),
+        .with_shared_cache(shared_cache),
     );
-    let watcher = tokio::spawn(queue.watch(Arc::clone(&predictor), redis_stop));
-    let mut running =
-        Running { predictor, pools: Vec::new(), batchers: Vec::new(), redis_tasks: vec![listener, watcher] };
+    let mut running = Running { predictor, pools: Vec::new(), batchers: Vec::new(), redis_tasks };
     if let Some(per_worker) = cores.checked_div(args.workers) {
         let sessions = SessionConfig {
-            sessions: args.model.sessions.unwrap_or(per_worker).max(1),
-            intra_threads: args.model.intra_threads.max(1),
+            sessions: args.model.sessions.unwrap_or(per_worker.max(1)),
+            intra_threads: args.model.intra_threads,
         };
-        let cfg = WorkerConfig {
-            redis_url: url.to_owned(),
-            batch: args.batch.config(),
-            visibility: Duration::from_millis(args.redis.visibility_timeout_ms.max(100)),
-            max_deliveries: args.redis.max_deliveries.max(1),
-        };
+        let cfg = WorkerConfig::new(url, &args.redis, &args.batch);
+        let slow = Duration::from_millis(args.debug_slow_ms);
         for _ in 0..args.workers {
-            let pool =
-                Arc::new(load_pool(&model, &args.model, sessions, Duration::from_millis(args.debug_slow_ms)).await?);
+            let pool = Arc::new(load_pool(&model, args.model.ort_lib.clone(), sessions, slow).await?);
             let worker = Worker::new(&model.spec, Arc::clone(&pool), cfg.clone(), Arc::clone(&metrics))?;
             running.batchers.push(tokio::spawn(worker.run(batcher_stop.clone())));
             running.pools.push(pool);
@@ -209,34 +200,6 @@ fn predictor_config(args: &ServeArgs) -> PredictorConfig {
     }
 }
 
-/// Loads `sessions` model sessions (each warmed up) on a blocking thread.
-/// `slow` is the `--debug-slow-ms` test hook.
-pub(crate) async fn load_pool(
-    model: &ModelDir,
-    args: &ModelArgs,
-    sessions: SessionConfig,
-    slow: Duration,
-) -> anyhow::Result<SessionPool> {
-    let ort_lib = args.ort_lib.clone();
-    let warmup = ModelInput::Image(Prepared {
-        width: model.spec.input.width,
-        height: model.spec.input.height,
-        rgb: vec![128; (model.spec.input.width * model.spec.input.height * 3) as usize],
-    });
-    let model_for_pool = model.clone();
-    let pool = tokio::task::spawn_blocking(move || -> Result<SessionPool, EngineError> {
-        let mut classifiers: Vec<Box<dyn Classifier>> = Vec::new();
-        for _ in 0..sessions.sessions {
-            let c = OrtClassifier::load(&model_for_pool, sessions.intra_threads, ort_lib.as_deref())?;
-            classifiers.push(if slow.is_zero() { Box::new(c) } else { Box::new(Slowed { inner: c, slow }) });
-        }
-        SessionPool::start(classifiers, Some(warmup))
-    })
-    .await??;
-    tracing::info!(model = %model.spec.name, sessions = sessions.sessions, threads = sessions.intra_threads, "model ready");
-    Ok(pool)
-}
-
 /// Subfolders of `root` that hold a model.toml, sorted.
 fn model_dirs(root: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut dirs: Vec<_> = std::fs::read_dir(root)
@@ -247,41 +210,4 @@ fn model_dirs(root: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
         .collect();
     dirs.sort();
     Ok(dirs)
-}
-
-/// The test hook behind `--debug-slow-ms`: a real session that takes longer.
-struct Slowed<C> {
-    inner: C,
-    slow: Duration,
-}
-
-impl<C: Classifier> Classifier for Slowed<C> {
-    fn classify(&mut self, inputs: &[&ModelInput]) -> Result<Vec<Scores>, EngineError> {
-        std::thread::sleep(self.slow);
-        self.inner.classify(inputs)
-    }
-}
-
-/// Cancels `token` on SIGTERM or Ctrl-C.
-pub(crate) async fn signal_shutdown(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                token.cancel();
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown signal received");
-    token.cancel();
 }

@@ -5,13 +5,17 @@
 //! counts idle sessions, and its permit travels with the batch so the slot is
 //! released only when the session has finished it.
 
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::engine::{Classifier, EngineError, ModelInput, Scores};
+use crate::engine::{Classifier, EngineError, OrtClassifier, Scores, SessionConfig};
+use crate::job::ModelInput;
+use crate::model::ModelDir;
+use crate::preprocess::Prepared;
 
 type BatchReply = oneshot::Sender<(Result<Vec<Scores>, EngineError>, Duration)>;
 
@@ -95,6 +99,47 @@ impl SessionPool {
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+/// Loads `sessions` model sessions (each warmed up) on a blocking thread.
+/// `slow` is the `--debug-slow-ms` test hook.
+pub async fn load_pool(
+    model: &ModelDir,
+    ort_lib: Option<PathBuf>,
+    sessions: SessionConfig,
+    slow: Duration,
+) -> Result<SessionPool, EngineError> {
+    let warmup = ModelInput::Image(Prepared {
+        width: model.spec.input.width,
+        height: model.spec.input.height,
+        rgb: vec![128; (model.spec.input.width * model.spec.input.height * 3) as usize],
+    });
+    let model_for_pool = model.clone();
+    let pool = tokio::task::spawn_blocking(move || -> Result<SessionPool, EngineError> {
+        let mut classifiers: Vec<Box<dyn Classifier>> = Vec::new();
+        for _ in 0..sessions.sessions {
+            let c = OrtClassifier::load(&model_for_pool, sessions.intra_threads, ort_lib.as_deref())?;
+            classifiers.push(if slow.is_zero() { Box::new(c) } else { Box::new(Slowed { inner: c, slow }) });
+        }
+        SessionPool::start(classifiers, Some(warmup))
+    })
+    .await
+    .map_err(|e| EngineError::Inference(format!("the loading thread failed: {e}")))??;
+    tracing::info!(model = %model.spec.name, sessions = sessions.sessions, threads = sessions.intra_threads, "model ready");
+    Ok(pool)
+}
+
+/// The test hook behind `--debug-slow-ms`: a real session that takes longer.
+struct Slowed<C> {
+    inner: C,
+    slow: Duration,
+}
+
+impl<C: Classifier> Classifier for Slowed<C> {
+    fn classify(&mut self, inputs: &[&ModelInput]) -> Result<Vec<Scores>, EngineError> {
+        std::thread::sleep(self.slow);
+        self.inner.classify(inputs)
     }
 }
 

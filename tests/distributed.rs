@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use lens::job::JobError;
-use lens::redis_queue::codec::{self, WorkerBeat};
+use lens::redis::codec::{self, WorkerBeat};
 use redis::streams::StreamPendingReply;
 
 const JOBS: &str = "lens:jobs:efficientnet-lite0";
@@ -438,7 +438,7 @@ async fn poison_jobs_go_to_the_dead_letter_stream_and_workers_keep_serving() {
     wait_ready(&client, &api.url()).await;
     let mut conn = redis.conn().await;
     let reply_to = "lens:replies:test-node";
-    let now = lens::redis_queue::keys::now_ms();
+    let now = lens::redis::clock::now_ms();
     let deadline = (now + 60_000).to_string();
 
     // An entry no worker can decode: dead-lettered at once, client told.
@@ -465,7 +465,7 @@ async fn poison_jobs_go_to_the_dead_letter_stream_and_workers_keep_serving() {
     // again as if three more workers had died on it. The real worker then
     // reclaims it after the visibility timeout and dead-letters it.
     let zeros = vec![0u8; 3 * 224 * 224 * 4];
-    let input = lens::engine::ModelInput::Tensor(vec![0.0; 3 * 224 * 224]);
+    let input = lens::job::ModelInput::Tensor(vec![0.0; 3 * 224 * 224]);
     let fields = codec::job_fields(4243, reply_to, now + 60_000, now, &input);
     assert_eq!(fields.last().unwrap().1, zeros);
     let (id,): (String,) = {

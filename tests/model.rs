@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lens::engine::{Classifier, ModelInput, OrtClassifier};
+use lens::engine::{Classifier, OrtClassifier};
+use lens::job::ModelInput;
 use lens::model::ModelDir;
-use lens::prediction::ranked;
 use lens::preprocess::prepare;
+use lens::ranking::ranked;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -8,8 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::predictor::PredictError;
 use crate::preprocess::ImageError;
-use crate::service::PredictError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -14,14 +14,14 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::ApiError;
-use super::page::{self, MessageKind, PageView};
-use super::predict::{check_upload, read_form};
+use super::form::{check_upload, read_form};
+use super::render::{self, MessageKind, PageView};
 use crate::feedback::FeedbackRecord;
 
 /// `GET /feedback`: the page, as the original answered.
 pub async fn page(State(state): State<AppState>) -> Html<String> {
     let view = PageView { model: state.models.default_model().name(), result: None, message: None };
-    Html(page::render(&view))
+    Html(render::render(&view))
 }
 
 pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Request) -> Result<Response, ApiError> {
@@ -88,7 +88,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
         result: None,
         message: Some((MessageKind::Info, &message)),
     };
-    Ok(Html(page::render(&view)).into_response())
+    Ok(Html(render::render(&view)).into_response())
 }
 
 /// Builds a record from form fields. `report` may hold a JSON object with

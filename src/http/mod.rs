@@ -1,17 +1,21 @@
 //! The HTTP API: routes, shared state, middleware and the server loop.
 //!
-//! - [`predict`]: `POST /predict` and the upload page (`GET /`, `POST /`).
+//! - [`predict`]: `POST /predict`, the original service's JSON contract.
+//! - [`page`]: the upload page, `GET /` and `POST /`.
 //! - [`feedback`]: `POST /feedback`, `GET /feedback`.
+//! - [`form`]: reading multipart uploads and checking them.
 //! - [`ops`]: health, metrics, status, labels, OpenAPI, static assets.
 //! - [`v2`]: the KServe Open Inference Protocol v2.
+//! - [`render`]: the server-rendered HTML and its embedded assets.
 //! - [`error`]: the one mapping from errors to HTTP responses.
-//! - [`page`]: the server-rendered upload page and its assets.
 
 pub mod error;
 pub mod feedback;
+pub mod form;
 pub mod ops;
 pub mod page;
 pub mod predict;
+pub mod render;
 pub mod v2;
 
 use std::collections::BTreeMap;
@@ -29,7 +33,7 @@ use tokio::net::TcpListener;
 
 use crate::feedback::{FeedbackStore, ImageStore};
 use crate::metrics::Metrics;
-use crate::service::Predictor;
+use crate::predictor::Predictor;
 use error::Rejected;
 
 /// Request limits enforced before any decoding.
@@ -68,7 +72,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub feedback: Arc<FeedbackStore>,
     /// With Redis: every report is also pushed to `lens:feedback`.
-    pub feedback_mirror: Option<Arc<crate::redis_queue::feedback::FeedbackMirror>>,
+    pub feedback_mirror: Option<Arc<crate::redis::feedback::FeedbackMirror>>,
     /// Images uploaded through the page, shown back at `/uploads/<sha256>.<ext>`.
     pub uploads: ImageStore,
     pub limits: Limits,
@@ -77,7 +81,7 @@ pub struct AppState {
 /// The whole API as a router, for `serve` and for in-process tests.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/", get(predict::page).post(predict::page_upload))
+        .route("/", get(page::show).post(page::upload))
         .route("/predict", post(predict::predict))
         .route("/feedback", get(feedback::page).post(feedback::submit))
         .route("/uploads/{name}", get(ops::upload))
@@ -148,7 +152,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
     let mut response = next.run(req).await;
     let h = response.headers_mut();
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(page::CONTENT_SECURITY_POLICY));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(render::CONTENT_SECURITY_POLICY));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response

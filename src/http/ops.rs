@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use super::page;
+use super::render;
 
 /// `GET /health/live`: the process is up.
 pub async fn live() -> Json<serde_json::Value> {
@@ -38,7 +38,7 @@ pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
         "model": p.name(),
         "ready": p.is_ready(),
         "queue_depth": p.queue_depth(),
-        "workers": p.workers(),
+        "workers": p.capacity().workers,
         "models": state.models.by_name.keys().collect::<Vec<_>>(),
     }))
 }
@@ -56,7 +56,7 @@ pub async fn openapi() -> Response {
 
 /// `GET /static/{name}`: embedded page assets.
 pub async fn asset(Path(name): Path<String>) -> Response {
-    match page::asset(&name) {
+    match render::asset(&name) {
         Some((content_type, bytes)) => {
             ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=300")], bytes)
                 .into_response()

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use crate::model::Layout;
-use crate::prediction::ranked;
-use crate::service::Predictor;
+use crate::predictor::Predictor;
+use crate::ranking::ranked;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -204,7 +204,7 @@ type Scores = std::sync::Arc<[f32]>;
 
 /// Awaits spawned predictions in request order; the first failure wins.
 async fn join_in_order(
-    tasks: Vec<tokio::task::JoinHandle<Result<Scores, crate::service::PredictError>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<Scores, crate::predictor::PredictError>>>,
 ) -> Result<Vec<Scores>, ApiError> {
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {

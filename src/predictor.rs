@@ -5,22 +5,20 @@
 //! upload page and the v2 `infer` endpoint all call.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
-use crate::cache::{Coalescer, Key, ResultCache, Role};
-use crate::engine::ModelInput;
-use crate::job::{JobError, JobOutput};
+use crate::cache::{Coalescer, Key, ResultCache, Role, SharedCache};
+use crate::job::{JobError, JobOutput, ModelInput};
 use crate::metrics::{self, Metrics};
 use crate::model::{ModelSpec, ResizeSpec};
 use crate::preprocess::{ImageError, prepare};
-use crate::queue::{JobQueue, SubmitError};
-use crate::redis_queue::SharedCache;
+use crate::queue::{Capacity, JobQueue, SubmitError};
 
 /// Why a prediction failed. `Clone`, so coalesced requests share it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -91,20 +89,19 @@ pub struct Predictor {
     pub model: ModelInfo,
     resize: ResizeSpec,
     config: PredictorConfig,
-    queue: JobQueue,
+    queue: Arc<dyn JobQueue>,
+    /// The queue's readiness, as it publishes it.
+    ready: watch::Receiver<bool>,
     cache: ResultCache<Arc<[f32]>>,
     /// The cache shared by every API node, behind the local one (Redis mode).
-    shared_cache: Option<SharedCache>,
+    shared_cache: Option<Arc<dyn SharedCache>>,
     coalescer: Coalescer<Shared>,
     /// Bounded CPU pool for decoding: one permit per decode thread.
     decode_slots: Arc<Semaphore>,
     /// Admission control: a request holds a permit until it is answered.
     admission: Arc<Semaphore>,
-    /// Model sessions serving this queue, for the wait estimate.
-    sessions: usize,
     /// Exponential moving average of seconds per image of inference, as f64 bits.
     per_image_secs: AtomicU64,
-    ready: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -112,9 +109,8 @@ impl Predictor {
     pub fn new(
         model: ModelInfo,
         config: PredictorConfig,
-        queue: JobQueue,
+        queue: Arc<dyn JobQueue>,
         decode_threads: usize,
-        sessions: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         Predictor {
@@ -122,11 +118,10 @@ impl Predictor {
             cache: ResultCache::new(config.cache_entries),
             shared_cache: None,
             coalescer: Coalescer::default(),
-            decode_slots: Arc::new(Semaphore::new(decode_threads.max(1))),
-            admission: Arc::new(Semaphore::new(config.max_pending.max(1))),
-            sessions: sessions.max(1),
+            decode_slots: Arc::new(Semaphore::new(decode_threads)),
+            admission: Arc::new(Semaphore::new(config.max_pending)),
             per_image_secs: AtomicU64::new(0.02f64.to_bits()),
-            ready: AtomicBool::new(false),
+            ready: queue.ready(),
             model,
             config,
             queue,
@@ -135,7 +130,7 @@ impl Predictor {
     }
 
     /// Adds a second-level cache shared with other API nodes.
-    pub fn with_shared_cache(mut self, cache: Option<SharedCache>) -> Self {
+    pub fn with_shared_cache(mut self, cache: Option<Arc<dyn SharedCache>>) -> Self {
         self.shared_cache = cache;
         self
     }
@@ -144,28 +139,19 @@ impl Predictor {
         &self.model.spec.name
     }
 
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
-    }
-
+    /// Whether requests can be answered now, as the queue last published.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        *self.ready.borrow()
     }
 
     pub fn queue_depth(&self) -> usize {
         self.queue.depth()
     }
 
-    /// Model sessions serving this model: in-process, or across the live
-    /// remote workers.
-    pub fn sessions(&self) -> usize {
-        self.queue.remote_capacity().map_or(self.sessions, |(_, sessions)| sessions)
-    }
-
-    /// What `/api/status` reports as workers: in-process sessions, or live
-    /// remote worker processes.
-    pub fn workers(&self) -> usize {
-        self.queue.remote_capacity().map_or(self.sessions, |(workers, _)| workers)
+    /// Who serves this model now: in-process sessions, or the live workers
+    /// and their sessions.
+    pub fn capacity(&self) -> Capacity {
+        self.queue.capacity()
     }
 
     /// Classifies one uploaded image.
@@ -244,7 +230,7 @@ impl Predictor {
     pub fn estimated_wait(&self) -> Duration {
         let per_image = f64::from_bits(self.per_image_secs.load(Ordering::Relaxed));
         let queued = self.queue.depth() as f64;
-        Duration::from_secs_f64(queued * per_image / self.sessions().max(1) as f64)
+        Duration::from_secs_f64(queued * per_image / self.capacity().sessions.max(1) as f64)
     }
 
     async fn compute(&self, bytes: Bytes, deadline: Instant) -> Shared {

@@ -1,5 +1,6 @@
 //! The Redis Streams job queue, API-node side: admission onto a model's job
-//! stream, the reply listener, worker liveness and the shared result cache.
+//! stream, the reply listener, and the watch on worker liveness that
+//! publishes readiness.
 //!
 //! An API node that runs with `--redis` loads no model session. Each job it
 //! admits goes onto `lens:jobs:{model}` (see [`codec`] for the entry), and
@@ -13,35 +14,24 @@
 //! Every Redis call made on a request's path fails fast: while Redis is down
 //! the node answers 503 and is not ready; it reconnects by itself.
 
-pub mod codec;
-pub mod feedback;
-pub mod keys;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::ConnectionManager;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::ModelInput;
-use crate::job::JobResult;
+use super::cache::RedisCache;
+use super::codec::{self, Liveness};
+use super::keys::{self, REPLY_DRAIN_BATCH, REPLY_POP_BLOCK, RETRY_PAUSE, SUBMIT_TIMEOUT, SWEEP_GRACE, WATCH_EVERY};
+use super::{clock, conn};
+use crate::job::{JobResult, ModelInput};
 use crate::model::ModelSpec;
-use crate::queue::SubmitError;
-use crate::service::Predictor;
-use codec::Liveness;
-
-/// Longest a request waits for Redis to accept its job.
-const SUBMIT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest a shared-cache lookup may delay a request.
-const CACHE_TIMEOUT: Duration = Duration::from_millis(250);
-/// How often the node re-reads worker liveness and the stream length.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
-/// Replies popped per round trip once one has arrived.
-const DRAIN_BATCH: usize = 64;
+use crate::queue::{Capacity, JobQueue, SubmitError, Submitted};
 
 /// Admission and enqueue in one atomic step: refuse when the stream already
 /// holds `ARGV[1]` jobs (queued or being processed; acknowledged jobs are
@@ -74,11 +64,15 @@ struct Inner {
     /// (deadline passed, client left), so the map cannot grow without bound.
     waiting: Mutex<HashMap<u64, Waiter>>,
     next_id: AtomicU64,
-    /// Whether the last look at Redis succeeded.
-    up: AtomicBool,
+    /// Whether the last look at Redis succeeded; shared with the [`RedisCache`].
+    up: Arc<AtomicBool>,
     live_workers: AtomicUsize,
     live_sessions: AtomicUsize,
     depth: AtomicUsize,
+    /// The stream length as last seen, for `/metrics`.
+    depth_gauge: Gauge,
+    /// Readiness: Redis reachable and a live worker of this version.
+    ready: watch::Sender<bool>,
 }
 
 impl Inner {
@@ -101,7 +95,7 @@ impl Inner {
     }
 
     fn sweep(&self) {
-        let late = Instant::now() - Duration::from_secs(1);
+        let late = Instant::now() - SWEEP_GRACE;
         self.waiting().retain(|_, w| !w.reply.is_closed() && w.deadline > late);
     }
 }
@@ -114,40 +108,47 @@ pub struct RedisQueue {
 
 impl RedisQueue {
     /// Connects (lazily: Redis may still be down) and starts the reply
-    /// listener, which runs until `stop` is cancelled. The node is not
-    /// serving until [`RedisQueue::watch`] has seen Redis and a live worker.
+    /// listener and the liveness watch, which run until `stop` is cancelled.
+    /// The queue is not ready until the watch has seen Redis and a live worker.
     pub fn start(
         url: &str,
         spec: &ModelSpec,
         capacity: usize,
+        depth_gauge: Gauge,
         stop: CancellationToken,
-    ) -> redis::RedisResult<(Self, tokio::task::JoinHandle<()>)> {
-        let node = keys::unique_id("api");
+    ) -> redis::RedisResult<(Self, Vec<tokio::task::JoinHandle<()>>)> {
+        let node = clock::unique_id("api");
         let inner = Arc::new(Inner {
             model: spec.name.clone(),
             version: spec.version.clone(),
             stream: keys::jobs(&spec.name),
             registry: keys::workers(&spec.name),
             reply_key: keys::replies(&node),
-            capacity: capacity.max(1),
-            conn: keys::connect(url, SUBMIT_TIMEOUT)?,
+            capacity,
+            conn: conn::connect(url, SUBMIT_TIMEOUT)?,
             waiting: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            up: AtomicBool::new(false),
+            up: Arc::new(AtomicBool::new(false)),
             live_workers: AtomicUsize::new(0),
             live_sessions: AtomicUsize::new(0),
             depth: AtomicUsize::new(0),
+            depth_gauge,
+            ready: watch::channel(false).0,
         });
         // The blocking pop gets a connection of its own: on the shared one it
         // would hold up every other command for its whole timeout.
-        let listener_conn = keys::connect(url, Duration::from_secs(4))?;
+        let listener_conn = conn::connect(url, REPLY_POP_BLOCK + SUBMIT_TIMEOUT)?;
         tracing::info!(model = %spec.name, replies = %inner.reply_key, "API node on Redis");
-        let listener = tokio::spawn(listen(Arc::clone(&inner), listener_conn, stop));
-        Ok((RedisQueue { inner }, listener))
+        let queue = RedisQueue { inner };
+        let tasks = vec![
+            tokio::spawn(listen(Arc::clone(&queue.inner), listener_conn, stop.clone())),
+            tokio::spawn(queue.clone().watch(stop)),
+        ];
+        Ok((queue, tasks))
     }
 
     /// Puts one job on the stream; the receiver gets the worker's answer.
-    pub async fn submit(
+    async fn submit_job(
         &self,
         image: Arc<ModelInput>,
         deadline: Instant,
@@ -160,7 +161,7 @@ impl RedisQueue {
             return Err(SubmitError::Unavailable(format!("no live worker serves model {}", inner.model)));
         }
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let fields = codec::job_fields(id, &inner.reply_key, keys::unix_ms_at(deadline), keys::now_ms(), &image);
+        let fields = codec::job_fields(id, &inner.reply_key, clock::unix_ms_at(deadline), clock::now_ms(), &image);
         let (tx, rx) = oneshot::channel();
         // Registered before the job exists, so no reply can arrive unrouted.
         inner.waiting().insert(id, Waiter { reply: tx, deadline });
@@ -181,34 +182,17 @@ impl RedisQueue {
         Err(refused)
     }
 
-    /// Jobs on the stream (queued or being processed), as last seen.
-    pub fn depth(&self) -> usize {
-        self.inner.depth.load(Ordering::Relaxed)
+    /// The Redis result cache for this model version, or `None` if `ttl` is
+    /// zero. It skips Redis while this queue last found it unreachable.
+    pub fn shared_cache(&self, ttl: Duration) -> Option<RedisCache> {
+        let inner = &self.inner;
+        (!ttl.is_zero())
+            .then(|| RedisCache::new(inner.conn.clone(), &inner.model, &inner.version, ttl, Arc::clone(&inner.up)))
     }
 
-    /// Workers of this model version that sent a heartbeat recently.
-    pub fn live_workers(&self) -> usize {
-        self.inner.live_workers.load(Ordering::Relaxed)
-    }
-
-    /// Model sessions across the live workers.
-    pub fn live_sessions(&self) -> usize {
-        self.inner.live_sessions.load(Ordering::Relaxed)
-    }
-
-    /// Redis is reachable and at least one live worker serves the model.
-    pub fn is_serving(&self) -> bool {
-        self.inner.up.load(Ordering::SeqCst) && self.live_workers() > 0
-    }
-
-    /// The Redis result cache for this model, or `None` if `ttl` is zero.
-    pub fn shared_cache(&self, ttl: Duration) -> Option<SharedCache> {
-        (!ttl.is_zero()).then(|| SharedCache { inner: Arc::clone(&self.inner), ttl })
-    }
-
-    /// Keeps the node's view of Redis and the workers fresh, and the
-    /// predictor's readiness in step with it, until `stop` is cancelled.
-    pub async fn watch(self, predictor: Arc<Predictor>, stop: CancellationToken) {
+    /// Keeps the node's view of Redis and the workers fresh, and publishes
+    /// readiness, until `stop` is cancelled.
+    async fn watch(self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(WATCH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last: Option<(bool, usize)> = None;
@@ -225,8 +209,9 @@ impl RedisQueue {
                 Err(_) => Some("timed out".to_owned()),
             };
             inner.up.store(error.is_none(), Ordering::SeqCst);
-            predictor.set_ready(self.is_serving());
-            let now = (error.is_none(), self.live_workers());
+            let workers = inner.live_workers.load(Ordering::SeqCst);
+            inner.ready.send_replace(error.is_none() && workers > 0);
+            let now = (error.is_none(), workers);
             if last != Some(now) {
                 match &error {
                     Some(e) => tracing::warn!(model = %inner.model, error = %e, "Redis unreachable; answering 503"),
@@ -249,13 +234,14 @@ impl RedisQueue {
             .await?;
         let ms = |d: Duration| d.as_millis() as u64;
         let (live, stale): (Liveness, _) =
-            codec::liveness(&beats, &inner.version, keys::now_ms(), ms(keys::WORKER_TTL), ms(keys::WORKER_FORGET));
+            codec::liveness(&beats, &inner.version, clock::now_ms(), ms(keys::WORKER_TTL), ms(keys::WORKER_FORGET));
         if !stale.is_empty() {
             redis::cmd("HDEL").arg(&inner.registry).arg(&stale).exec_async(&mut conn).await?;
         }
         inner.live_workers.store(live.workers, Ordering::SeqCst);
         inner.live_sessions.store(live.sessions, Ordering::Relaxed);
         inner.depth.store(depth, Ordering::Relaxed);
+        inner.depth_gauge.set(depth as i64);
         Ok(())
     }
 }
@@ -268,7 +254,7 @@ async fn listen(inner: Arc<Inner>, mut conn: ConnectionManager, stop: Cancellati
         // Cancelling a pop in flight may lose one reply; at that point every
         // request has been answered, so nobody waits for it.
         let mut pop = redis::cmd("BLPOP");
-        pop.arg(&inner.reply_key).arg(1);
+        pop.arg(&inner.reply_key).arg(REPLY_POP_BLOCK.as_secs_f64());
         let popped = tokio::select! {
             _ = stop.cancelled() => break,
             r = pop.query_async::<Option<(String, Vec<u8>)>>(&mut conn) => r,
@@ -278,7 +264,7 @@ async fn listen(inner: Arc<Inner>, mut conn: ConnectionManager, stop: Cancellati
                 failing = false;
                 inner.deliver(&first);
                 let more: redis::RedisResult<Option<Vec<Vec<u8>>>> =
-                    redis::cmd("LPOP").arg(&inner.reply_key).arg(DRAIN_BATCH).query_async(&mut conn).await;
+                    redis::cmd("LPOP").arg(&inner.reply_key).arg(REPLY_DRAIN_BATCH).query_async(&mut conn).await;
                 for reply in more.ok().flatten().unwrap_or_default() {
                     inner.deliver(&reply);
                 }
@@ -291,58 +277,36 @@ async fn listen(inner: Arc<Inner>, mut conn: ConnectionManager, stop: Cancellati
                 failing = true;
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = tokio::time::sleep(RETRY_PAUSE) => {}
                 }
             }
         }
-        if last_sweep.elapsed() >= Duration::from_secs(1) {
+        if last_sweep.elapsed() >= REPLY_POP_BLOCK {
             inner.sweep();
             last_sweep = Instant::now();
         }
     }
 }
 
-/// Answers shared by every API node through Redis, with a TTL. A lookup
-/// that fails or is slow counts as a miss: the cache never fails a request.
-#[derive(Clone)]
-pub struct SharedCache {
-    inner: Arc<Inner>,
-    ttl: Duration,
-}
-
-impl SharedCache {
-    fn key(&self, sha256: &[u8; 32]) -> String {
-        keys::cache(&self.inner.model, &self.inner.version, &hex::encode(sha256))
+impl JobQueue for RedisQueue {
+    fn submit(&self, input: Arc<ModelInput>, deadline: Instant) -> Submitted<'_> {
+        Box::pin(self.submit_job(input, deadline))
     }
 
-    pub async fn get(&self, sha256: &[u8; 32]) -> Option<Arc<[f32]>> {
-        if !self.inner.up.load(Ordering::SeqCst) {
-            return None;
-        }
-        let mut conn = self.inner.conn.clone();
-        let mut get = redis::cmd("GET");
-        get.arg(self.key(sha256));
-        let bytes =
-            tokio::time::timeout(CACHE_TIMEOUT, get.query_async::<Option<Vec<u8>>>(&mut conn)).await.ok()?.ok()??;
-        if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
-            return None;
-        }
-        Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    /// Jobs on the stream (queued or being processed), as last seen.
+    fn depth(&self) -> usize {
+        self.inner.depth.load(Ordering::Relaxed)
     }
 
-    /// Stores an answer in the background.
-    pub fn put(&self, sha256: &[u8; 32], scores: &[f32]) {
-        if !self.inner.up.load(Ordering::SeqCst) {
-            return;
+    /// Live workers of this model version, and their sessions.
+    fn capacity(&self) -> Capacity {
+        Capacity {
+            workers: self.inner.live_workers.load(Ordering::Relaxed),
+            sessions: self.inner.live_sessions.load(Ordering::Relaxed),
         }
-        let bytes: Vec<u8> = scores.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let (key, ttl_ms, mut conn) = (self.key(sha256), self.ttl.as_millis() as u64, self.inner.conn.clone());
-        tokio::spawn(async move {
-            let mut set = redis::cmd("SET");
-            set.arg(key).arg(bytes).arg("PX").arg(ttl_ms);
-            if let Ok(Err(e)) = tokio::time::timeout(SUBMIT_TIMEOUT, set.exec_async(&mut conn)).await {
-                tracing::debug!(error = %e, "could not store an answer in the shared cache");
-            }
-        });
+    }
+
+    fn ready(&self) -> watch::Receiver<bool> {
+        self.inner.ready.subscribe()
     }
 }

@@ -1,22 +1,23 @@
-//! The model session: ONNX Runtime behind a small synchronous trait.
+//! The model session behind a small synchronous trait, and what every engine
+//! shares: the batch tensor assembly and the softmax.
 //!
 //! [`Classifier`] is the seam between serving and the model. It is synchronous
 //! and `&mut self` because an ONNX Runtime session runs one batch at a time;
 //! the server gives every session its own OS thread, never a tokio task.
-//! [`OrtClassifier`] is the real one; tests of the batching logic use a fake.
+//! [`OrtClassifier`] (ONNX Runtime, [`onnxruntime`]) is the real one; tests of
+//! the batching logic use a fake.
 //!
 //! The batch tensor is assembled here from [`ModelInput`]s: RGB8 images, whose
 //! channel order, normalisation and layout come from `model.toml` (so one code
 //! path serves any ONNX classifier), or tensors a client already prepared.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+mod onnxruntime;
 
-use ort::session::Session;
-use ort::value::Tensor;
+use std::path::PathBuf;
 
-use crate::model::{ChannelOrder, Layout, ModelDir, ModelSpec, OutputKind};
-use crate::preprocess::Prepared;
+pub use crate::job::ModelInput;
+use crate::model::{ChannelOrder, Layout, ModelSpec};
+pub use onnxruntime::{OrtClassifier, find_runtime_library, runtime};
 
 /// Inference failures. `Clone`, so one failure fans out to a whole batch.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -40,15 +41,6 @@ pub enum EngineError {
 /// Class probabilities for one image, in label order.
 pub type Scores = Vec<f32>;
 
-/// One image's worth of model input.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelInput {
-    /// An image at the model's input size, normalised when the batch is assembled.
-    Image(Prepared),
-    /// Already normalised values in the model's layout (`3 * height * width`).
-    Tensor(Vec<f32>),
-}
-
 /// Anything that turns a batch of prepared images into class probabilities.
 pub trait Classifier: Send {
     /// One entry per image, in order. Probabilities sum to ~1.
@@ -67,133 +59,7 @@ impl SessionConfig {
     /// per core beat one session using all cores: batch-1 inference does not
     /// parallelise well inside a session, but sessions run independently.
     pub fn for_cores(cores: usize) -> Self {
-        SessionConfig { sessions: cores.max(1), intra_threads: 1 }
-    }
-}
-
-static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, EngineError>> = OnceLock::new();
-
-/// Loads ONNX Runtime once per process from `lib` (or the default location).
-pub fn runtime(lib: Option<&Path>) -> Result<ort::environment::Environment, EngineError> {
-    ENVIRONMENT
-        .get_or_init(|| {
-            let path = match lib {
-                Some(p) => p.to_owned(),
-                None => find_runtime_library().ok_or(EngineError::RuntimeNotFound)?,
-            };
-            let err = |message: String| EngineError::Runtime { path: path.clone(), message };
-            ort::init_from(&path)
-                .map_err(|e| err(e.to_string()))?
-                .with_name("lens")
-                .with_telemetry(false)
-                .build()
-                .map_err(|e| err(e.to_string()))
-        })
-        .clone()
-}
-
-/// Finds `libonnxruntime.so.1.*` from the `onnxruntime` wheel in the project's
-/// `.venv`, looking in the working directory and above the executable
-/// (`target/release/lens` sits two levels under the project root).
-pub fn find_runtime_library() -> Option<PathBuf> {
-    let mut roots = vec![PathBuf::from(".")];
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
-    }
-    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    roots.iter().find_map(|root| find_in_venv(&root.join(".venv")))
-}
-
-fn find_in_venv(venv: &Path) -> Option<PathBuf> {
-    let lib = venv.join("lib");
-    for py in std::fs::read_dir(lib).ok()?.flatten() {
-        let capi = py.path().join("site-packages/onnxruntime/capi");
-        let Ok(entries) = std::fs::read_dir(&capi) else { continue };
-        let mut found: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.1")))
-            .collect();
-        found.sort();
-        if let Some(p) = found.pop() {
-            return Some(p);
-        }
-    }
-    None
-}
-
-/// A classifier backed by one ONNX Runtime session.
-pub struct OrtClassifier {
-    session: Session,
-    spec: ModelSpec,
-    classes: usize,
-    /// Reused between batches to avoid an allocation per call.
-    scratch: Vec<f32>,
-}
-
-impl OrtClassifier {
-    pub fn load(model: &ModelDir, intra_threads: usize, lib: Option<&Path>) -> Result<Self, EngineError> {
-        let env = runtime(lib)?;
-        let path = model.onnx_path.clone();
-        let err = |e: ort::Error| EngineError::Load { path: path.clone(), message: e.to_string() };
-        let session = Session::builder(&env)
-            .map_err(err)?
-            .with_intra_threads(intra_threads.max(1))
-            .map_err(|e| err(e.into()))?
-            .with_inter_threads(1)
-            .map_err(|e| err(e.into()))?
-            .with_intra_op_spinning(false)
-            .map_err(|e| err(e.into()))?
-            .commit_from_file(&model.onnx_path)
-            .map_err(err)?;
-        if !session.inputs().iter().any(|o| o.name() == model.spec.input.name) {
-            return Err(EngineError::Load {
-                path: model.onnx_path.clone(),
-                message: format!("model has no input named {:?} (model.toml [input] name)", model.spec.input.name),
-            });
-        }
-        if !session.outputs().iter().any(|o| o.name() == model.spec.output.name) {
-            return Err(EngineError::Load {
-                path: model.onnx_path.clone(),
-                message: format!("model has no output named {:?} (model.toml [output] name)", model.spec.output.name),
-            });
-        }
-        Ok(OrtClassifier { session, spec: model.spec.clone(), classes: model.labels.len(), scratch: Vec::new() })
-    }
-}
-
-impl Classifier for OrtClassifier {
-    fn classify(&mut self, images: &[&ModelInput]) -> Result<Vec<Scores>, EngineError> {
-        if images.is_empty() {
-            return Ok(Vec::new());
-        }
-        assemble(images, &self.spec, &mut self.scratch)?;
-        let (w, h) = (self.spec.input.width as i64, self.spec.input.height as i64);
-        let n = images.len() as i64;
-        let shape = match self.spec.input.layout {
-            Layout::Nchw => [n, 3, h, w],
-            Layout::Nhwc => [n, h, w, 3],
-        };
-        let data = std::mem::take(&mut self.scratch);
-        let tensor = Tensor::from_array((shape, data)).map_err(|e| EngineError::Inference(e.to_string()))?;
-        let input_name = self.spec.input.name.as_str();
-        let outputs =
-            self.session.run(ort::inputs![input_name => tensor]).map_err(|e| EngineError::Inference(e.to_string()))?;
-        let output =
-            outputs.get(&self.spec.output.name).ok_or_else(|| EngineError::Inference("missing output".into()))?;
-        let (shape, values) = output.try_extract_tensor::<f32>().map_err(|e| EngineError::Inference(e.to_string()))?;
-        let dims: Vec<i64> = shape.iter().copied().collect();
-        if dims.len() != 2 || dims[0] != n || dims[1] as usize != self.classes {
-            return Err(EngineError::OutputShape { shape: dims, batch: images.len(), classes: self.classes });
-        }
-        let kind = self.spec.output.kind;
-        Ok(values
-            .chunks_exact(self.classes)
-            .map(|row| match kind {
-                OutputKind::Logits => softmax(row),
-                OutputKind::Probabilities => row.to_vec(),
-            })
-            .collect())
+        SessionConfig { sessions: cores, intra_threads: 1 }
     }
 }
 
@@ -256,35 +122,18 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-/// The `k` best classes as `(index, probability)`, best first.
-pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut idx: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
-    let k = k.min(idx.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    idx.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-    idx.truncate(k);
-    idx.sort_by(|a, b| b.1.total_cmp(&a.1));
-    idx
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::preprocess::Prepared;
 
     #[test]
     fn softmax_is_stable_and_sums_to_one() {
         let p = softmax(&[1000.0, 1000.0, -1000.0]);
         assert!((p[0] - 0.5).abs() < 1e-6 && (p[1] - 0.5).abs() < 1e-6 && p[2] < 1e-6);
         assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
-    }
-
-    #[test]
-    fn top_k_orders_best_first() {
-        let t = top_k(&[0.1, 0.5, 0.05, 0.35], 3);
-        assert_eq!(t.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 3, 0]);
-        assert_eq!(top_k(&[0.2], 5).len(), 1);
     }
 
     fn spec(order: &str, layout: &str) -> ModelSpec {

@@ -2,8 +2,6 @@
 
 use serde::Serialize;
 
-use crate::engine::top_k;
-
 /// One ranked class, as returned in `top_k` lists.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClassScore {
@@ -30,9 +28,29 @@ pub fn round4(p: f32) -> f64 {
     (p as f64 * 10_000.0).round() / 10_000.0
 }
 
+/// The `k` best classes as `(index, probability)`, best first.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
+    let k = k.min(idx.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    idx.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+    idx.truncate(k);
+    idx.sort_by(|a, b| b.1.total_cmp(&a.1));
+    idx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_orders_best_first() {
+        let t = top_k(&[0.1, 0.5, 0.05, 0.35], 3);
+        assert_eq!(t.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 3, 0]);
+        assert_eq!(top_k(&[0.2], 5).len(), 1);
+    }
 
     #[test]
     fn ranks_and_rounds() {

@@ -16,7 +16,8 @@ use anyhow::Context;
 use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 
-use super::keys;
+use super::keys::{self, COMMAND_TIMEOUT};
+use super::{clock, conn};
 use crate::feedback::{CSV_HEADER, FeedbackRecord, ImageStore, csv_field, csv_row};
 
 /// The stream keeps about this many reports (approximate trim).
@@ -31,7 +32,7 @@ pub struct FeedbackMirror {
 
 impl FeedbackMirror {
     pub fn new(url: &str) -> redis::RedisResult<Self> {
-        Ok(FeedbackMirror { conn: keys::connect(url, Duration::from_secs(2))?, node: keys::unique_id("api") })
+        Ok(FeedbackMirror { conn: conn::connect(url, COMMAND_TIMEOUT)?, node: clock::unique_id("api") })
     }
 
     /// Mirrors report `id` of this node's store; `image` is the stored file
@@ -41,12 +42,19 @@ impl FeedbackMirror {
         let Ok(json) = serde_json::to_string(record) else { return };
         let mut cmd = redis::cmd("XADD");
         cmd.arg(keys::FEEDBACK).arg("MAXLEN").arg("~").arg(MAXLEN).arg("*");
-        cmd.arg("node").arg(&self.node).arg("id").arg(id).arg("created_ms").arg(keys::now_ms()).arg("record").arg(json);
+        cmd.arg("node")
+            .arg(&self.node)
+            .arg("id")
+            .arg(id)
+            .arg("created_ms")
+            .arg(clock::now_ms())
+            .arg("record")
+            .arg(json);
         if let Some((name, bytes)) = image {
             cmd.arg("image_file").arg(name).arg("image").arg(bytes);
         }
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(Duration::from_secs(2), cmd.exec_async(&mut conn)).await {
+        match tokio::time::timeout(COMMAND_TIMEOUT, cmd.exec_async(&mut conn)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(id, error = %e, "feedback kept locally only: cannot mirror it to Redis"),
             Err(_) => tracing::warn!(id, "feedback kept locally only: Redis did not answer"),

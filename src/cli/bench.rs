@@ -14,7 +14,8 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::config::BenchArgs;
-use crate::engine::{Classifier, ModelInput, OrtClassifier};
+use crate::engine::{Classifier, OrtClassifier};
+use crate::job::ModelInput;
 use crate::model::ModelDir;
 use crate::preprocess::prepare;
 
@@ -27,7 +28,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!photos.is_empty(), "give at least one --images file");
     let seconds = Duration::from_secs_f64(args.seconds);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = crate::config::available_cores();
     if args.model_only || !args.pipeline {
         let input = ModelInput::Image(prepare(&photos[0], &model.spec.resize_spec(), args.model.max_pixels)?);
         let mut best = (0.0f64, json!(null));

@@ -11,12 +11,10 @@
 //! Pure functions, unit-tested here; the Redis calls live in the callers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use redis::streams::StreamId;
 
-use crate::engine::ModelInput;
-use crate::job::{JobError, JobOutput, JobResult};
+use crate::job::{JobError, JobOutput, JobResult, ModelInput, f32_from_le_bytes, f32_to_le_bytes};
 use crate::model::InputSpec;
 use crate::preprocess::Prepared;
 
@@ -67,7 +65,7 @@ pub fn job_fields(
         }
         ModelInput::Tensor(values) => {
             f.push(("input", b"f32".to_vec()));
-            f.push(("data", values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+            f.push(("data", f32_to_le_bytes(values)));
         }
     }
     f
@@ -109,8 +107,7 @@ pub fn decode_job(entry: &StreamId, spec: &InputSpec) -> Result<JobEntry, Malfor
             if data.len() != plane * 3 * 4 {
                 return Err(bad(format!("f32 input has {} bytes; the model takes {}", data.len(), plane * 12)));
             }
-            let values = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            ModelInput::Tensor(values)
+            ModelInput::Tensor(f32_from_le_bytes(&data).unwrap_or_default())
         }
         other => return Err(bad(format!("unknown input kind {other:?}"))),
     };
@@ -127,7 +124,7 @@ const SHUTTING_DOWN: u8 = 4;
 /// A reply as pushed to an API node's list.
 pub fn encode_reply(job_id: u64, result: &JobResult) -> Vec<u8> {
     let (tag, payload): (u8, Vec<u8>) = match result {
-        Ok(out) => (OK, out.scores.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Ok(out) => (OK, f32_to_le_bytes(&out.scores)),
         Err(JobError::DeadlineExceeded) => (DEADLINE, Vec::new()),
         Err(JobError::Inference(m)) => (INFERENCE, m.as_bytes().to_vec()),
         Err(JobError::DeadLettered(n)) => (DEAD_LETTERED, n.to_le_bytes().to_vec()),
@@ -148,10 +145,8 @@ pub fn decode_reply(bytes: &[u8]) -> Result<(u64, JobResult), String> {
     let job_id = u64::from_le_bytes(bytes[1..9].try_into().map_err(|_| "bad job id".to_string())?);
     let payload = &bytes[9..];
     let result = match bytes[0] {
-        OK if payload.len().is_multiple_of(4) && !payload.is_empty() => {
-            let scores: Arc<[f32]> =
-                payload.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            Ok(JobOutput { scores })
+        OK if !payload.is_empty() && payload.len().is_multiple_of(4) => {
+            Ok(JobOutput { scores: f32_from_le_bytes(payload).unwrap_or_default().into() })
         }
         DEADLINE => Err(JobError::DeadlineExceeded),
         INFERENCE => Err(JobError::Inference(String::from_utf8_lossy(payload).into_owned())),

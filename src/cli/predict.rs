@@ -9,21 +9,18 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::config::PredictArgs;
-use crate::engine::{Classifier, ModelInput, OrtClassifier};
+use crate::engine::{Classifier, OrtClassifier};
+use crate::job::ModelInput;
 use crate::model::ModelDir;
-use crate::prediction::ranked;
 use crate::preprocess::{Prepared, prepare};
+use crate::ranking::ranked;
 
 /// Files classified per model call.
 const BATCH: usize = 8;
 
 pub fn run(args: &PredictArgs) -> anyhow::Result<ExitCode> {
     let model = ModelDir::load(&args.model.model).context("loading the model directory")?;
-    let threads = args
-        .model
-        .session_config()
-        .intra_threads
-        .max(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = args.model.session_config().intra_threads.max(crate::config::available_cores());
     let mut classifier = OrtClassifier::load(&model, threads, args.model.ort_lib.as_deref())?;
     let files = expand(&args.paths);
     let resize = model.spec.resize_spec();
@@ -60,7 +57,7 @@ fn report(
     out: &mut impl Write,
     args: &PredictArgs,
     path: &Path,
-    top: &[crate::prediction::ClassScore],
+    top: &[crate::ranking::ClassScore],
 ) -> std::io::Result<()> {
     if args.json {
         let best = &top[0];

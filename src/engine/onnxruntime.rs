@@ -1,0 +1,138 @@
+//! ONNX Runtime as an engine: the runtime library is the `libonnxruntime.so`
+//! of the `onnxruntime` wheel in the project's `.venv`, loaded once per process.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::session::Session;
+use ort::value::Tensor;
+
+use super::{Classifier, EngineError, Scores, assemble, softmax};
+use crate::job::ModelInput;
+use crate::model::{Layout, ModelDir, ModelSpec, OutputKind};
+
+static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, EngineError>> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process from `lib` (or the default location).
+pub fn runtime(lib: Option<&Path>) -> Result<ort::environment::Environment, EngineError> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = match lib {
+                Some(p) => p.to_owned(),
+                None => find_runtime_library().ok_or(EngineError::RuntimeNotFound)?,
+            };
+            let err = |message: String| EngineError::Runtime { path: path.clone(), message };
+            ort::init_from(&path)
+                .map_err(|e| err(e.to_string()))?
+                .with_name("lens")
+                .with_telemetry(false)
+                .build()
+                .map_err(|e| err(e.to_string()))
+        })
+        .clone()
+}
+
+/// Finds `libonnxruntime.so.1.*` from the `onnxruntime` wheel in the project's
+/// `.venv`, looking in the working directory and above the executable
+/// (`target/release/lens` sits two levels under the project root).
+pub fn find_runtime_library() -> Option<PathBuf> {
+    let mut roots = vec![PathBuf::from(".")];
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    roots.iter().find_map(|root| find_in_venv(&root.join(".venv")))
+}
+
+fn find_in_venv(venv: &Path) -> Option<PathBuf> {
+    let lib = venv.join("lib");
+    for py in std::fs::read_dir(lib).ok()?.flatten() {
+        let capi = py.path().join("site-packages/onnxruntime/capi");
+        let Ok(entries) = std::fs::read_dir(&capi) else { continue };
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.1")))
+            .collect();
+        found.sort();
+        if let Some(p) = found.pop() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// A classifier backed by one ONNX Runtime session.
+pub struct OrtClassifier {
+    session: Session,
+    spec: ModelSpec,
+    classes: usize,
+    /// Reused between batches to avoid an allocation per call.
+    scratch: Vec<f32>,
+}
+
+impl OrtClassifier {
+    pub fn load(model: &ModelDir, intra_threads: usize, lib: Option<&Path>) -> Result<Self, EngineError> {
+        let env = runtime(lib)?;
+        let path = model.onnx_path.clone();
+        let err = |e: ort::Error| EngineError::Load { path: path.clone(), message: e.to_string() };
+        let session = Session::builder(&env)
+            .map_err(err)?
+            .with_intra_threads(intra_threads)
+            .map_err(|e| err(e.into()))?
+            .with_inter_threads(1)
+            .map_err(|e| err(e.into()))?
+            .with_intra_op_spinning(false)
+            .map_err(|e| err(e.into()))?
+            .commit_from_file(&model.onnx_path)
+            .map_err(err)?;
+        if !session.inputs().iter().any(|o| o.name() == model.spec.input.name) {
+            return Err(EngineError::Load {
+                path: model.onnx_path.clone(),
+                message: format!("model has no input named {:?} (model.toml [input] name)", model.spec.input.name),
+            });
+        }
+        if !session.outputs().iter().any(|o| o.name() == model.spec.output.name) {
+            return Err(EngineError::Load {
+                path: model.onnx_path.clone(),
+                message: format!("model has no output named {:?} (model.toml [output] name)", model.spec.output.name),
+            });
+        }
+        Ok(OrtClassifier { session, spec: model.spec.clone(), classes: model.labels.len(), scratch: Vec::new() })
+    }
+}
+
+impl Classifier for OrtClassifier {
+    fn classify(&mut self, images: &[&ModelInput]) -> Result<Vec<Scores>, EngineError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        assemble(images, &self.spec, &mut self.scratch)?;
+        let (w, h) = (self.spec.input.width as i64, self.spec.input.height as i64);
+        let n = images.len() as i64;
+        let shape = match self.spec.input.layout {
+            Layout::Nchw => [n, 3, h, w],
+            Layout::Nhwc => [n, h, w, 3],
+        };
+        let data = std::mem::take(&mut self.scratch);
+        let tensor = Tensor::from_array((shape, data)).map_err(|e| EngineError::Inference(e.to_string()))?;
+        let input_name = self.spec.input.name.as_str();
+        let outputs =
+            self.session.run(ort::inputs![input_name => tensor]).map_err(|e| EngineError::Inference(e.to_string()))?;
+        let output =
+            outputs.get(&self.spec.output.name).ok_or_else(|| EngineError::Inference("missing output".into()))?;
+        let (shape, values) = output.try_extract_tensor::<f32>().map_err(|e| EngineError::Inference(e.to_string()))?;
+        let dims: Vec<i64> = shape.iter().copied().collect();
+        if dims.len() != 2 || dims[0] != n || dims[1] as usize != self.classes {
+            return Err(EngineError::OutputShape { shape: dims, batch: images.len(), classes: self.classes });
+        }
+        let kind = self.spec.output.kind;
+        Ok(values
+            .chunks_exact(self.classes)
+            .map(|row| match kind {
+                OutputKind::Logits => softmax(row),
+                OutputKind::Probabilities => row.to_vec(),
+            })
+            .collect())
+    }
+}
