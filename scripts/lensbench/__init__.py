@@ -1,9 +1,9 @@
-"""lensbench: the load generators and benchmarks that drive Lens.
+"""lensbench: the load generators, benchmarks and soak test that drive Lens.
 
 Every tool here talks to a Lens it started itself on 127.0.0.1 (or one the
 user named on loopback), and every request loop is bounded in count and
 time. The commands are thin wrappers in scripts/ (``scripts/bench``,
-``scripts/bench-distributed``, ``scripts/bench_openloop.py``,
+``scripts/bench-distributed``, ``scripts/soak``, ``scripts/bench_openloop.py``,
 ``scripts/make_distinct_images.py``); stress_test/locustfile.py imports the
 same helpers.
 
@@ -40,4 +40,7 @@ The others:
 
 - ``distributed`` (``scripts/bench-distributed``): in-process against 1-3
   Redis workers.
+- ``soak`` (``scripts/soak``): long mixed traffic at 70% of capacity;
+  ``soak_traffic`` is the mix, ``soak_report`` the verdicts, page
+  (``templates/soak.md``) and plot.
 """
