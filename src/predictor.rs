@@ -158,7 +158,8 @@ impl Predictor {
     pub async fn predict(self: &Arc<Self>, bytes: Bytes) -> Result<Answer, PredictError> {
         let deadline = Instant::now() + self.config.deadline;
         let _admitted = self.admit()?;
-        let sha: [u8; 32] = Sha256::digest(&bytes).into();
+        let hashed = bytes.clone();
+        let sha: [u8; 32] = self.on_decode_pool(move || Sha256::digest(&hashed).into()).await?;
         let sha256 = hex::encode(sha);
         let key = Key { model: self.model.spec.name.clone(), sha256: sha };
         if let Some(scores) = self.cache.get(&key) {
@@ -265,17 +266,26 @@ impl Predictor {
     }
 
     async fn decode(&self, bytes: Bytes) -> Result<ModelInput, PredictError> {
+        let (resize, max_pixels) = (self.resize, self.config.max_pixels);
+        let started = Instant::now();
+        let result = self.on_decode_pool(move || prepare(&bytes, &resize, max_pixels)).await?;
+        self.metrics.stage(metrics::DECODE, started.elapsed());
+        Ok(ModelInput::Image(result?))
+    }
+
+    /// Runs CPU-bound work on the bounded decode pool (a blocking thread
+    /// behind a slot), never on the async runtime's threads.
+    async fn on_decode_pool<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PredictError> {
         let _slot = Arc::clone(&self.decode_slots)
             .acquire_owned()
             .await
             .map_err(|_| PredictError::Unavailable("shutting down".into()))?;
-        let (resize, max_pixels) = (self.resize, self.config.max_pixels);
-        let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || prepare(&bytes, &resize, max_pixels))
+        tokio::task::spawn_blocking(work)
             .await
-            .map_err(|_| PredictError::Failed("the decoder crashed on this image".into()))?;
-        self.metrics.stage(metrics::DECODE, started.elapsed());
-        Ok(ModelInput::Image(result?))
+            .map_err(|_| PredictError::Failed("the decoder crashed on this image".into()))
     }
 
     /// Feeds the wait estimate with the latest per-image service time.
