@@ -13,24 +13,33 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: command-line and `LENS_*` environment settings.
-//! - [`model`]: a model directory (`model.toml`, ONNX file, labels).
-//! - [`preprocess`]: hostile-input-safe decode, EXIF orientation, crop and resize.
-//! - [`engine`]: the model session (ONNX Runtime) behind a small synchronous trait.
-//! - [`prediction`]: probabilities to ranked, labelled answers.
-//! - [`job`]: a job and its answer, whatever queue carries it.
-//! - [`queue`]: the job queue seam (in-process channel or Redis stream).
-//! - [`batcher`]: the batching rule and the in-process batcher loop.
-//! - [`sessions`]: model sessions on their own OS threads.
-//! - [`redis_queue`]: the Redis Streams protocol, API-node side (admission,
-//!   reply routing, worker liveness, shared cache, feedback mirror).
+//! Dependencies point one way: each module below names only modules listed
+//! after it (the subcommands at the top, plain data at the bottom), and
+//! `python3 ../shared/tools/cycles.py src` finds no cycle.
+//!
+//! - [`serve`]: `lens serve`: builds the models' queues and predictors and the
+//!   HTTP state, runs until a signal, drains.
 //! - [`worker`]: `lens worker`, a model worker on a Redis job stream.
-//! - [`cache`]: the result cache and in-flight coalescing.
-//! - [`service`]: the prediction path every endpoint shares.
+//! - [`cli`]: the offline subcommands, `lens predict` and `lens bench`.
+//! - [`config`]: command-line and `LENS_*` environment settings.
 //! - [`http`]: routes, handlers, the upload page, errors to responses.
+//! - [`redis`]: the Redis side: [`redis::RedisQueue`], [`redis::RedisCache`],
+//!   the feedback mirror, and the wire codec, keys and timings workers share.
+//! - [`predictor`]: the prediction path every endpoint shares (admission,
+//!   cache and coalescing, decode pool, queue, deadline). Knows no backend.
+//! - [`batcher`]: the batching rule, [`batcher::run_batch`] (the one batch
+//!   step) and the in-process batcher loop.
+//! - [`queue`]: the [`queue::JobQueue`] seam and the in-process [`queue::LocalQueue`].
+//! - [`cache`]: the result cache, in-flight coalescing, the shared-cache seam.
+//! - [`sessions`]: model sessions on their own OS threads; loading them.
+//! - [`engine`]: the model session behind the synchronous [`engine::Classifier`] trait.
 //! - [`feedback`]: durable feedback (SQLite) and content-addressed images.
+//! - [`ranking`]: probabilities to ranked, labelled answers.
+//! - [`job`]: a job, its input and its answer, whatever queue carries it.
+//! - [`preprocess`]: hostile-input-safe decode, EXIF orientation, crop and resize.
+//! - [`model`]: a model directory (`model.toml`, ONNX file, labels).
 //! - [`metrics`]: Prometheus metrics.
-//! - [`serve`]: `lens serve`; [`predict`]: `lens predict`; [`bench`]: `lens bench`.
+//! - [`shutdown`]: SIGTERM and Ctrl-C as a cancellation token.
 
 pub mod batcher;
 pub mod cache;

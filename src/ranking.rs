@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 /// One ranked class, as returned in `top_k` lists.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ClassScore {
     pub label: String,
     pub index: usize,

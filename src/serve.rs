@@ -18,7 +18,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::batcher::run_local;
+use crate::batcher::{BatchConfig, run_local};
 use crate::cache::SharedCache;
 use crate::config::{ServeArgs, available_cores};
 use crate::engine::SessionConfig;
@@ -133,14 +133,41 @@ async fn start_model(
     let sessions = args.model.session_config();
     let slow = Duration::from_millis(args.debug_slow_ms);
     let pool = Arc::new(load_pool(&model, args.model.ort_lib.clone(), sessions, slow).await?);
-    let depth = metrics.queue_depth(&model.spec.name);
-    let (queue, jobs) = LocalQueue::new(args.queue_capacity, pool.sessions(), depth.clone());
-    let batcher =
-        tokio::spawn(run_local(jobs, Arc::clone(&pool), args.batch.config(), Arc::clone(&metrics), depth, stop));
-    let decode_threads = args.decode_threads.unwrap_or(sessions.sessions);
-    let predictor =
-        Arc::new(Predictor::new(model_info(&model), predictor_config(args), Arc::new(queue), decode_threads, metrics));
+    let local = LocalSettings {
+        predictor: predictor_config(args),
+        batch: args.batch.config(),
+        queue_capacity: args.queue_capacity,
+        decode_threads: args.decode_threads.unwrap_or(sessions.sessions),
+    };
+    let (predictor, batcher) = serve_locally(model_info(&model), Arc::clone(&pool), &local, metrics, stop);
     Ok(Running { predictor, pools: vec![pool], batchers: vec![batcher], redis_tasks: Vec::new() })
+}
+
+/// How an in-process model is served, besides its sessions.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    pub predictor: PredictorConfig,
+    pub batch: BatchConfig,
+    pub queue_capacity: usize,
+    pub decode_threads: usize,
+}
+
+/// Serves `model` in-process on `pool`: its queue, its batcher (running
+/// until `stop`) and its predictor. `lens serve` and the HTTP tests (with a
+/// fake classifier in the pool) build a model the same way.
+pub fn serve_locally(
+    model: ModelInfo,
+    pool: Arc<SessionPool>,
+    settings: &LocalSettings,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> (Arc<Predictor>, tokio::task::JoinHandle<()>) {
+    let depth = metrics.queue_depth(&model.spec.name);
+    let (queue, jobs) = LocalQueue::new(settings.queue_capacity, pool.sessions(), depth.clone());
+    let batcher = tokio::spawn(run_local(jobs, pool, settings.batch, Arc::clone(&metrics), depth, stop));
+    let predictor =
+        Predictor::new(model, settings.predictor.clone(), Arc::new(queue), settings.decode_threads, metrics);
+    (Arc::new(predictor), batcher)
 }
 
 /// A model served through Redis: an API node, plus `--workers` in-process

@@ -191,19 +191,6 @@ async fn two_hundred_distinct_uploads_are_all_answered_correctly() {
 }
 
 /// A PNG whose header declares `w x h` (valid signature and IHDR CRC).
-fn png_header(w: u32, h: u32) -> Vec<u8> {
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend(w.to_be_bytes());
-    ihdr.extend(h.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    out.extend(13u32.to_be_bytes());
-    out.extend(&ihdr);
-    out.extend(common::crc32(&ihdr).to_be_bytes());
-    out.extend(b"\0\0\0\0IDAT\x35\xaf\x06\x1e");
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_uploads_get_4xx_and_the_server_stays_healthy() {
     let s = Server::start(&["--body-limit", "10000000", "--max-parts", "16"]).await;
@@ -222,7 +209,7 @@ async fn hostile_uploads_get_4xx_and_the_server_stays_healthy() {
         ("truncated JPEG", "dog.jpg", dog[..dog.len() / 2].to_vec(), 400),
         ("zero bytes", "zero.jpg", vec![], 400),
         ("random bytes", "random.jpg", random, 400),
-        ("decompression bomb", "bomb.png", png_header(100_000, 100_000), 413),
+        ("decompression bomb", "bomb.png", common::png_header(100_000, 100_000), 413),
         ("text file", "notes.txt", b"hello, world\n".to_vec(), 400),
         ("text named .jpg", "notes.jpg", b"hello, world\n".to_vec(), 400),
         ("path traversal", "../../../etc/passwd", b"root:x:0:0".to_vec(), 400),

@@ -6,7 +6,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::predictor::PredictError;
 use crate::preprocess::ImageError;
@@ -103,7 +104,7 @@ impl IntoResponse for ApiError {
             }
             _ => self.to_string(),
         };
-        let body = json!({"success": false, "prediction": null, "score": null, "error": message});
+        let body = ErrorBody { success: false, prediction: None, score: None, error: message };
         let mut response = (status, axum::Json(body)).into_response();
         response.extensions_mut().insert(Rejected(self.reason()));
         if let Some(secs) = self.retry_after() {
@@ -111,6 +112,20 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The body of every error answer, in the shape the original service's
+/// clients parse.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Always false.
+    pub success: bool,
+    /// Always null.
+    pub prediction: Option<String>,
+    /// Always null.
+    pub score: Option<f64>,
+    /// What was wrong and what to do.
+    pub error: String,
 }
 
 /// Marks a response as a refusal, for the metrics middleware to count.

@@ -13,17 +13,29 @@ use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::form::{check_upload, read_form};
 use super::render::{self, MessageKind, PageView};
 use crate::feedback::FeedbackRecord;
 
 /// `GET /feedback`: the page, as the original answered.
+#[utoipa::path(get, path = "/feedback", tag = "feedback", responses((status = 200, description = "The upload page, as the original answered.", content_type = "text/html")))]
 pub async fn page(State(state): State<AppState>) -> Html<String> {
     let view = PageView { model: state.models.default_model().name(), result: None, message: None };
     Html(render::render(&view))
 }
 
+/// `POST /feedback`: report an incorrect answer.
+#[utoipa::path(
+    post,
+    path = "/feedback",
+    tag = "feedback",
+    request_body(content_type = "application/x-www-form-urlencoded", description = "`report` (the page's hidden field) or `image_sha256`, `predicted_label`, `score`, `correct_label`; multipart with an optional `file` works too."),
+    responses(
+        (status = 200, description = "Stored: the page with a thank-you, or with `Accept: application/json` `{\"success\": true, \"id\": N}`."),
+        (status = 400, description = "A bad form.", body = ErrorBody),
+    )
+)]
 pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Request) -> Result<Response, ApiError> {
     let wants_json =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/json"));

@@ -28,8 +28,12 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
+use bytes::Bytes;
 use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::feedback::{FeedbackStore, ImageStore};
 use crate::metrics::Metrics;
@@ -78,20 +82,48 @@ pub struct AppState {
     pub limits: Limits,
 }
 
+/// The API reference's front matter; the paths come from the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Lens", description = "Image classification as a service: the original Flask service's API, \
+        the upload page, feedback, operations, and the KServe Open Inference Protocol v2."),
+    tags(
+        (name = "classify", description = "Classifying images"),
+        (name = "page", description = "The upload page"),
+        (name = "feedback", description = "Reporting incorrect answers"),
+        (name = "operate", description = "Health, readiness, metrics, status"),
+    )
+)]
+struct ApiDoc;
+
+/// Every documented route, each registered together with its OpenAPI
+/// operation (`#[utoipa::path]` on the handler), so the two cannot drift.
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(page::show, page::upload))
+        .routes(routes!(predict::predict))
+        .routes(routes!(feedback::page, feedback::submit))
+        .routes(routes!(ops::upload))
+        .routes(routes!(ops::asset))
+        .routes(routes!(ops::live))
+        .routes(routes!(ops::ready))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::status))
+        .routes(routes!(ops::labels))
+}
+
+/// The OpenAPI document of the routes [`app`] serves, as `/openapi.json` does.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes().split_for_parts().1
+}
+
 /// The whole API as a router, for `serve` and for in-process tests.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(page::show).post(page::upload))
-        .route("/predict", post(predict::predict))
-        .route("/feedback", get(feedback::page).post(feedback::submit))
-        .route("/uploads/{name}", get(ops::upload))
-        .route("/static/{name}", get(ops::asset))
-        .route("/health/live", get(ops::live))
-        .route("/health/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
-        .route("/api/status", get(ops::status))
-        .route("/api/labels", get(ops::labels))
-        .route("/openapi.json", get(ops::openapi))
+    let (router, api) = documented_routes().split_for_parts();
+    let doc = Bytes::from(api.to_pretty_json().unwrap_or_default());
+    let serve_doc = move || async move { ([(header::CONTENT_TYPE, "application/json")], doc.clone()) };
+    router
+        .route("/openapi.json", get(serve_doc))
         .merge(v2::routes())
         .layer(DefaultBodyLimit::max(state.limits.body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe))

@@ -11,12 +11,14 @@ use super::AppState;
 use super::render;
 
 /// `GET /health/live`: the process is up.
+#[utoipa::path(get, path = "/health/live", tag = "operate", responses((status = 200, description = "The process is up.")))]
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "live"}))
 }
 
 /// `GET /health/ready`: 200 once every model is loaded and warmed up (and,
 /// on Redis, served by a live worker); 503 otherwise.
+#[utoipa::path(get, path = "/health/ready", tag = "operate", responses((status = 200, description = "Every model is loaded and warmed up (on Redis: Redis reachable and a live worker)."), (status = 503, description = "Not ready.")))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.models.all_ready() {
         Json(json!({"status": "ready"})).into_response()
@@ -26,12 +28,14 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operate", responses((status = 200, description = "Prometheus text exposition.", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render();
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 
 /// `GET /api/status`: what the page's status strip shows.
+#[utoipa::path(get, path = "/api/status", tag = "operate", responses((status = 200, description = "Default model, readiness, queue depth, workers, served models.")))]
 pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
     let p = state.models.default_model();
     Json(json!({
@@ -44,17 +48,14 @@ pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
 }
 
 /// `GET /api/labels`: the default model's class names, for autocomplete.
+#[utoipa::path(get, path = "/api/labels", tag = "classify", responses((status = 200, description = "The default model's class names, in output order.", body = Vec<String>)))]
 pub async fn labels(State(state): State<AppState>) -> Response {
     let labels = &state.models.default_model().model.labels;
     ([(header::CACHE_CONTROL, "public, max-age=3600")], Json(labels.as_ref().clone())).into_response()
 }
 
-/// `GET /openapi.json`: the API reference.
-pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
-}
-
 /// `GET /static/{name}`: embedded page assets.
+#[utoipa::path(get, path = "/static/{name}", tag = "page", params(("name" = String, Path, description = "Asset file name")), responses((status = 200, description = "An embedded page asset."), (status = 404, description = "No such asset.")))]
 pub async fn asset(Path(name): Path<String>) -> Response {
     match render::asset(&name) {
         Some((content_type, bytes)) => {
@@ -67,6 +68,7 @@ pub async fn asset(Path(name): Path<String>) -> Response {
 
 /// `GET /uploads/{sha256}.{ext}`: an image uploaded through the page. The
 /// store accepts only content-addressed names, so no path can escape it.
+#[utoipa::path(get, path = "/uploads/{name}", tag = "page", params(("name" = String, Path, description = "`<sha256>.<ext>`")), responses((status = 200, description = "An image uploaded through the page."), (status = 404, description = "Not stored (or not a content-addressed name).")))]
 pub async fn upload(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     let Some(path) = state.uploads.path_of(&name) else {
         return StatusCode::NOT_FOUND.into_response();

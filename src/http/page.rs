@@ -15,12 +15,14 @@ use super::render::{self, MessageKind, PageResult, PageView};
 use crate::ranking::{ClassScore, ranked};
 
 /// `GET /`: the upload page.
+#[utoipa::path(get, path = "/", tag = "page", responses((status = 200, description = "The upload page.", content_type = "text/html")))]
 pub async fn show(State(state): State<AppState>) -> Html<String> {
     Html(render::render(&PageView { model: state.models.default_model().name(), result: None, message: None }))
 }
 
 /// `POST /`: the no-JavaScript upload. Errors are shown on the page (with
 /// the error's status code); no file shows the form with a message.
+#[utoipa::path(post, path = "/", tag = "page", request_body(content_type = "multipart/form-data", description = "The image in the field `file`."), responses((status = 200, description = "The page with the image, `Predicted class` and `Score`, and the report form; with no file, the form and a message.", content_type = "text/html"), (status = 400, description = "A bad image, shown on the page.", content_type = "text/html")))]
 pub async fn upload(
     State(state): State<AppState>,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,

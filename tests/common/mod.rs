@@ -134,3 +134,18 @@ pub fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// A PNG with a valid header declaring `w` x `h` pixels and no image data:
+/// a decompression bomb by its header.
+pub fn png_header(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend(13u32.to_be_bytes());
+    out.extend(&ihdr);
+    out.extend(crc32(&ihdr).to_be_bytes());
+    out.extend(b"\0\0\0\0IDAT\x35\xaf\x06\x1e");
+    out
+}
