@@ -294,13 +294,21 @@ async fn an_api_node_and_a_worker_round_trip_over_tls_as_an_acl_user() {
     let mut c = tls_client(&redis, "ca.crt", &pki).get_multiplexed_async_connection().await.unwrap();
     let who: String = redis::cmd("ACL").arg("WHOAMI").query_async(&mut c).await.unwrap();
     assert_eq!(who, USER);
-    let beats: std::collections::HashMap<String, String> =
-        redis::cmd("HGETALL").arg("lens:workers:efficientnet-lite0").query_async(&mut c).await.unwrap();
-    let processed: u64 = beats
-        .values()
-        .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap()["processed"].as_u64().unwrap())
-        .sum();
-    assert!(processed >= 2, "{beats:?}");
+    // The worker's heartbeat (every second) reports the jobs it ran.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let beats: std::collections::HashMap<String, String> =
+            redis::cmd("HGETALL").arg("lens:workers:efficientnet-lite0").query_async(&mut c).await.unwrap();
+        let processed: u64 = beats
+            .values()
+            .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap()["processed"].as_u64().unwrap())
+            .sum();
+        if processed >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker ran {processed} jobs: {beats:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(api);
     for name in ["api", "worker"] {
         let log = std::fs::read_to_string(logs.join(format!("{name}.log"))).unwrap();
