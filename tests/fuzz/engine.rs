@@ -44,6 +44,8 @@ pub struct Report {
     pub crashes: Vec<(PathBuf, String)>,
     /// The slowest case.
     pub slowest: Duration,
+    /// A few outcomes, to see what the search reached.
+    pub sample: Vec<String>,
 }
 
 /// The message of the last panic on this process, for crash reports.
@@ -132,6 +134,7 @@ pub fn fuzz(target: &Target, duration: Duration, seed: u64) -> Report {
     let escaped = report.crashes.len() as u64;
     report.contained_panics = PANICS.load(std::sync::atomic::Ordering::Relaxed) - before - escaped;
     report.outcomes = outcomes.len();
+    report.sample = outcomes.into_iter().take(8).collect();
     report.corpus = corpus.len();
     report
 }

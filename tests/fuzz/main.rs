@@ -80,6 +80,9 @@ fn fuzz_one_target() {
         report.slowest,
         report.crashes.len()
     );
+    for outcome in &report.sample {
+        println!("  outcome: {outcome}");
+    }
     for (path, message) in &report.crashes {
         println!("  crash: {message}\n    {}", path.display());
     }
