@@ -9,6 +9,7 @@ use clap::Args;
 use clap::builder::RangedU64ValueParser;
 
 use crate::engine::SessionConfig;
+use crate::redis::conn::{self, ConfigError, PASSWORD_ENV, TlsFiles};
 
 /// The cores this process may use.
 pub fn available_cores() -> usize {
@@ -151,13 +152,30 @@ pub struct ServeArgs {
     pub redis_cache_ttl_secs: u64,
 }
 
-/// Redis settings shared by `lens serve --redis` and `lens worker`.
-#[derive(Debug, Clone, Args)]
+/// Redis settings shared by `lens serve --redis` and `lens worker`. Its
+/// `Debug` shows the URL redacted.
+#[derive(Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL (redis://HOST:PORT[/DB]). `serve` then runs an API node whose
-    /// jobs go to workers through Redis; `worker` needs it.
-    #[arg(long, env = "LENS_REDIS")]
+    /// Redis URL: redis://[USER[:PASSWORD]@]HOST[:PORT][/DB], or rediss://
+    /// for TLS. `serve` then runs an API node whose jobs go to workers
+    /// through Redis; `worker` needs it. Without a password in the URL, the
+    /// one in LENS_REDIS_PASSWORD is used. Passwords are never logged.
+    #[arg(long, env = "LENS_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
+
+    /// With rediss://: PEM file of the CAs that may sign the Redis server's
+    /// certificate, instead of the system's trust store.
+    #[arg(long, env = "LENS_REDIS_CA_FILE", requires = "redis")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// With rediss://: PEM client certificate (chain) for mutual TLS; needs
+    /// --redis-client-key.
+    #[arg(long, env = "LENS_REDIS_CLIENT_CERT", requires_all = ["redis", "redis_client_key"])]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// With rediss://: PEM private key of --redis-client-cert.
+    #[arg(long, env = "LENS_REDIS_CLIENT_KEY", requires_all = ["redis", "redis_client_cert"])]
+    pub redis_client_key: Option<PathBuf>,
 
     /// A job a worker took but did not acknowledge within this many
     /// milliseconds (the worker died) is reclaimed by another worker.
@@ -168,6 +186,34 @@ pub struct RedisArgs {
     /// stream and its client gets a 500.
     #[arg(long, env = "LENS_MAX_DELIVERIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_deliveries: u32,
+}
+
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs")
+            .field("redis", &self.redis.as_deref().map(conn::redact))
+            .field("redis_ca_file", &self.redis_ca_file)
+            .field("redis_client_cert", &self.redis_client_cert)
+            .field("redis_client_key", &self.redis_client_key)
+            .field("visibility_timeout_ms", &self.visibility_timeout_ms)
+            .field("max_deliveries", &self.max_deliveries)
+            .finish()
+    }
+}
+
+impl RedisArgs {
+    /// The Redis client, if `--redis` is set, with every setting checked
+    /// (URL, TLS files, password from [`PASSWORD_ENV`]) and no connection
+    /// made: callers build it before anything slow, such as loading a model.
+    pub fn client(&self) -> Result<Option<redis::Client>, ConfigError> {
+        let Some(url) = &self.redis else { return Ok(None) };
+        let tls = TlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert: self.redis_client_cert.clone(),
+            client_key: self.redis_client_key.clone(),
+        };
+        conn::client(url, &tls, std::env::var(PASSWORD_ENV).ok().as_deref()).map(Some)
+    }
 }
 
 /// `lens worker`.

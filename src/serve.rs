@@ -56,6 +56,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Serves on `listener` until `shutdown` is cancelled.
 pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Every Redis setting is checked before any model loads: a typo fails at once.
+    let redis = args.redis.client()?;
     let metrics = Arc::new(Metrics::new());
     let batcher_stop = CancellationToken::new();
     let redis_stop = CancellationToken::new();
@@ -72,11 +74,11 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
             continue;
         }
         default.get_or_insert_with(|| name.clone());
-        let r = match &args.redis.redis {
+        let r = match &redis {
             None => start_model(model, &args, Arc::clone(&metrics), batcher_stop.clone()).await?,
-            Some(url) => {
+            Some(client) => {
                 let stops = (batcher_stop.clone(), redis_stop.clone());
-                start_remote_model(model, url, &args, Arc::clone(&metrics), stops).await?
+                start_remote_model(model, client, &args, Arc::clone(&metrics), stops).await?
             }
         };
         running.insert(name, r);
@@ -90,8 +92,8 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
         models,
         metrics,
         feedback: Arc::new(FeedbackStore::open(&args.data_dir.join("feedback")).context("opening the feedback store")?),
-        feedback_mirror: match &args.redis.redis {
-            Some(url) => Some(Arc::new(FeedbackMirror::new(url)?)),
+        feedback_mirror: match &redis {
+            Some(client) => Some(Arc::new(FeedbackMirror::new(client)?)),
             None => None,
         },
         uploads: ImageStore::open(&args.data_dir.join("uploads")).context("opening the upload store")?,
@@ -174,14 +176,14 @@ pub fn serve_locally(
 /// workers. Ready once Redis is reachable and a live worker serves it.
 async fn start_remote_model(
     model: ModelDir,
-    url: &str,
+    client: &redis::Client,
     args: &ServeArgs,
     metrics: Arc<Metrics>,
     (batcher_stop, redis_stop): (CancellationToken, CancellationToken),
 ) -> anyhow::Result<Running> {
     let depth = metrics.queue_depth(&model.spec.name);
-    let (queue, redis_tasks) = RedisQueue::start(url, &model.spec, args.queue_capacity, depth, redis_stop)
-        .with_context(|| format!("using Redis at {url}"))?;
+    let (queue, redis_tasks) = RedisQueue::start(client, &model.spec, args.queue_capacity, depth, redis_stop)
+        .context("connecting to Redis")?;
     let ttl = if args.cache_entries == 0 { Duration::ZERO } else { Duration::from_secs(args.redis_cache_ttl_secs) };
     let shared_cache = queue.shared_cache(ttl).map(|c| Arc::new(c) as Arc<dyn SharedCache>);
     let cores = available_cores();
@@ -202,7 +204,7 @@ async fn start_remote_model(
             sessions: args.model.sessions.unwrap_or(per_worker.max(1)),
             intra_threads: args.model.intra_threads,
         };
-        let cfg = WorkerConfig::new(url, &args.redis, &args.batch);
+        let cfg = WorkerConfig::new(client, &args.redis, &args.batch);
         let slow = Duration::from_millis(args.debug_slow_ms);
         for _ in 0..args.workers {
             let pool = Arc::new(load_pool(&model, args.model.ort_lib.clone(), sessions, slow).await?);

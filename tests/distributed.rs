@@ -427,6 +427,94 @@ async fn the_service_answers_503_while_redis_is_down_and_recovers_by_itself() {
     }
 }
 
+/// One closed-loop client's answers: status, body, `Retry-After`, start and end.
+type Answered = (&'static str, u16, serde_json::Value, Option<String>, Instant, Instant);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_without_persistence_costs_time_not_requests() {
+    let _serial = SERIAL.lock().await;
+    let logs = log_dir("restart_without_persistence");
+    let mut redis = Redis::start(false);
+    let api = Lens::api(&logs, "api", &redis, &[]);
+    let _worker = Lens::worker(&logs, "worker", &redis, &[]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &api.url()).await;
+
+    // 16 closed-loop clients through the whole restart.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut loops = Vec::new();
+    for l in 0..16 {
+        let (client, url, stop) = (client.clone(), api.url(), stop.clone());
+        loops.push(tokio::spawn(async move {
+            let mut seen: Vec<Answered> = Vec::new();
+            let mut i = l * 100_000;
+            while !stop.is_cancelled() {
+                let (name, bytes) = photo(i);
+                i += 1;
+                let started = Instant::now();
+                let form = common::form(name, bytes);
+                let r = client.post(format!("{url}/predict?top_k=1")).multipart(form).send().await.unwrap();
+                let status = r.status().as_u16();
+                let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                let body = r.json().await.unwrap_or(serde_json::Value::Null);
+                seen.push((name, status, body, retry, started, Instant::now()));
+                if status != 200 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Persistence is off: the new Redis starts empty, with every job of the
+    // stream and every consumer group gone.
+    let mut conn = redis.conn().await;
+    let queued = xlen(&mut conn, JOBS).await;
+    let down = Instant::now();
+    redis.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.spawn();
+    let up = Instant::now();
+    wait_until("the node is ready again", Duration::from_secs(30), async || {
+        ready_status(&client, &api.url()).await == 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    let (mut across, mut first_after) = (0, None::<Instant>);
+    for l in loops {
+        for (name, status, body, retry, started, ended) in l.await.unwrap() {
+            *statuses.entry(status).or_default() += 1;
+            match status {
+                200 => assert_correct(name, status, &body),
+                503 => {
+                    assert!(retry.is_some(), "a 503 without Retry-After: {body}");
+                    assert!(ended - started < Duration::from_secs(3), "a slow 503: {:?}", ended - started);
+                }
+                other => panic!("unexpected {other}: {body}"),
+            }
+            if status == 200 && started < down && ended > up {
+                across += 1;
+            }
+            if status == 200 && ended > up {
+                first_after = Some(first_after.map_or(ended, |f: Instant| f.min(ended)));
+            }
+        }
+    }
+    eprintln!(
+        "statuses through a Redis restart without persistence: {statuses:?}; {queued} jobs were queued at the stop, {across} requests in flight across it answered 200"
+    );
+    assert!(!statuses.contains_key(&504), "{statuses:?}");
+    assert!(statuses.get(&503).is_some_and(|&n| n > 0), "the outage was not seen: {statuses:?}");
+    assert!(across > 0, "no request in flight across the restart was answered: {statuses:?}");
+    let first_after = first_after.expect("no request completed after Redis came back");
+    eprintln!("first answer {:?} after Redis came back", first_after - up);
+    let log = std::fs::read_to_string(logs.join("api.log")).unwrap();
+    assert!(log.contains("enqueued them again"), "the node did not re-enqueue its jobs");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_jobs_go_to_the_dead_letter_stream_and_workers_keep_serving() {
     let _serial = SERIAL.lock().await;

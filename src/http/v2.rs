@@ -97,22 +97,27 @@ async fn infer(
 ) -> Result<Json<Value>, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::BadRequest(format!("invalid infer request: {}", e.body_text())))?;
     let p = model(&state, &name)?;
-    let [input] = req.inputs.as_slice() else {
-        return Err(ApiError::BadRequest("exactly one input is expected".into()));
+    let labels = p.model.labels.len();
+    let plan = check_infer(req, input_shape(p), labels)?;
+    let tasks: Vec<_> = match plan.inputs {
+        InferInputs::Images(images) => images
+            .into_iter()
+            .map(|b| {
+                let p = std::sync::Arc::clone(p);
+                tokio::spawn(async move { p.predict(b).await.map(|a| a.scores) })
+            })
+            .collect(),
+        InferInputs::Tensors(tensors) => tensors
+            .into_iter()
+            .map(|t| {
+                let p = std::sync::Arc::clone(p);
+                tokio::spawn(async move { p.predict_tensor(t).await })
+            })
+            .collect(),
     };
-    let classification = req
-        .outputs
-        .iter()
-        .filter_map(|o| o.parameters.as_ref()?.get("classification")?.as_u64())
-        .next()
-        .map(|k| (k as usize).clamp(1, p.model.labels.len()));
-    let rows = match input.datatype.as_str() {
-        "BYTES" => infer_bytes(p, input).await?,
-        "FP32" => infer_fp32(p, input).await?,
-        other => return Err(ApiError::BadRequest(format!("datatype {other} is not supported: use BYTES or FP32"))),
-    };
+    let rows = join_in_order(tasks).await?;
     let n = rows.len();
-    let output = match classification {
+    let output = match plan.classification {
         Some(k) => {
             let data: Vec<String> = rows
                 .iter()
@@ -124,11 +129,11 @@ async fn infer(
         }
         None => {
             let data: Vec<f32> = rows.iter().flat_map(|s| s.iter().copied()).collect();
-            json!({"name": p.model.spec.output.name, "datatype": "FP32", "shape": [n, p.model.labels.len()], "data": data})
+            json!({"name": p.model.spec.output.name, "datatype": "FP32", "shape": [n, labels], "data": data})
         }
     };
     let mut response = json!({"model_name": p.name(), "model_version": p.model.spec.version, "outputs": [output]});
-    if let Some(id) = req.id {
+    if let Some(id) = plan.id {
         response["id"] = Value::String(id);
     }
     Ok(Json(response))
@@ -137,10 +142,52 @@ async fn infer(
 /// Largest batch accepted in one infer request.
 const MAX_INFER_BATCH: usize = 64;
 
-async fn infer_bytes(
-    p: &std::sync::Arc<Predictor>,
-    input: &InferInput,
-) -> Result<Vec<std::sync::Arc<[f32]>>, ApiError> {
+/// A checked infer request: what to run, and how to answer.
+#[derive(Debug)]
+pub struct Infer {
+    pub id: Option<String>,
+    /// The classification extension's top-k, clamped to `1..=labels`.
+    pub classification: Option<usize>,
+    pub inputs: InferInputs,
+}
+
+/// The images or tensors of an infer request, one per answer row.
+#[derive(Debug)]
+pub enum InferInputs {
+    /// Encoded image files, decoded later as on `/predict`.
+    Images(Vec<bytes::Bytes>),
+    /// Normalised tensors of `C * H * W` finite values each.
+    Tensors(Vec<Vec<f32>>),
+}
+
+/// Parses and checks an infer request body for a model with input `shape`
+/// (`[-1, C, H, W]` or NHWC) and `labels` classes. Pure: the whole trust
+/// boundary of `infer` before any prediction, and a fuzz target.
+pub fn parse_infer(body: &[u8], shape: [i64; 4], labels: usize) -> Result<Infer, ApiError> {
+    let req: InferRequest =
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid infer request: {e}")))?;
+    check_infer(req, shape, labels)
+}
+
+fn check_infer(req: InferRequest, shape: [i64; 4], labels: usize) -> Result<Infer, ApiError> {
+    let [input] = req.inputs.as_slice() else {
+        return Err(ApiError::BadRequest("exactly one input is expected".into()));
+    };
+    let classification = req
+        .outputs
+        .iter()
+        .filter_map(|o| o.parameters.as_ref()?.get("classification")?.as_u64())
+        .next()
+        .map(|k| usize::try_from(k).unwrap_or(usize::MAX).clamp(1, labels.max(1)));
+    let inputs = match input.datatype.as_str() {
+        "BYTES" => InferInputs::Images(bytes_input(input)?),
+        "FP32" => InferInputs::Tensors(fp32_input(input, shape)?),
+        other => return Err(ApiError::BadRequest(format!("datatype {other} is not supported: use BYTES or FP32"))),
+    };
+    Ok(Infer { id: req.id, classification, inputs })
+}
+
+fn bytes_input(input: &InferInput) -> Result<Vec<bytes::Bytes>, ApiError> {
     let items = input.data.as_array().ok_or_else(|| {
         ApiError::BadRequest(format!("input {:?}: data must be an array of base64 strings", input.name))
     })?;
@@ -155,18 +202,10 @@ async fn infer_bytes(
             .map_err(|e| ApiError::BadRequest(format!("invalid base64: {e}")))?;
         decoded.push(bytes::Bytes::from(bytes));
     }
-    let tasks: Vec<_> = decoded
-        .into_iter()
-        .map(|b| {
-            let p = std::sync::Arc::clone(p);
-            tokio::spawn(async move { p.predict(b).await.map(|a| a.scores) })
-        })
-        .collect();
-    join_in_order(tasks).await
+    Ok(decoded)
 }
 
-async fn infer_fp32(p: &std::sync::Arc<Predictor>, input: &InferInput) -> Result<Vec<std::sync::Arc<[f32]>>, ApiError> {
-    let want = input_shape(p);
+fn fp32_input(input: &InferInput, want: [i64; 4]) -> Result<Vec<Vec<f32>>, ApiError> {
     let n = *input.shape.first().unwrap_or(&0);
     if input.shape.len() != 4 || input.shape[1..] != want[1..] || n < 1 || n as usize > MAX_INFER_BATCH {
         return Err(ApiError::BadRequest(format!(
@@ -183,21 +222,14 @@ async fn infer_fp32(p: &std::sync::Arc<Predictor>, input: &InferInput) -> Result
         .collect::<Option<_>>()
         .ok_or_else(|| ApiError::BadRequest("FP32 data must hold only finite numbers".into()))?;
     let per = (want[1] * want[2] * want[3]) as usize;
-    if values.len() != per * n as usize {
+    if per == 0 || values.len() != per * n as usize {
         return Err(ApiError::BadRequest(format!(
             "FP32 data has {} values, shape needs {}",
             values.len(),
             per * n as usize
         )));
     }
-    let tasks: Vec<_> = values
-        .chunks_exact(per)
-        .map(|c| {
-            let (p, c) = (std::sync::Arc::clone(p), c.to_vec());
-            tokio::spawn(async move { p.predict_tensor(c).await })
-        })
-        .collect();
-    join_in_order(tasks).await
+    Ok(values.chunks_exact(per).map(<[f32]>::to_vec).collect())
 }
 
 type Scores = std::sync::Arc<[f32]>;

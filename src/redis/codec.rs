@@ -159,6 +159,12 @@ pub fn decode_reply(bytes: &[u8]) -> Result<(u64, JobResult), String> {
     Ok((job_id, result))
 }
 
+/// The `run_id` field of an `INFO server` reply: unique to each start of a
+/// Redis server, so a new one means a restart.
+pub fn run_id(info: &str) -> Option<&str> {
+    info.lines().find_map(|l| l.strip_prefix("run_id:")).map(str::trim).filter(|id| !id.is_empty())
+}
+
 /// What a worker publishes in `lens:workers:{model}` under its id.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerBeat {
@@ -224,6 +230,14 @@ mod tests {
             map: fields.into_iter().map(|(k, v)| (k.to_owned(), redis::Value::BulkString(v))).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn run_id_is_read_from_info_server() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:4f3c2a\r\ntcp_port:6379\r\n";
+        assert_eq!(run_id(info), Some("4f3c2a"));
+        assert_eq!(run_id("# Server\r\nrun_id:\r\n"), None);
+        assert_eq!(run_id(""), None);
     }
 
     #[test]

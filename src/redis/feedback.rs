@@ -31,8 +31,8 @@ pub struct FeedbackMirror {
 }
 
 impl FeedbackMirror {
-    pub fn new(url: &str) -> redis::RedisResult<Self> {
-        Ok(FeedbackMirror { conn: conn::connect(url, COMMAND_TIMEOUT)?, node: clock::unique_id("api") })
+    pub fn new(client: &redis::Client) -> redis::RedisResult<Self> {
+        Ok(FeedbackMirror { conn: conn::connect(client, COMMAND_TIMEOUT)?, node: clock::unique_id("api") })
     }
 
     /// Mirrors report `id` of this node's store; `image` is the stored file
@@ -67,7 +67,9 @@ impl FeedbackMirror {
 /// Returns the number of reports.
 pub async fn export(url: &str, out: &Path, drain: bool) -> anyhow::Result<usize> {
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
-    let client = redis::Client::open(url)?;
+    // rediss:// URLs verify against the system's trust store here.
+    let password = std::env::var(conn::PASSWORD_ENV).ok();
+    let client = conn::client(url, &conn::TlsFiles::default(), password.as_deref())?;
     let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.context("connecting to Redis")?;
     let images = ImageStore::open(&out.join("images"))?;
     let mut csv = format!("node,{CSV_HEADER}\n");

@@ -33,6 +33,12 @@ pub const REPLY_POP_BLOCK: Duration = Duration::from_secs(1);
 pub const REPLY_DRAIN_BATCH: usize = 64;
 /// Waiters whose deadline passed this long ago are swept.
 pub const SWEEP_GRACE: Duration = Duration::from_secs(1);
+/// How often an API node checks that its unanswered jobs are still on the
+/// stream (beyond the check made at once when Redis restarted).
+pub const MISSING_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// A job counts as missing only if it was put on the stream at least this
+/// long ago, so that a reply on its way is not mistaken for a loss.
+pub const MISSING_GRACE: Duration = Duration::from_secs(2);
 /// Pause before retrying after a failed Redis read (API node and worker).
 pub const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// Longest a worker's job read blocks; also the worst-case delay before a

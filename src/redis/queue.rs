@@ -12,7 +12,17 @@
 //! is written. The README's "Scaling out on Redis" section has the whole protocol.
 //!
 //! Every Redis call made on a request's path fails fast: while Redis is down
-//! the node answers 503 and is not ready; it reconnects by itself.
+//! the node answers 503 (with `Retry-After`) and is not ready; it reconnects
+//! by itself.
+//!
+//! A Redis restart costs time, not requests: the node keeps every job's
+//! input until the job is answered. When it sees that Redis came back as a
+//! new instance (a new `run_id` in `INFO server`), or, checked every
+//! [`keys::MISSING_CHECK_EVERY`], that one of its jobs is no longer on the stream
+//! although unanswered, it puts those jobs back on the stream under the same
+//! job id. A job may then be answered twice (a worker that had it finishes
+//! after Redis came back); the first reply wins and later ones are dropped.
+//! [`recovery`] does this.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +43,8 @@ use crate::job::{JobResult, ModelInput};
 use crate::model::ModelSpec;
 use crate::queue::{Capacity, JobQueue, SubmitError, Submitted};
 
+mod recovery;
+
 /// Admission and enqueue in one atomic step: refuse when the stream already
 /// holds `ARGV[1]` jobs (queued or being processed; acknowledged jobs are
 /// deleted), else `XADD` the fields in `ARGV[2..]`.
@@ -43,10 +55,16 @@ static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// A request waiting for its reply.
+/// A request waiting for its reply, with what it takes to enqueue its job
+/// again if Redis loses it.
 struct Waiter {
     reply: oneshot::Sender<JobResult>,
     deadline: Instant,
+    input: Arc<ModelInput>,
+    /// The job's stream entry id; `None` while the `XADD` is in flight.
+    entry: Option<String>,
+    /// When the job was last put on the stream.
+    enqueued: Instant,
 }
 
 struct Inner {
@@ -73,6 +91,14 @@ struct Inner {
     depth_gauge: Gauge,
     /// Readiness: Redis reachable and a live worker of this version.
     ready: watch::Sender<bool>,
+    /// The `run_id` of the Redis instance last seen; a new one means Redis
+    /// restarted and may have lost this node's jobs.
+    run_id: Mutex<Option<String>>,
+    /// Set when a restart was seen and this node's jobs are not yet known to
+    /// be back on the stream; cleared once they are.
+    recheck: AtomicBool,
+    /// When the stream was last checked for missing jobs.
+    last_missing_check: Mutex<Instant>,
 }
 
 impl Inner {
@@ -82,13 +108,15 @@ impl Inner {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Routes a reply to its request. A reply for a job that is not waiting
+    /// (answered already, or its request gone) is dropped.
     fn deliver(&self, bytes: &[u8]) {
         match codec::decode_reply(bytes) {
             Ok((id, result)) => match self.waiting().remove(&id) {
                 Some(w) => {
                     let _ = w.reply.send(result);
                 }
-                None => tracing::debug!(job = id, "reply for a request that is no longer waiting"),
+                None => tracing::debug!(job = id, "dropping a reply: the job was answered already or its request left"),
             },
             Err(e) => tracing::warn!(error = %e, "ignoring a malformed reply"),
         }
@@ -111,7 +139,7 @@ impl RedisQueue {
     /// listener and the liveness watch, which run until `stop` is cancelled.
     /// The queue is not ready until the watch has seen Redis and a live worker.
     pub fn start(
-        url: &str,
+        client: &redis::Client,
         spec: &ModelSpec,
         capacity: usize,
         depth_gauge: Gauge,
@@ -125,7 +153,7 @@ impl RedisQueue {
             registry: keys::workers(&spec.name),
             reply_key: keys::replies(&node),
             capacity,
-            conn: conn::connect(url, SUBMIT_TIMEOUT)?,
+            conn: conn::connect(client, SUBMIT_TIMEOUT)?,
             waiting: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             up: Arc::new(AtomicBool::new(false)),
@@ -134,10 +162,13 @@ impl RedisQueue {
             depth: AtomicUsize::new(0),
             depth_gauge,
             ready: watch::channel(false).0,
+            run_id: Mutex::new(None),
+            recheck: AtomicBool::new(false),
+            last_missing_check: Mutex::new(Instant::now()),
         });
         // The blocking pop gets a connection of its own: on the shared one it
         // would hold up every other command for its whole timeout.
-        let listener_conn = conn::connect(url, REPLY_POP_BLOCK + SUBMIT_TIMEOUT)?;
+        let listener_conn = conn::connect(client, REPLY_POP_BLOCK + SUBMIT_TIMEOUT)?;
         tracing::info!(model = %spec.name, replies = %inner.reply_key, "API node on Redis");
         let queue = RedisQueue { inner };
         let tasks = vec![
@@ -164,7 +195,8 @@ impl RedisQueue {
         let fields = codec::job_fields(id, &inner.reply_key, clock::unix_ms_at(deadline), clock::now_ms(), &image);
         let (tx, rx) = oneshot::channel();
         // Registered before the job exists, so no reply can arrive unrouted.
-        inner.waiting().insert(id, Waiter { reply: tx, deadline });
+        let waiter = Waiter { reply: tx, deadline, input: image, entry: None, enqueued: Instant::now() };
+        inner.waiting().insert(id, waiter);
         let mut call = ADMIT.prepare_invoke();
         call.key(&inner.stream).arg(inner.capacity);
         for (field, value) in &fields {
@@ -173,7 +205,13 @@ impl RedisQueue {
         let mut conn = inner.conn.clone();
         let added = tokio::time::timeout(SUBMIT_TIMEOUT, call.invoke_async::<Option<String>>(&mut conn)).await;
         let refused = match added {
-            Ok(Ok(Some(_))) => return Ok(rx),
+            Ok(Ok(Some(entry))) => {
+                // The reply may have come already; then there is nothing to keep.
+                if let Some(w) = inner.waiting().get_mut(&id) {
+                    w.entry = Some(entry);
+                }
+                return Ok(rx);
+            }
             Ok(Ok(None)) => SubmitError::Full,
             Ok(Err(e)) => SubmitError::Unavailable(format!("Redis refused the job: {e}")),
             Err(_) => SubmitError::Unavailable("Redis did not answer in time".into()),
@@ -225,11 +263,13 @@ impl RedisQueue {
     async fn refresh(&self) -> redis::RedisResult<()> {
         let inner = &self.inner;
         let mut conn = inner.conn.clone();
-        let (beats, depth): (HashMap<String, String>, usize) = redis::pipe()
+        let (beats, depth, info): (HashMap<String, String>, usize, String) = redis::pipe()
             .cmd("HGETALL")
             .arg(&inner.registry)
             .cmd("XLEN")
             .arg(&inner.stream)
+            .cmd("INFO")
+            .arg("server")
             .query_async(&mut conn)
             .await?;
         let ms = |d: Duration| d.as_millis() as u64;
@@ -242,7 +282,7 @@ impl RedisQueue {
         inner.live_sessions.store(live.sessions, Ordering::Relaxed);
         inner.depth.store(depth, Ordering::Relaxed);
         inner.depth_gauge.set(depth as i64);
-        Ok(())
+        self.recover(codec::run_id(&info)).await
     }
 }
 

@@ -50,7 +50,8 @@ use crate::sessions::{SessionPool, load_pool};
 /// How a worker takes and gives back jobs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub redis_url: String,
+    /// The Redis client, checked at start-up ([`RedisArgs::client`]).
+    pub redis: redis::Client,
     pub batch: BatchConfig,
     /// A job taken but not acknowledged this long is reclaimed by a worker.
     pub visibility: Duration,
@@ -61,9 +62,9 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// The one place a worker's settings are built, for `lens worker` and
     /// for `lens serve --redis --workers N`; clap has checked their ranges.
-    pub fn new(redis_url: &str, redis: &RedisArgs, batch: &BatchArgs) -> Self {
+    pub fn new(client: &redis::Client, redis: &RedisArgs, batch: &BatchArgs) -> Self {
         WorkerConfig {
-            redis_url: redis_url.to_owned(),
+            redis: client.clone(),
             batch: batch.config(),
             visibility: Duration::from_millis(redis.visibility_timeout_ms),
             max_deliveries: redis.max_deliveries,
@@ -73,8 +74,9 @@ impl WorkerConfig {
 
 /// `lens worker`: loads the model, serves its stream until SIGTERM or Ctrl-C.
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let url = args.redis.redis.clone().context("`lens worker` needs --redis redis://HOST:PORT")?;
-    let cfg = WorkerConfig::new(&url, &args.redis, &args.batch);
+    // Every Redis setting is checked before the model loads: a typo fails at once.
+    let client = args.redis.client()?.context("`lens worker` needs --redis redis[s]://HOST:PORT")?;
+    let cfg = WorkerConfig::new(&client, &args.redis, &args.batch);
     let model =
         ModelDir::load(&args.model.model).with_context(|| format!("loading model {}", args.model.model.display()))?;
     let slow = Duration::from_millis(args.debug_slow_ms);
@@ -140,8 +142,8 @@ impl Worker {
         cfg: WorkerConfig,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
-        let conn = conn::connect(&cfg.redis_url, COMMAND_TIMEOUT).context("parsing the Redis URL")?;
-        let reader = conn::connect(&cfg.redis_url, READ_BLOCK + COMMAND_TIMEOUT)?;
+        let conn = conn::connect(&cfg.redis, COMMAND_TIMEOUT)?;
+        let reader = conn::connect(&cfg.redis, READ_BLOCK + COMMAND_TIMEOUT)?;
         Ok(Arc::new(Worker {
             id: clock::unique_id("worker"),
             spec: spec.clone(),
