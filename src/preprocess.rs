@@ -48,8 +48,10 @@
 mod geometry;
 mod image_rs;
 mod jpeg;
+mod jpeg_header;
 mod pixels;
 mod resize;
+mod scratch;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -157,16 +159,26 @@ pub fn prepare(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Result<Prepa
 
     let plan = Plan::new(width, height, orientation, spec);
     let decoded = shielded(|| source.decode(plan.dct_denominator()))?;
-    let plan = if decoded.orientation == plan.orientation {
-        plan
-    } else {
-        Plan::new(width, height, decoded.orientation, spec)
-    };
-    finish(decoded, &plan, spec)
+    let prepared = finish(&decoded, &plan, spec);
+    scratch::recycle(decoded.pixels.data);
+    prepared
+}
+
+/// Peak bytes that decoding `bytes` for `spec` needs (decoded pixels and the
+/// decoder's whole-image buffers, not the input), read from the header alone,
+/// so a caller can bound concurrent decodes by memory. `None` when the header
+/// cannot be read; [`prepare`] then refuses the file without decoding it.
+pub fn decode_bytes(bytes: &[u8], spec: &ResizeSpec) -> Option<u64> {
+    let source = shielded(|| Source::open(bytes, sniff_format(bytes).ok_or(ImageError::NotAnImage)?, u64::MAX)).ok()?;
+    let Header { width, height, orientation } = source.header();
+    if width == 0 || height == 0 {
+        return None;
+    }
+    Some(source.decode_bytes(Plan::new(width, height, orientation, spec).dct_denominator()))
 }
 
 /// Crops, resizes and orients a decoded image per `plan`.
-fn finish(decoded: Decoded, plan: &Plan, spec: &ResizeSpec) -> Result<Prepared, ImageError> {
+fn finish(decoded: &Decoded, plan: &Plan, spec: &ResizeSpec) -> Result<Prepared, ImageError> {
     let scale = f64::from(decoded.denominator);
     let region = plan.region;
     let crop = CropBox {
@@ -204,19 +216,18 @@ struct Header {
 struct Decoded {
     pixels: Pixels,
     denominator: u32,
-    orientation: Orientation,
 }
 
 /// A file whose header has been read by the decoder for its format.
 enum Source<'a> {
-    Jpeg(Box<JpegSource<'a>>),
+    Jpeg(JpegSource<'a>),
     Raster(RasterSource<'a>),
 }
 
 impl<'a> Source<'a> {
     fn open(bytes: &'a [u8], format: Format, max_pixels: u64) -> Result<Self, ImageError> {
         Ok(match format {
-            Format::Jpeg => Source::Jpeg(Box::new(JpegSource::open(bytes, max_pixels)?)),
+            Format::Jpeg => Source::Jpeg(JpegSource::open(bytes)?),
             _ => Source::Raster(RasterSource::open(bytes, format, max_pixels)?),
         })
     }
@@ -225,6 +236,14 @@ impl<'a> Source<'a> {
         match self {
             Source::Jpeg(jpeg) => jpeg.header(),
             Source::Raster(raster) => raster.header(),
+        }
+    }
+
+    /// Bytes [`Source::decode`] will need at `denominator`.
+    fn decode_bytes(&self, denominator: u32) -> u64 {
+        match self {
+            Source::Jpeg(jpeg) => jpeg.decode_bytes(denominator),
+            Source::Raster(raster) => raster.decode_bytes(),
         }
     }
 
