@@ -19,8 +19,10 @@
 //! Each decoder first reads only the header; an image of more than
 //! `max_pixels` pixels is refused with [`ImageError::TooLarge`] before any pixel
 //! buffer exists, so decompression bombs cost a few header bytes. Decoding then
-//! runs under a memory budget (`image::Limits` for PNG/GIF/WebP/BMP, a
-//! decoding-buffer cap for JPEG). Our own code does not panic on any input;
+//! runs under a memory budget (`image::Limits` for PNG/GIF/WebP/BMP; for JPEG
+//! the output buffer is sized from the checked header, and progressive files
+//! are limited in scans). [`decode_bytes`] tells a caller, from the header
+//! alone, how much memory a decode will take. Our own code does not panic on any input;
 //! the third-party decoders are additionally wrapped in `catch_unwind` as a
 //! last-resort belt, because a panic in their internals (they contain asserts
 //! and unwraps that fuzzers have reached in the past) must not take down a
@@ -28,22 +30,26 @@
 //!
 //! # Speed
 //!
-//! A JPEG much larger than the crop is decoded at 1/2, 1/4 or 1/8 scale in the
-//! DCT domain (see `geometry::Plan::dct_denominator` for the rule: the
-//! scaled crop must stay at least twice the output on both axes, so the
-//! bicubic filter still does a real reduction and the result stays within a
-//! fraction of a level of Pillow's full-resolution path). The crop box is
-//! carried over with fractional coordinates, so the geometry is unchanged. The
-//! crop is resized in the stored orientation and only the small output is
-//! rotated; grayscale is resized as one channel and widened at the end.
+//! JPEG is decoded by libjpeg-turbo, Pillow's own decoder. A JPEG much larger
+//! than the crop is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (see
+//! `geometry::Plan::dct_denominator` for the rule: the scaled crop must stay
+//! at least twice the output on both axes, so the bicubic filter still does a
+//! real reduction and the result stays within a fraction of a level of
+//! Pillow's full-resolution path). The crop box is carried over with
+//! fractional coordinates, so the geometry is unchanged. The crop is resized
+//! in the stored orientation and only the small output is rotated; grayscale
+//! is resized as one channel and widened at the end. Decoded pixels go into a
+//! per-thread buffer that is reused from one image to the next (`scratch`).
 //!
 //! # Layout
 //!
 //! - [`geometry`]: crop box, orientation maps, DCT-scale rule (pure).
-//! - `jpeg`: `jpeg-decoder` with DCT-domain scaling; CMYK/YCCK handling.
+//! - `jpeg_header`: the JPEG marker walk (frame size, EXIF) before any decoding.
+//! - `jpeg`: libjpeg-turbo (`turbojpeg`) with DCT-domain scaling; CMYK/YCCK.
 //! - `image_rs`: PNG, GIF, WebP, BMP through the `image` crate under limits.
 //! - `pixels`: colour conversions (CMYK, alpha on white, 16-bit).
 //! - `resize`: crop + resample with `fast_image_resize`.
+//! - `scratch`: the per-thread reusable pixel buffer.
 
 mod geometry;
 mod image_rs;
