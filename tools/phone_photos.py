@@ -92,7 +92,7 @@ def make(args: argparse.Namespace) -> int:
             size = PHONE if w >= h else PHONE[::-1]
             big = upright.crop((x0, y0, x0 + cw, y0 + ch)).resize(size, Image.Resampling.LANCZOS)
             big = sensor_noise(big, rng, strength=float(rng.uniform(0.5, 1.5)))
-            orientation = [1, 3, 6, 8][(k + len(manifest)) % 4]
+            orientation = [1, 3, 6, 8][len(manifest) % 4]
             stored = big.transpose(STORE[orientation]) if STORE[orientation] is not None else big
             name = f"{source.stem}_{k:02d}_o{orientation}.jpg"
             quality = int(rng.integers(88, 96))
