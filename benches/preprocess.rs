@@ -67,7 +67,13 @@ fn phone_photo() -> Vec<u8> {
     let mut compressor = Compressor::new().expect("compressor");
     compressor.set_quality(90).expect("quality");
     compressor.set_subsamp(Subsamp::Sub2x2).expect("subsampling");
-    let image = Image { pixels: pixels.as_slice(), width: w as usize, pitch: 3 * w as usize, height: h as usize, format: PixelFormat::RGB };
+    let image = Image {
+        pixels: pixels.as_slice(),
+        width: w as usize,
+        pitch: 3 * w as usize,
+        height: h as usize,
+        format: PixelFormat::RGB,
+    };
     let jpeg = compressor.compress_to_vec(image).expect("encode");
     let exif: &[u8] = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0";
     let length = u16::try_from(exif.len() + 2).expect("short").to_be_bytes();

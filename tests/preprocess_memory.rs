@@ -63,8 +63,10 @@ fn scaled_decode_of_a_12_mp_photo_never_allocates_the_full_size_image() {
         PEAK.store(before, Ordering::SeqCst);
         let out = prepare(&jpeg, &spec, 40_000_000).unwrap();
         let peak = PEAK.load(Ordering::SeqCst) - before;
-        println!("round {round}: peak Rust heap during prepare {peak} bytes ({:.1}% of full-size RGB)",
-            100.0 * peak as f64 / full_rgb as f64);
+        println!(
+            "round {round}: peak Rust heap during prepare {peak} bytes ({:.1}% of full-size RGB)",
+            100.0 * peak as f64 / full_rgb as f64
+        );
         assert_eq!(out.rgb.len(), 224 * 224 * 3);
         assert!(peak < full_rgb / 8, "round {round}: peak {peak} bytes");
     }

@@ -68,7 +68,8 @@ impl<'a> JpegSource<'a> {
         let d = self.denominator(denominator);
         let (w, h) = (u64::from(width.div_ceil(d)), u64::from(height.div_ceil(d)));
         let output = w * h * pixel_format(components).size() as u64;
-        let coefficients = if progressive { u64::from(width) * u64::from(height) * u64::from(components) * 2 } else { 0 };
+        let coefficients =
+            if progressive { u64::from(width) * u64::from(height) * u64::from(components) * 2 } else { 0 };
         output + coefficients
     }
 
@@ -119,9 +120,7 @@ fn pixel_format(components: u8) -> PixelFormat {
 }
 
 /// Runs `f` with this thread's decompressor, making it on first use.
-fn with_decompressor<T>(
-    f: impl FnOnce(&mut Decompressor) -> turbojpeg::Result<T>,
-) -> turbojpeg::Result<T> {
+fn with_decompressor<T>(f: impl FnOnce(&mut Decompressor) -> turbojpeg::Result<T>) -> turbojpeg::Result<T> {
     DECOMPRESSOR.with_borrow_mut(|slot| {
         let decompressor = match slot {
             Some(decompressor) => decompressor,
