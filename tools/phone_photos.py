@@ -170,8 +170,9 @@ def measure(args: argparse.Namespace) -> int:
     files = sorted(p for p in folder.iterdir() if p.name in manifest)
     truth = {}
     for src in {m["source"] for m in manifest.values()}:
-        path = next((p for p in [ROOT / "tests/fixtures" / src, *map(Path, args.sources)] if p.name == src), None)
-        truth[src] = top1(reference_input(path, cfg)) if path and path.exists() else None
+        candidates = [ROOT / "tests/fixtures" / src, *map(Path, args.sources)]
+        path = next((p for p in candidates if p.name == src and p.exists()), None)
+        truth[src] = top1(reference_input(path, cfg)) if path else None
 
     lens = lens_top1(Path(args.lens), model_dir, files)
     rows = {"reference": [], "lens": [], "draft@1x": [], "draft@2x": []}
