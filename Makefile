@@ -27,7 +27,9 @@ $(MODEL)/model.onnx: $(VENV)/.installed tools/export_efficientnet_lite0.py
 	$(PY) tools/export_efficientnet_lite0.py
 	touch $@
 
+# system-deps first: the turbojpeg crate builds libjpeg-turbo with cmake and nasm.
 build:
+	scripts/system-deps run
 	$(CARGO) build --release --locked
 
 test-deps:

@@ -19,8 +19,10 @@
 //! Each decoder first reads only the header; an image of more than
 //! `max_pixels` pixels is refused with [`ImageError::TooLarge`] before any pixel
 //! buffer exists, so decompression bombs cost a few header bytes. Decoding then
-//! runs under a memory budget (`image::Limits` for PNG/GIF/WebP/BMP, a
-//! decoding-buffer cap for JPEG). Our own code does not panic on any input;
+//! runs under a memory budget (`image::Limits` for PNG/GIF/WebP/BMP; for JPEG
+//! the output buffer is sized from the checked header, and progressive files
+//! are limited in scans). [`decode_bytes`] tells a caller, from the header
+//! alone, how much memory a decode will take. Our own code does not panic on any input;
 //! the third-party decoders are additionally wrapped in `catch_unwind` as a
 //! last-resort belt, because a panic in their internals (they contain asserts
 //! and unwraps that fuzzers have reached in the past) must not take down a
@@ -28,28 +30,34 @@
 //!
 //! # Speed
 //!
-//! A JPEG much larger than the crop is decoded at 1/2, 1/4 or 1/8 scale in the
-//! DCT domain (see `geometry::Plan::dct_denominator` for the rule: the
-//! scaled crop must stay at least twice the output on both axes, so the
-//! bicubic filter still does a real reduction and the result stays within a
-//! fraction of a level of Pillow's full-resolution path). The crop box is
-//! carried over with fractional coordinates, so the geometry is unchanged. The
-//! crop is resized in the stored orientation and only the small output is
-//! rotated; grayscale is resized as one channel and widened at the end.
+//! JPEG is decoded by libjpeg-turbo, Pillow's own decoder. A JPEG much larger
+//! than the crop is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (see
+//! `geometry::Plan::dct_denominator` for the rule: the scaled crop must stay
+//! at least twice the output on both axes, so the bicubic filter still does a
+//! real reduction and the result stays within a fraction of a level of
+//! Pillow's full-resolution path). The crop box is carried over with
+//! fractional coordinates, so the geometry is unchanged. The crop is resized
+//! in the stored orientation and only the small output is rotated; grayscale
+//! is resized as one channel and widened at the end. Decoded pixels go into a
+//! per-thread buffer that is reused from one image to the next (`scratch`).
 //!
 //! # Layout
 //!
 //! - [`geometry`]: crop box, orientation maps, DCT-scale rule (pure).
-//! - `jpeg`: `jpeg-decoder` with DCT-domain scaling; CMYK/YCCK handling.
+//! - `jpeg_header`: the JPEG marker walk (frame size, EXIF) before any decoding.
+//! - `jpeg`: libjpeg-turbo (`turbojpeg`) with DCT-domain scaling; CMYK/YCCK.
 //! - `image_rs`: PNG, GIF, WebP, BMP through the `image` crate under limits.
 //! - `pixels`: colour conversions (CMYK, alpha on white, 16-bit).
 //! - `resize`: crop + resample with `fast_image_resize`.
+//! - `scratch`: the per-thread reusable pixel buffer.
 
 mod geometry;
 mod image_rs;
 mod jpeg;
+mod jpeg_header;
 mod pixels;
 mod resize;
+mod scratch;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -157,16 +165,26 @@ pub fn prepare(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Result<Prepa
 
     let plan = Plan::new(width, height, orientation, spec);
     let decoded = shielded(|| source.decode(plan.dct_denominator()))?;
-    let plan = if decoded.orientation == plan.orientation {
-        plan
-    } else {
-        Plan::new(width, height, decoded.orientation, spec)
-    };
-    finish(decoded, &plan, spec)
+    let prepared = finish(&decoded, &plan, spec);
+    scratch::recycle(decoded.pixels.data);
+    prepared
+}
+
+/// Peak bytes that decoding `bytes` for `spec` needs (decoded pixels and the
+/// decoder's whole-image buffers, not the input), read from the header alone,
+/// so a caller can bound concurrent decodes by memory. `None` when the header
+/// cannot be read; [`prepare`] then refuses the file without decoding it.
+pub fn decode_bytes(bytes: &[u8], spec: &ResizeSpec) -> Option<u64> {
+    let source = shielded(|| Source::open(bytes, sniff_format(bytes).ok_or(ImageError::NotAnImage)?, u64::MAX)).ok()?;
+    let Header { width, height, orientation } = source.header();
+    if width == 0 || height == 0 {
+        return None;
+    }
+    Some(source.decode_bytes(Plan::new(width, height, orientation, spec).dct_denominator()))
 }
 
 /// Crops, resizes and orients a decoded image per `plan`.
-fn finish(decoded: Decoded, plan: &Plan, spec: &ResizeSpec) -> Result<Prepared, ImageError> {
+fn finish(decoded: &Decoded, plan: &Plan, spec: &ResizeSpec) -> Result<Prepared, ImageError> {
     let scale = f64::from(decoded.denominator);
     let region = plan.region;
     let crop = CropBox {
@@ -204,19 +222,18 @@ struct Header {
 struct Decoded {
     pixels: Pixels,
     denominator: u32,
-    orientation: Orientation,
 }
 
 /// A file whose header has been read by the decoder for its format.
 enum Source<'a> {
-    Jpeg(Box<JpegSource<'a>>),
+    Jpeg(JpegSource<'a>),
     Raster(RasterSource<'a>),
 }
 
 impl<'a> Source<'a> {
     fn open(bytes: &'a [u8], format: Format, max_pixels: u64) -> Result<Self, ImageError> {
         Ok(match format {
-            Format::Jpeg => Source::Jpeg(Box::new(JpegSource::open(bytes, max_pixels)?)),
+            Format::Jpeg => Source::Jpeg(JpegSource::open(bytes)?),
             _ => Source::Raster(RasterSource::open(bytes, format, max_pixels)?),
         })
     }
@@ -225,6 +242,14 @@ impl<'a> Source<'a> {
         match self {
             Source::Jpeg(jpeg) => jpeg.header(),
             Source::Raster(raster) => raster.header(),
+        }
+    }
+
+    /// Bytes [`Source::decode`] will need at `denominator`.
+    fn decode_bytes(&self, denominator: u32) -> u64 {
+        match self {
+            Source::Jpeg(jpeg) => jpeg.decode_bytes(denominator),
+            Source::Raster(raster) => raster.decode_bytes(),
         }
     }
 

@@ -41,11 +41,15 @@ impl<'a> RasterSource<'a> {
         self.header
     }
 
+    /// Bytes the decode needs: the decoder's output at its native depth.
+    pub fn decode_bytes(&self) -> u64 {
+        self.decoder.total_bytes()
+    }
+
     /// Decodes the whole image (or the first frame) at full size.
     pub fn decode(self) -> Result<Decoded, ImageError> {
-        let orientation = self.header.orientation;
         let image = DynamicImage::from_decoder(self.decoder).map_err(image_error)?;
-        Ok(Decoded { pixels: to_pixels(image), denominator: 1, orientation })
+        Ok(Decoded { pixels: to_pixels(image), denominator: 1 })
     }
 }
 

@@ -1,5 +1,5 @@
 //! Decoded pixel buffers and the colour conversions that must happen before
-//! resampling: CMYK to RGB, alpha onto white, 16-bit to 8-bit.
+//! resampling: CMYK to RGB and alpha onto white.
 //!
 //! Grayscale stays one channel through the resize and is widened to RGB only
 //! at the (small) output: resampling is per channel, so widening first would
@@ -33,11 +33,6 @@ pub(crate) struct Pixels {
 }
 
 impl Pixels {
-    /// Number of bytes a `width x height` image with `channels` needs.
-    pub fn expected_len(width: u32, height: u32, channels: Channels) -> usize {
-        width as usize * height as usize * channels.count()
-    }
-
     /// Widens a gray image to RGB; RGB images are returned as they are.
     pub fn into_rgb(self) -> Pixels {
         match self.channels {
@@ -55,12 +50,13 @@ fn mul_div_255(a: u8, b: u8) -> u8 {
     (((t >> 8) + t) >> 8) as u8
 }
 
-/// Converts packed CMYK ink values (0 = no ink) to RGB in place, shrinking the
-/// buffer from 4 to 3 bytes per pixel. Same formula as Pillow's `cmyk2rgb`.
-pub(crate) fn cmyk_to_rgb_in_place(data: &mut Vec<u8>) {
+/// Converts packed Adobe-inverted CMYK (255 = no ink, as Photoshop writes
+/// JPEGs and Pillow reads them, `CMYK;I`) to RGB in place, shrinking the buffer
+/// from 4 to 3 bytes per pixel. Same formula as Pillow's `cmyk2rgb`.
+pub(crate) fn adobe_cmyk_to_rgb_in_place(data: &mut Vec<u8>) {
     let pixels = data.len() / 4;
     for i in 0..pixels {
-        let [c, m, y, k] = [data[4 * i], data[4 * i + 1], data[4 * i + 2], data[4 * i + 3]];
+        let [c, m, y, k] = [data[4 * i], data[4 * i + 1], data[4 * i + 2], data[4 * i + 3]].map(|v| 255 - v);
         let paper = 255 - k;
         // Writing pixel i at 3*i never overtakes reading pixel j >= i at 4*j.
         data[3 * i] = paper - mul_div_255(c, paper);
@@ -91,24 +87,15 @@ pub(crate) fn flatten_alpha_on_white(data: &mut Vec<u8>, colours: usize) {
     data.truncate(pixels * colours);
 }
 
-/// Narrows native-endian 16-bit samples to 8 bits (rounded), in place.
-pub(crate) fn narrow_u16_in_place(data: &mut Vec<u8>) {
-    let samples = data.len() / 2;
-    for i in 0..samples {
-        let v = u16::from_ne_bytes([data[2 * i], data[2 * i + 1]]);
-        data[i] = ((u32::from(v) + 128) / 257) as u8;
-    }
-    data.truncate(samples);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn cmyk_no_ink_is_white_and_full_key_is_black() {
-        let mut data = vec![0, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 128, 0, 0];
-        cmyk_to_rgb_in_place(&mut data);
+        let inked = [0, 0, 0, 0, 0, 0, 0, 255, 255, 0, 0, 0, 0, 128, 0, 0];
+        let mut data = inked.map(|ink| 255 - ink).to_vec();
+        adobe_cmyk_to_rgb_in_place(&mut data);
         assert_eq!(data, vec![255, 255, 255, 0, 0, 0, 0, 255, 255, 255, 127, 255]);
     }
 
@@ -120,13 +107,6 @@ mod tests {
         let mut gray_alpha = vec![0, 0, 0, 255];
         flatten_alpha_on_white(&mut gray_alpha, 1);
         assert_eq!(gray_alpha, vec![255, 0]);
-    }
-
-    #[test]
-    fn sixteen_bit_samples_round_to_eight() {
-        let mut data: Vec<u8> = [0u16, 65535, 257 * 7, 257 * 7 + 129].iter().flat_map(|v| v.to_ne_bytes()).collect();
-        narrow_u16_in_place(&mut data);
-        assert_eq!(data, vec![0, 255, 7, 8]);
     }
 
     #[test]
