@@ -27,10 +27,12 @@
 //! - [`worker`]: `lens worker`, a model worker on a Redis job stream.
 //! - [`cache`]: the result cache and in-flight coalescing.
 //! - [`service`]: the prediction path every endpoint shares.
-//! - [`http`]: routes, handlers, the upload page, errors to responses.
-//! - [`feedback`]: durable feedback (SQLite) and content-addressed images.
+//! - [`http`]: routes, handlers, the upload and review pages, errors to responses.
+//! - [`feedback`]: durable feedback (SQLite), content-addressed images, review
+//!   decisions and the CSV / JSON Lines / ImageFolder exports.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`serve`]: `lens serve`; [`predict`]: `lens predict`; [`bench`]: `lens bench`.
+//! - [`serve`]: `lens serve`; [`cli`]: `lens predict`, `lens eval`, `lens bench`,
+//!   `lens feedback export`.
 
 pub mod batcher;
 pub mod cache;

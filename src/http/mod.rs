@@ -6,7 +6,9 @@
 //! - [`form`]: reading multipart uploads and checking them.
 //! - [`ops`]: health, metrics, status, labels, OpenAPI, static assets.
 //! - [`v2`]: the KServe Open Inference Protocol v2.
-//! - [`render`]: the server-rendered HTML and its embedded assets.
+//! - [`review`]: the review page, `/review` (accept, relabel or reject reports).
+//! - [`render`]: the server-rendered HTML and its embedded assets;
+//!   [`review_html`] the review page's.
 //! - [`error`]: the one mapping from errors to HTTP responses.
 
 pub mod error;
@@ -16,6 +18,8 @@ pub mod ops;
 pub mod page;
 pub mod predict;
 pub mod render;
+pub mod review;
+pub mod review_html;
 pub mod v2;
 
 use std::collections::BTreeMap;
@@ -85,6 +89,9 @@ pub fn app(state: AppState) -> Router {
         .route("/predict", post(predict::predict))
         .route("/feedback", get(feedback::page).post(feedback::submit))
         .route("/uploads/{name}", get(ops::upload))
+        .route("/review", get(review::page))
+        .route("/review/{id}", post(review::decide))
+        .route("/review/images/{name}", get(review::image))
         .route("/static/{name}", get(ops::asset))
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
