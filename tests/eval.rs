@@ -101,7 +101,8 @@ fn eval_counts_hits_misses_confusions_and_unreadable_files_exactly() {
             {"truth": "tiger_cat", "predicted": "espresso", "count": 1},
         ])
     );
-    let unreadable: Vec<&str> = v["unreadable"].as_array().unwrap().iter().map(|u| u["file"].as_str().unwrap()).collect();
+    let unreadable: Vec<&str> =
+        v["unreadable"].as_array().unwrap().iter().map(|u| u["file"].as_str().unwrap()).collect();
     assert_eq!(unreadable.len(), 2, "{v}");
     assert!(unreadable[0].ends_with("Eskimo_dog/corrupt.jpg") && unreadable[1].ends_with("Eskimo_dog/notes.txt"));
     assert!(v["unreadable"][1]["error"].as_str().unwrap().contains("not a supported image"));
@@ -250,8 +251,15 @@ fn an_imagefolder_export_is_ready_for_eval() {
     let data = dir.path().join("data");
     reviewed_store(&data);
     let out = dir.path().join("export");
-    let printed =
-        lens(&["feedback", "export", out.to_str().unwrap(), "--format", "imagefolder", "--data-dir", data.to_str().unwrap()]);
+    let printed = lens(&[
+        "feedback",
+        "export",
+        out.to_str().unwrap(),
+        "--format",
+        "imagefolder",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert!(printed.contains("exported 3 reports") && printed.contains("skipped 1"), "{printed}");
     let v = eval_json(&[out.to_str().unwrap()]);
     assert_eq!((v["images"].as_u64(), v["top1"].as_f64()), (Some(3), Some(1.0)), "{v}");
@@ -357,7 +365,10 @@ async fn exports_from_redis_in_every_format() {
         .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!((lines[0]["id"].as_i64(), lines[0]["correct_label"].as_str()), (Some(1), Some("Eskimo_dog")));
-    assert_eq!((lines[0]["status"].as_str(), lines[0]["image_file"].as_str()), (Some("pending"), Some(dog_name.as_str())));
+    assert_eq!(
+        (lines[0]["status"].as_str(), lines[0]["image_file"].as_str()),
+        (Some("pending"), Some(dog_name.as_str()))
+    );
     assert!(lines[0]["node"].as_str().unwrap().starts_with("api"), "{}", lines[0]);
     assert_eq!(lines[1]["filename"], "a,\"quoted\"\nname.png");
     assert!(lines[1]["image_file"].is_null());

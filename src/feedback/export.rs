@@ -95,7 +95,12 @@ impl Exporter {
     }
 
     /// Adds one report; `node` is the API node that took it (Redis only).
-    pub fn add(&mut self, node: Option<&str>, report: &Report, image: Option<ImageSource>) -> Result<(), FeedbackError> {
+    pub fn add(
+        &mut self,
+        node: Option<&str>,
+        report: &Report,
+        image: Option<ImageSource>,
+    ) -> Result<(), FeedbackError> {
         if self.format == ExportFormat::Imagefolder {
             return self.add_to_folder(report, image);
         }
@@ -268,9 +273,6 @@ mod tests {
         exporter.add(None, &report, None).unwrap();
         assert_eq!(exporter.finish().unwrap(), ExportSummary { written: 1, skipped: 0 });
         let text = fs::read_to_string(dir.path().join("feedback.csv")).unwrap();
-        assert_eq!(
-            text,
-            format!("{}\n7,1.25,m,,,\"a,\"\"b\"\"\nc.jpg\",,0.5,,,pending,,\n", CSV_COLUMNS.join(","))
-        );
+        assert_eq!(text, format!("{}\n7,1.25,m,,,\"a,\"\"b\"\"\nc.jpg\",,0.5,,,pending,,\n", CSV_COLUMNS.join(",")));
     }
 }

@@ -151,7 +151,6 @@ fn sync_dir(dir: &Path) -> Result<(), FeedbackError> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

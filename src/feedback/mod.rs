@@ -29,8 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, params};
 
 pub use export::{ExportFormat, ExportSummary, Exporter, ImageSource};
-pub use images::{ImageStore, sha256_hex};
 use images::is_sha256_hex;
+pub use images::{ImageStore, sha256_hex};
 pub use review::{Decision, Report, Review, ReviewFilter, ReviewStatus};
 
 /// Longest accepted text field of a [`FeedbackRecord`], in characters.
@@ -246,4 +246,3 @@ impl FeedbackStore {
 fn now_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
-

@@ -122,9 +122,8 @@ fn report_from_row(row: &rusqlite::Row) -> rusqlite::Result<Report> {
 impl FeedbackStore {
     /// Reports matching `filter`, with their decisions.
     pub fn reports(&self, filter: &ReviewFilter) -> Result<Vec<Report>, FeedbackError> {
-        let mut sql = format!(
-            "{SELECT} WHERE (?1 IS NULL OR f.predicted_label = ?1 OR f.correct_label = ?1 OR r.label = ?1)"
-        );
+        let mut sql =
+            format!("{SELECT} WHERE (?1 IS NULL OR f.predicted_label = ?1 OR f.correct_label = ?1 OR r.label = ?1)");
         if !filter.statuses.is_empty() {
             // Only the enum's own fixed names are spliced in, never caller text.
             let names: Vec<String> = filter.statuses.iter().map(|s| format!("'{}'", s.as_str())).collect();
@@ -197,7 +196,8 @@ mod tests {
 
     #[test]
     fn decisions_are_stored_and_filtered_by_status_and_label() {
-        let (_dir, store) = store_with(&[("cat", Some("dog")), ("cat", Some("fox")), ("owl", None), ("cup", Some("mug"))]);
+        let (_dir, store) =
+            store_with(&[("cat", Some("dog")), ("cat", Some("fox")), ("owl", None), ("cup", Some("mug"))]);
         assert_eq!(store.decide(1, &Decision::Accept).unwrap().label.as_deref(), Some("dog"));
         let relabelled = store.decide(2, &Decision::Relabel(" wolf ".into())).unwrap();
         assert_eq!((relabelled.status, relabelled.label.as_deref()), (ReviewStatus::Relabelled, Some("wolf")));

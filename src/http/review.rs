@@ -12,52 +12,11 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use super::AppState;
 use super::error::ApiError;
-use super::review_html::{self, ReviewView};
-use crate::feedback::{Decision, FeedbackError, ReviewFilter, ReviewStatus};
+use super::review_html::{self, Filters, ReviewView};
+use crate::feedback::{Decision, FeedbackError, ReviewFilter};
 
 /// Most reports one page shows.
 pub const PAGE_LIMIT: usize = 200;
-/// Longest label accepted in a filter or a decision, in characters.
-const MAX_LABEL_CHARS: usize = 1024;
-
-/// The page's filters, as they travel in the query string and in the
-/// decision forms (so a decision returns to the same filtered list).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Filters {
-    pub label: String,
-    pub status: Option<ReviewStatus>,
-}
-
-impl Filters {
-    fn parse(label: Option<&str>, status: Option<&str>) -> Result<Self, ApiError> {
-        let label = label.unwrap_or_default().trim().to_owned();
-        if label.chars().count() > MAX_LABEL_CHARS {
-            return Err(ApiError::BadRequest(format!("label is longer than {MAX_LABEL_CHARS} characters")));
-        }
-        let status = match status.unwrap_or_default() {
-            "" | "all" => None,
-            s => Some(ReviewStatus::parse(s).ok_or_else(|| {
-                ApiError::BadRequest(format!("status {s:?} is not one of all, pending, accepted, relabelled, rejected"))
-            })?),
-        };
-        Ok(Filters { label, status })
-    }
-
-    /// `/review` with these filters as its query string.
-    pub fn url(&self) -> String {
-        let mut pairs = Vec::new();
-        if !self.label.is_empty() {
-            pairs.push(("label", self.label.as_str()));
-        }
-        if let Some(status) = self.status {
-            pairs.push(("status", status.as_str()));
-        }
-        match serde_urlencoded::to_string(pairs) {
-            Ok(query) if !query.is_empty() => format!("/review?{query}"),
-            _ => "/review".to_owned(),
-        }
-    }
-}
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
@@ -135,10 +94,14 @@ pub async fn decide(
     let model = state.models.get(&report.record.model).unwrap_or_else(|| state.models.default_model());
     let known = |l: &str| model.model.labels.iter().any(|k| k == l);
     let problem = match &decision {
-        Decision::Relabel(l) if !known(l) => Some(format!("{l:?} is not a label of {}: pick one from the list.", model.name())),
+        Decision::Relabel(l) if !known(l) => {
+            Some(format!("{l:?} is not a label of {}: pick one from the list.", model.name()))
+        }
         Decision::Accept => match report.record.correct_label.as_deref() {
             Some(l) if known(l) => None,
-            Some(l) => Some(format!("The reporter's label {l:?} is not a label of {}: relabel #{id} instead.", model.name())),
+            Some(l) => {
+                Some(format!("The reporter's label {l:?} is not a label of {}: relabel #{id} instead.", model.name()))
+            }
             None => Some(format!("Report #{id} has no correct label to accept: relabel it instead.")),
         },
         _ => None,
@@ -183,6 +146,7 @@ pub async fn image(State(state): State<AppState>, Path(name): Path<String>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feedback::ReviewStatus;
 
     #[test]
     fn filters_round_trip_through_the_url() {

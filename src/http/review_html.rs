@@ -2,13 +2,56 @@
 //! [`super::render::CONTENT_SECURITY_POLICY`]: no inline script, style or
 //! event handler; looks live in `/static/style.css`, the one optional script
 //! in `/static/review.js`. Every stored string (all of it typed by clients)
-//! goes through [`escape_html`].
+//! goes through [`escape_html`]. [`Filters`] are the page's label and status
+//! filters, parsed from the query and carried through every form.
 
 use std::fmt::Write;
 
+use super::error::ApiError;
 use super::render::escape_html;
-use super::review::Filters;
 use crate::feedback::{Report, ReviewStatus};
+
+/// Longest label accepted in a filter, in characters.
+const MAX_LABEL_CHARS: usize = 1024;
+
+/// The page's filters, as they travel in the query string and in the
+/// decision forms (so a decision returns to the same filtered list).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filters {
+    pub label: String,
+    pub status: Option<ReviewStatus>,
+}
+
+impl Filters {
+    pub fn parse(label: Option<&str>, status: Option<&str>) -> Result<Self, ApiError> {
+        let label = label.unwrap_or_default().trim().to_owned();
+        if label.chars().count() > MAX_LABEL_CHARS {
+            return Err(ApiError::BadRequest(format!("label is longer than {MAX_LABEL_CHARS} characters")));
+        }
+        let status = match status.unwrap_or_default() {
+            "" | "all" => None,
+            s => Some(ReviewStatus::parse(s).ok_or_else(|| {
+                ApiError::BadRequest(format!("status {s:?} is not one of all, pending, accepted, relabelled, rejected"))
+            })?),
+        };
+        Ok(Filters { label, status })
+    }
+
+    /// `/review` with these filters as its query string.
+    pub fn url(&self) -> String {
+        let mut pairs = Vec::new();
+        if !self.label.is_empty() {
+            pairs.push(("label", self.label.as_str()));
+        }
+        if let Some(status) = self.status {
+            pairs.push(("status", status.as_str()));
+        }
+        match serde_urlencoded::to_string(pairs) {
+            Ok(query) if !query.is_empty() => format!("/review?{query}"),
+            _ => "/review".to_owned(),
+        }
+    }
+}
 
 /// What the review page shows.
 pub struct ReviewView<'a> {
@@ -194,15 +237,22 @@ mod tests {
         let reports = [Report { id: 3, created_at: 0.0, record, review: Some(review) }];
         let filters = Filters { label: evil.into(), status: Some(ReviewStatus::Relabelled) };
         let labels = [evil.to_owned(), "tabby".to_owned()];
-        let html =
-            render(&ReviewView { labels: &labels, filters: &filters, reports: &reports, error: Some(evil), limit: 200 });
+        let html = render(&ReviewView {
+            labels: &labels,
+            filters: &filters,
+            reports: &reports,
+            error: Some(evil),
+            limit: 200,
+        });
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(!html.contains("<img src=x"), "{html}");
         assert!(!html.contains(" style=\"") && !html.contains("<style"));
         assert_eq!(html.matches("<script").count(), 1);
         assert!(html.contains("<script src=\"/static/review.js\" defer></script>"));
         assert!(!html.contains(" onerror=\"") && !html.contains(" onclick=\""));
-        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;&gt;&lt;img src=x onerror=alert(2)&gt;"));
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&#x27;&gt;&lt;img src=x onerror=alert(2)&gt;")
+        );
         assert!(html.contains("<form class=\"decide\" method=\"post\" action=\"/review/3\">"));
         assert!(html.contains("<option value=\"relabelled\" selected>relabelled</option>"));
         assert!(html.contains("<option value=\"tabby\"></option>"));

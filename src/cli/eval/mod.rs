@@ -121,7 +121,12 @@ fn print_report(out: &mut impl Write, report: &Report, dir: &Path) -> std::io::R
     print_summary(out, &c.summary, dir)?;
     writeln!(out)?;
     let (a, b) = (&report.summary.model, &c.summary.model);
-    writeln!(out, "{b} vs {a}: top-1 {:+.1} points, top-5 {:+.1} points", c.top1_difference * 100.0, c.top5_difference * 100.0)?;
+    writeln!(
+        out,
+        "{b} vs {a}: top-1 {:+.1} points, top-5 {:+.1} points",
+        c.top1_difference * 100.0,
+        c.top5_difference * 100.0
+    )?;
     writeln!(out, "they disagree on {} of {} images:", c.disagreements.len(), report.summary.images)?;
     for d in c.disagreements.iter().take(LISTED) {
         writeln!(out, "  {}  (truth {}): {a} says {}, {b} says {}", d.file.display(), d.truth, d.model, d.compare)?;

@@ -89,7 +89,10 @@ pub fn classify_all(
     Ok(outcomes.into_iter().map(|o| o.unwrap_or_else(|| Outcome::Unreadable("not classified".into()))).collect())
 }
 
-type Reply = Result<(Result<Vec<crate::engine::Scores>, crate::engine::EngineError>, Duration), tokio::sync::oneshot::error::RecvError>;
+type Reply = Result<
+    (Result<Vec<crate::engine::Scores>, crate::engine::EngineError>, Duration),
+    tokio::sync::oneshot::error::RecvError,
+>;
 
 fn record(
     (index, reply): (usize, Reply),

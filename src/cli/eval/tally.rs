@@ -183,6 +183,9 @@ mod tests {
         let a = [ranked(&["cat", "dog"]), ranked(&["cat"]), Outcome::Unreadable("x".into())];
         let b = [ranked(&["cat"]), ranked(&["dog", "cat"]), Outcome::Unreadable("x".into())];
         let d = disagreements(&samples, &a, &b);
-        assert_eq!(d, [Disagreement { file: "b".into(), truth: "cat".into(), model: "cat".into(), compare: "dog".into() }]);
+        assert_eq!(
+            d,
+            [Disagreement { file: "b".into(), truth: "cat".into(), model: "cat".into(), compare: "dog".into() }]
+        );
     }
 }

@@ -104,7 +104,10 @@ mod tests {
             .iter()
             .map(|s| (s.path.strip_prefix(dir.path()).unwrap().display().to_string(), s.truth.as_str()))
             .collect();
-        assert_eq!(got, [("cat/a.jpg".into(), "cat"), ("cat/sub/c.png".into(), "cat"), ("kitty/b.jpg".into(), "tiger_cat")]);
+        assert_eq!(
+            got,
+            [("cat/a.jpg".into(), "cat"), ("cat/sub/c.png".into(), "cat"), ("kitty/b.jpg".into(), "tiger_cat")]
+        );
         let err = scan(dir.path(), &labels, &BTreeMap::new()).unwrap_err().to_string();
         assert!(err.contains("kitty") && err.contains("--labels-map"), "{err}");
     }
