@@ -94,7 +94,7 @@ pub fn summarize(model: &str, samples: &[Sample], outcomes: &[Outcome], k: usize
     let mut confusions: Vec<Confusion> =
         confused.into_iter().map(|((truth, predicted), count)| Confusion { truth, predicted, count }).collect();
     // Stable: equal counts keep the (truth, predicted) order of the map.
-    confusions.sort_by(|a, b| b.count.cmp(&a.count));
+    confusions.sort_by_key(|c| std::cmp::Reverse(c.count));
     Summary {
         model: model.to_owned(),
         images,
