@@ -9,6 +9,7 @@ use clap::Args;
 use clap::builder::RangedU64ValueParser;
 
 use crate::engine::SessionConfig;
+use crate::feedback::{ExportFormat, ReviewStatus};
 use crate::redis::conn::{self, ConfigError, PASSWORD_ENV, TlsFiles};
 
 /// The cores this process may use.
@@ -244,21 +245,67 @@ pub struct WorkerArgs {
 /// `lens feedback`.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum FeedbackCommand {
-    /// Write the reported images and feedback.csv into DIR, ready for relabelling.
-    Export {
-        /// Output folder.
-        dir: PathBuf,
-        /// Where the server stores feedback.
-        #[arg(long, env = "LENS_DATA_DIR", default_value = "var")]
-        data_dir: PathBuf,
-        /// Export the reports every API node mirrored to this Redis
-        /// (`lens:feedback`) instead of the local store.
-        #[arg(long, env = "LENS_REDIS")]
-        redis: Option<String>,
-        /// With --redis: delete the exported reports from Redis afterwards.
-        #[arg(long, requires = "redis")]
-        drain: bool,
-    },
+    /// Write the reports and their images into DIR: a CSV (the default), JSON
+    /// Lines, or an ImageFolder tree (DIR/<label>/<sha256>.<ext>) for `lens eval`
+    /// and training.
+    Export(ExportArgs),
+}
+
+/// `lens feedback export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Output folder.
+    pub dir: PathBuf,
+    /// csv: DIR/feedback.csv and DIR/images/; jsonl: DIR/feedback.jsonl and
+    /// DIR/images/; imagefolder: DIR/<label>/<sha256>.<ext>, the label being the
+    /// reviewer's, else the reporter's (rejected reports and reports without an
+    /// image or label are skipped).
+    #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+    pub format: ExportFormat,
+    /// Only reports with these review statuses (comma-separated), e.g.
+    /// `accepted,relabelled` for everything a reviewer approved. Default: all.
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "redis")]
+    pub status: Vec<ReviewStatus>,
+    /// Where the server stores feedback.
+    #[arg(long, env = "LENS_DATA_DIR", default_value = "var")]
+    pub data_dir: PathBuf,
+    /// Export the reports every API node mirrored to this Redis
+    /// (`lens:feedback`) instead of the local store. Review decisions stay in
+    /// each node's store, so these reports are all pending.
+    #[arg(long, env = "LENS_REDIS")]
+    pub redis: Option<String>,
+    /// With --redis: delete the exported reports from Redis afterwards.
+    #[arg(long, requires = "redis")]
+    pub drain: bool,
+}
+
+/// `lens eval`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// The second accuracy printed: top-K (top-1 is always printed).
+    #[arg(long, short = 'k', default_value_t = 5, value_parser = at_least_one())]
+    pub top_k: usize,
+
+    /// Print one JSON summary object instead of text (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+
+    /// A CSV file of `folder,label` lines mapping folder names to the model's
+    /// labels (`#` starts a comment); unmapped folders must be labels already.
+    #[arg(long)]
+    pub labels_map: Option<PathBuf>,
+
+    /// A second model directory (or a copy of this one whose model.toml
+    /// differs, e.g. in preprocessing) to evaluate on the same images; prints
+    /// the difference and the photos on which the two disagree.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+
+    /// An ImageFolder tree: one subfolder per class, named as the model's labels.
+    pub dir: PathBuf,
 }
 
 /// `lens bench`.

@@ -20,9 +20,10 @@
 //! - [`serve`]: `lens serve`: builds the models' queues and predictors and the
 //!   HTTP state, runs until a signal, drains.
 //! - [`worker`]: `lens worker`, a model worker on a Redis job stream.
-//! - [`cli`]: the offline subcommands, `lens predict` and `lens bench`.
+//! - [`cli`]: the offline subcommands: `lens predict`, `lens eval`, `lens bench`,
+//!   `lens feedback export`.
 //! - [`config`]: command-line and `LENS_*` environment settings.
-//! - [`http`]: routes, handlers, the upload page, errors to responses.
+//! - [`http`]: routes, handlers, the upload and review pages, errors to responses.
 //! - [`redis`]: the Redis side: [`redis::RedisQueue`], [`redis::RedisCache`],
 //!   the feedback mirror, and the wire codec, keys and timings workers share.
 //! - [`predictor`]: the prediction path every endpoint shares (admission,
@@ -33,7 +34,8 @@
 //! - [`cache`]: the result cache, in-flight coalescing, the shared-cache seam.
 //! - [`sessions`]: model sessions on their own OS threads; loading them.
 //! - [`engine`]: the model session behind the synchronous [`engine::Classifier`] trait.
-//! - [`feedback`]: durable feedback (SQLite) and content-addressed images.
+//! - [`feedback`]: durable feedback (SQLite), content-addressed images, review
+//!   decisions and the CSV / JSON Lines / ImageFolder exports.
 //! - [`ranking`]: probabilities to ranked, labelled answers.
 //! - [`job`]: a job, its input and its answer, whatever queue carries it.
 //! - [`preprocess`]: hostile-input-safe decode, EXIF orientation, crop and resize.

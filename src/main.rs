@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lens::config::{BenchArgs, FeedbackCommand, PredictArgs, ServeArgs, WorkerArgs};
+use lens::config::{BenchArgs, EvalArgs, FeedbackCommand, PredictArgs, ServeArgs, WorkerArgs};
 
 /// Lens: an image-classification serving system.
 #[derive(Parser)]
@@ -25,6 +25,8 @@ enum Command {
     Predict(PredictArgs),
     /// Measure the model's own throughput ceiling on this machine.
     Bench(BenchArgs),
+    /// Measure accuracy on a labelled ImageFolder tree (one subfolder per class).
+    Eval(EvalArgs),
     /// Work with stored feedback.
     #[command(subcommand)]
     Feedback(FeedbackCommand),
@@ -54,16 +56,9 @@ fn main() -> anyhow::Result<ExitCode> {
             lens::cli::bench::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Feedback(FeedbackCommand::Export { dir, redis: Some(url), drain, .. }) => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            let rows = runtime.block_on(lens::redis::feedback::export(&url, &dir, drain))?;
-            println!("exported {rows} reports from Redis to {}", dir.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Feedback(FeedbackCommand::Export { dir, data_dir, .. }) => {
-            let store = lens::feedback::FeedbackStore::open(&data_dir.join("feedback"))?;
-            let rows = store.export(&dir)?;
-            println!("exported {rows} reports to {}", dir.display());
+        Command::Eval(args) => lens::cli::eval::run(&args),
+        Command::Feedback(FeedbackCommand::Export(args)) => {
+            lens::cli::export::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
     }

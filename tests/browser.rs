@@ -1,7 +1,8 @@
 //! The upload page in a real browser: starts the real `lens serve` on port 0,
 //! runs the Playwright tests in `tests/browser/page.test.mjs` against it with
 //! Debian's chromium, then checks through `lens feedback export` that the
-//! reports the browser sent were stored with their images.
+//! reports the browser sent were stored with their images; and the review
+//! page (`tests/browser/review.test.mjs`) with JavaScript off and on.
 //!
 //! Needs `node`, `npm` and `/usr/bin/chromium` (`make test-deps` installs
 //! them); it fails, never skips, when they are missing.
@@ -238,4 +239,67 @@ fn the_upload_page_works_in_a_real_browser() {
 fn csv_parser_handles_quotes_commas_and_newlines() {
     let rows = parse_csv("a,b\n1,\"x,\"\"y\"\"\nz\"\n2,\n");
     assert_eq!(rows, vec![vec!["a", "b"], vec!["1", "x,\"y\"\nz"], vec!["2", ""]]);
+}
+
+/// Seeds three reports with real photos: #1 dog (reporter says Eskimo_dog),
+/// #2 coffee (predicted cup, reporter says coffee_mug), #3 a cat whose
+/// filename and label are XSS attempts.
+fn seed_reports(data_dir: &Path) {
+    use lens::feedback::{FeedbackRecord, FeedbackStore};
+    let store = FeedbackStore::open(&data_dir.join("feedback")).unwrap();
+    let seed = |fixture: &str, filename: &str, predicted: &str, correct: &str| {
+        let bytes = std::fs::read(root().join("tests/fixtures").join(fixture)).unwrap();
+        let ext = fixture.rsplit('.').next().unwrap();
+        let record = FeedbackRecord {
+            model: "efficientnet-lite0".into(),
+            image_sha256: Some(lens::feedback::sha256_hex(&bytes)),
+            image_file: Some(store.images().put(&bytes, ext).unwrap()),
+            filename: Some(filename.into()),
+            predicted_label: Some(predicted.into()),
+            score: Some(0.5),
+            correct_label: Some(correct.into()),
+            report: None,
+        };
+        store.record(&record).unwrap();
+    };
+    seed("dog.jpeg", "dog.jpeg", "Siberian_husky", "Eskimo_dog");
+    seed("coffee.png", "coffee.png", "cup", "coffee_mug");
+    seed("chelsea.png", "<script>alert(1)</script>.png", "tiger_cat", "<img src=x onerror=alert(2)>");
+}
+
+#[test]
+fn the_review_page_works_with_and_without_javascript() {
+    require_tool("node", "--version");
+    require_tool("npm", "--version");
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run `make test-deps`");
+    let browser_dir = root().join("tests/browser");
+    ensure_node_modules(&browser_dir);
+    let data = tempfile::tempdir().unwrap();
+    seed_reports(data.path());
+    let server = Server::start(data.path());
+    let status = Command::new("node")
+        .args(["--test", "--test-reporter=spec", "review.test.mjs"])
+        .current_dir(&browser_dir)
+        .env("LENS_URL", &server.url)
+        .status()
+        .expect("could not run node");
+    assert!(status.success(), "review page browser tests failed (see the output above)");
+    server.stop();
+
+    use lens::feedback::{FeedbackStore, ReviewFilter, ReviewStatus};
+    let store = FeedbackStore::open(&data.path().join("feedback")).unwrap();
+    let decided: Vec<(i64, ReviewStatus, Option<String>)> = store
+        .reports(&ReviewFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.status(), r.review.and_then(|v| v.label)))
+        .collect();
+    assert_eq!(
+        decided,
+        [
+            (1, ReviewStatus::Accepted, Some("Eskimo_dog".to_owned())),
+            (2, ReviewStatus::Relabelled, Some("espresso".to_owned())),
+            (3, ReviewStatus::Rejected, None),
+        ]
+    );
 }

@@ -1,11 +1,14 @@
 //! The feedback store on a real file system: concurrent image writes, surviving
-//! a restart, the relabelling export, and input limits.
+//! a restart, review decisions, the three export formats, and input limits.
 
 use std::fs;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use lens::feedback::{FeedbackError, FeedbackRecord, FeedbackStore, ImageStore, sha256_hex};
+use lens::feedback::{
+    Decision, ExportFormat, ExportSummary, FeedbackError, FeedbackRecord, FeedbackStore, ImageStore, ReviewStatus,
+    sha256_hex,
+};
 
 fn record_with_image(store: &FeedbackStore, bytes: &[u8]) -> FeedbackRecord {
     let file = store.images().put(bytes, "jpg").unwrap();
@@ -85,7 +88,8 @@ fn export_writes_csv_that_parses_back_and_copies_images() {
     }
 
     let out = dir.path().join("export");
-    assert_eq!(store.export(&out).unwrap(), records.len());
+    let summary = store.export(&out, ExportFormat::Csv, &[]).unwrap();
+    assert_eq!(summary, ExportSummary { written: records.len(), skipped: 0 });
 
     let csv = fs::read_to_string(out.join("feedback.csv")).unwrap();
     let rows = parse_csv(&csv);
@@ -101,7 +105,10 @@ fn export_writes_csv_that_parses_back_and_copies_images() {
             "predicted_label",
             "score",
             "correct_label",
-            "report"
+            "report",
+            "status",
+            "label",
+            "decided_at"
         ]
     );
     assert_eq!(rows.len(), records.len() + 1);
@@ -119,6 +126,9 @@ fn export_writes_csv_that_parses_back_and_copies_images() {
             r.score.map(|s| s.to_string()).unwrap_or_default(),
             text(&r.correct_label),
             text(&r.report),
+            "pending".into(),
+            String::new(),
+            String::new(),
         ];
         assert_eq!(*row, expected);
         assert_eq!(row[7].parse::<f64>().ok(), r.score);
@@ -135,6 +145,75 @@ fn export_writes_csv_that_parses_back_and_copies_images() {
         let original = fs::read(store.images().path_of(name).unwrap()).unwrap();
         assert_eq!(fs::read(out.join("images").join(name)).unwrap(), original);
     }
+}
+
+/// Five reports: accepted, relabelled, rejected, pending, and one without an image.
+fn reviewed_store(dir: &std::path::Path) -> FeedbackStore {
+    let store = FeedbackStore::open(dir).unwrap();
+    let labelled = |bytes: &[u8], label: &str| FeedbackRecord {
+        correct_label: Some(label.into()),
+        ..record_with_image(&store, bytes)
+    };
+    for r in [
+        labelled(b"one", "lynx"),
+        labelled(b"two", "lynx"),
+        labelled(b"three", "tabby"),
+        labelled(b"four", "../escape"),
+        FeedbackRecord { model: "m".into(), correct_label: Some("lynx".into()), ..Default::default() },
+    ] {
+        store.record(&r).unwrap();
+    }
+    store.decide(1, &Decision::Accept).unwrap();
+    store.decide(2, &Decision::Relabel("Egyptian_cat".into())).unwrap();
+    store.decide(3, &Decision::Reject).unwrap();
+    store
+}
+
+#[test]
+fn imagefolder_export_uses_the_decided_label_and_skips_what_cannot_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reviewed_store(&dir.path().join("store"));
+    let out = dir.path().join("folders");
+    let summary = store.export(&out, ExportFormat::Imagefolder, &[]).unwrap();
+    // Written: #1 (lynx), #2 (Egyptian_cat). Skipped: #3 rejected, #4 unsafe label, #5 no image.
+    assert_eq!(summary, ExportSummary { written: 2, skipped: 3 });
+    let mut tree: Vec<String> = Vec::new();
+    for class in fs::read_dir(&out).unwrap().flatten() {
+        for file in fs::read_dir(class.path()).unwrap().flatten() {
+            tree.push(format!("{}/{}", class.file_name().to_string_lossy(), file.file_name().to_string_lossy()));
+        }
+    }
+    tree.sort();
+    assert_eq!(tree, [format!("Egyptian_cat/{}.jpg", sha256_hex(b"two")), format!("lynx/{}.jpg", sha256_hex(b"one"))]);
+    assert_eq!(fs::read(out.join("lynx").join(format!("{}.jpg", sha256_hex(b"one")))).unwrap(), b"one");
+    assert!(!dir.path().join("escape").exists());
+}
+
+#[test]
+fn jsonl_export_carries_decisions_and_filters_by_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reviewed_store(&dir.path().join("store"));
+    let out = dir.path().join("jsonl");
+    let approved = [ReviewStatus::Accepted, ReviewStatus::Relabelled];
+    assert_eq!(store.export(&out, ExportFormat::Jsonl, &approved).unwrap().written, 2);
+    let lines: Vec<serde_json::Value> = fs::read_to_string(out.join("feedback.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!((lines[0]["id"].as_i64(), lines[0]["status"].as_str()), (Some(1), Some("accepted")));
+    assert_eq!(lines[0]["label"], "lynx");
+    assert_eq!((lines[1]["status"].as_str(), lines[1]["label"].as_str()), (Some("relabelled"), Some("Egyptian_cat")));
+    assert_eq!(lines[1]["correct_label"], "lynx");
+    assert!(lines[1]["decided_at"].as_f64().unwrap() >= lines[1]["created_at"].as_f64().unwrap());
+    let image = lines[1]["image_file"].as_str().unwrap();
+    assert_eq!(fs::read(out.join("images").join(image)).unwrap(), b"two");
+
+    let pending = dir.path().join("pending");
+    assert_eq!(store.export(&pending, ExportFormat::Jsonl, &[ReviewStatus::Pending]).unwrap().written, 2);
+    let text = fs::read_to_string(pending.join("feedback.jsonl")).unwrap();
+    assert!(text.lines().all(|l| l.contains("\"status\":\"pending\"")), "{text}");
 }
 
 #[test]

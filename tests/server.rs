@@ -128,7 +128,7 @@ async fn the_upload_page_and_feedback_work_without_javascript() {
     assert_eq!(rows[0].2.predicted_label.as_deref(), Some("Eskimo_dog"));
     assert!(rows[0].2.image_file.is_some(), "the reported image is kept");
     let out = tempfile::tempdir().unwrap();
-    assert_eq!(store.export(out.path()).unwrap(), 2);
+    assert_eq!(store.export(out.path(), lens::feedback::ExportFormat::Csv, &[]).unwrap().written, 2);
     assert!(std::fs::read_to_string(out.path().join("feedback.csv")).unwrap().contains("Siberian_husky"));
     s.stop().await;
 }

@@ -1,5 +1,6 @@
 //! `lens predict`: classify files and folders offline on the serving code path
-//! (the same [`prepare`] and [`Classifier`] the server uses).
+//! (the same [`prepare`] and [`Classifier`] the server uses). On a terminal
+//! a progress bar runs on stderr; with `--json` or when piped, none.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<ExitCode> {
     let resize = model.spec.resize_spec();
     let mut failures = 0usize;
     let mut out = std::io::stdout().lock();
+    let bar = super::progress::bar(files.len(), args.json);
     for chunk in files.chunks(BATCH) {
         let prepared = prepare_all(chunk, |bytes| prepare(bytes, &resize, args.model.max_pixels));
         let ok: Vec<&ModelInput> = prepared.iter().filter_map(|r| r.as_ref().ok()).collect();
@@ -34,18 +36,24 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<ExitCode> {
             match result {
                 Ok(_) => {
                     let s = scores.next().context("classifier returned too few rows")?;
-                    report(&mut out, args, path, &ranked(&s, &model.labels, args.top_k))?;
+                    let top = ranked(&s, &model.labels, args.top_k);
+                    bar.suspend(|| report(&mut out, args, path, &top))?;
                 }
                 Err(message) => {
                     failures += 1;
-                    if args.json {
-                        writeln!(out, "{}", json!({"file": path, "error": message}))?;
-                    }
-                    eprintln!("{}: {message}", path.display());
+                    bar.suspend(|| {
+                        eprintln!("{}: {message}", path.display());
+                        if args.json {
+                            return writeln!(out, "{}", json!({"file": path, "error": message}));
+                        }
+                        Ok(())
+                    })?;
                 }
             }
         }
+        bar.inc(chunk.len() as u64);
     }
+    bar.finish_and_clear();
     if failures > 0 {
         eprintln!("{failures} of {} files could not be classified", files.len());
         return Ok(ExitCode::FAILURE);

@@ -6,7 +6,9 @@
 //! - [`form`]: reading multipart uploads and checking them.
 //! - [`ops`]: health, metrics, status, labels, OpenAPI, static assets.
 //! - [`v2`]: the KServe Open Inference Protocol v2.
-//! - [`render`]: the server-rendered HTML and its embedded assets.
+//! - [`review`]: the review page, `/review` (accept, relabel or reject reports).
+//! - [`render`]: the server-rendered HTML and its embedded assets;
+//!   [`review_html`] the review page's.
 //! - [`error`]: the one mapping from errors to HTTP responses.
 
 pub mod error;
@@ -16,6 +18,8 @@ pub mod ops;
 pub mod page;
 pub mod predict;
 pub mod render;
+pub mod review;
+pub mod review_html;
 pub mod v2;
 
 use std::collections::BTreeMap;
@@ -110,6 +114,9 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::status))
         .routes(routes!(ops::labels))
+        .routes(routes!(review::page))
+        .routes(routes!(review::decide))
+        .routes(routes!(review::image))
 }
 
 /// The OpenAPI document of the routes [`app`] serves, as `/openapi.json` does.

@@ -59,6 +59,7 @@ pub struct PageResult<'a> {
 
 const APP_JS: &str = include_str!("../../assets/app.js");
 const STYLE_CSS: &str = include_str!("../../assets/style.css");
+const REVIEW_JS: &str = include_str!("../../assets/review.js");
 const FAVICON_SVG: &str = include_str!("../../assets/favicon.svg");
 
 /// Embedded static assets by path under `/static/`, e.g.
@@ -66,6 +67,7 @@ const FAVICON_SVG: &str = include_str!("../../assets/favicon.svg");
 pub fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
     match path {
         "app.js" => Some(("text/javascript; charset=utf-8", APP_JS.as_bytes())),
+        "review.js" => Some(("text/javascript; charset=utf-8", REVIEW_JS.as_bytes())),
         "style.css" => Some(("text/css; charset=utf-8", STYLE_CSS.as_bytes())),
         "favicon.svg" => Some(("image/svg+xml", FAVICON_SVG.as_bytes())),
         _ => None,

@@ -4,8 +4,9 @@
 //! SQLite plus images, as in-process), and mirrors each report, with its
 //! image, to the `lens:feedback` stream. Collecting feedback is then one
 //! command against Redis, whichever node took each report:
-//! `lens feedback export --redis URL DIR` (add `--drain` to remove what was
-//! exported). The mirror is best-effort: a report taken while Redis was down
+//! `lens feedback export --redis URL DIR` in any export format (add
+//! `--drain` to remove what was exported). Review decisions live in each
+//! node's own store, so every report read from Redis is pending. The mirror is best-effort: a report taken while Redis was down
 //! is only in that node's store, and `lens feedback export --data-dir` on
 //! that node still finds it.
 
@@ -18,7 +19,7 @@ use redis::streams::StreamRangeReply;
 
 use super::keys::{self, COMMAND_TIMEOUT};
 use super::{clock, conn};
-use crate::feedback::{CSV_HEADER, FeedbackRecord, ImageStore, csv_field, csv_row};
+use crate::feedback::{ExportFormat, ExportSummary, Exporter, FeedbackRecord, ImageSource, Report};
 
 /// The stream keeps about this many reports (approximate trim).
 const MAXLEN: usize = 100_000;
@@ -62,17 +63,15 @@ impl FeedbackMirror {
     }
 }
 
-/// Writes every report in `lens:feedback` to `out/feedback.csv` and its
-/// images to `out/images/`; with `drain`, then deletes them from Redis.
-/// Returns the number of reports.
-pub async fn export(url: &str, out: &Path, drain: bool) -> anyhow::Result<usize> {
+/// Writes every report in `lens:feedback` to `out` in `format` (see
+/// [`crate::feedback::export`]); with `drain`, then deletes them from Redis.
+pub async fn export(url: &str, out: &Path, format: ExportFormat, drain: bool) -> anyhow::Result<ExportSummary> {
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
     // rediss:// URLs verify against the system's trust store here.
     let password = std::env::var(conn::PASSWORD_ENV).ok();
     let client = conn::client(url, &conn::TlsFiles::default(), password.as_deref())?;
     let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.context("connecting to Redis")?;
-    let images = ImageStore::open(&out.join("images"))?;
-    let mut csv = format!("node,{CSV_HEADER}\n");
+    let mut exporter = Exporter::create(out, format, true)?;
     let mut exported = Vec::new();
     let mut start = "-".to_owned();
     loop {
@@ -88,33 +87,29 @@ pub async fn export(url: &str, out: &Path, drain: bool) -> anyhow::Result<usize>
         start = format!("({}", last.id);
         for entry in &page.ids {
             exported.push(entry.id.clone());
-            let Some(mut record) =
+            let Some(record) =
                 entry.get::<String>("record").and_then(|j| serde_json::from_str::<FeedbackRecord>(&j).ok())
             else {
                 tracing::warn!(entry = %entry.id, "skipping a malformed feedback entry");
                 continue;
             };
-            record.image_file = match (entry.get::<String>("image_file"), entry.get::<Vec<u8>>("image")) {
-                (Some(name), Some(bytes)) => {
-                    let ext = name.rsplit('.').next().unwrap_or("jpg").to_owned();
-                    Some(images.put(&bytes, &ext)?)
-                }
-                _ => None,
+            let image = entry.get::<String>("image_file").zip(entry.get::<Vec<u8>>("image"));
+            let report = Report {
+                id: entry.get::<i64>("id").unwrap_or_default(),
+                created_at: entry.get::<u64>("created_ms").map_or(0.0, |ms| ms as f64 / 1000.0),
+                record,
+                review: None,
             };
-            let created = entry.get::<u64>("created_ms").map_or(0.0, |ms| ms as f64 / 1000.0);
-            let id = entry.get::<i64>("id").unwrap_or_default();
-            let node = csv_field(&entry.get::<String>("node").unwrap_or_default());
-            let row = format!("{node},{}", csv_row(id, created, &record));
-            csv.push_str(&row);
-            csv.push('\n');
+            let node = entry.get::<String>("node").unwrap_or_default();
+            let source = image.as_ref().map(|(name, bytes)| ImageSource::Bytes(bytes, name));
+            exporter.add(Some(&node), &report, source)?;
         }
     }
-    let path = out.join("feedback.csv");
-    std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
+    let summary = exporter.finish()?;
     if drain {
         for ids in exported.chunks(PAGE) {
             redis::cmd("XDEL").arg(keys::FEEDBACK).arg(ids).exec_async(&mut conn).await?;
         }
     }
-    Ok(exported.len())
+    Ok(summary)
 }
