@@ -13,6 +13,12 @@
 //!   next to an `images/` [`ImageStore`], plus [`FeedbackStore::export`], which
 //!   writes a CSV and the referenced images for relabelling.
 //!
+//! Each store keeps a [`DiskBudget`]: page uploads evict the least recently
+//! used image past their cap; feedback images are refused past theirs (the
+//! report is still stored, without the image). A full disk (ENOSPC, EDQUOT)
+//! is [`FeedbackError::DiskFull`]: the temp file is removed, nothing is
+//! visible, and the next write simply tries again.
+//!
 //! Everything here is synchronous and blocking; the server calls it from
 //! `spawn_blocking` and shares the store as `Arc<FeedbackStore>`.
 
@@ -21,12 +27,13 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
 
+use crate::disk::{DiskBudget, Reservation, is_disk_full};
 use crate::preprocess::IMAGE_EXTENSIONS;
 
 /// Extensions an image may be stored under, lowercase.
@@ -48,11 +55,37 @@ pub enum FeedbackError {
     /// The caller's input was rejected; the message says which field and why.
     #[error("invalid feedback: {0}")]
     Invalid(String),
+    /// The store is at its byte cap (see [`DiskBudget`]).
+    #[error("the image store is at its cap of {cap} bytes")]
+    CapReached { cap: u64 },
+    /// The disk is full or over quota at `path`.
+    #[error("no space left on the disk at {path}: {source}")]
+    DiskFull { path: PathBuf, source: io::Error },
 }
 
-/// Attaches the path to an `io::Error`.
+impl FeedbackError {
+    /// True when the storage, not the input, is at fault: cap reached, disk
+    /// full, or any I/O or database failure.
+    pub fn is_storage(&self) -> bool {
+        !matches!(self, FeedbackError::Invalid(_))
+    }
+
+    /// True for a full disk, whether the file system or SQLite said so.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            FeedbackError::DiskFull { .. } => true,
+            FeedbackError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => e.code == rusqlite::ErrorCode::DiskFull,
+            _ => false,
+        }
+    }
+}
+
+/// Attaches the path to an `io::Error`; a full disk is [`FeedbackError::DiskFull`].
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FeedbackError + '_ {
-    move |source| FeedbackError::Io { path: path.to_path_buf(), source }
+    move |source| {
+        let path = path.to_path_buf();
+        if is_disk_full(&source) { FeedbackError::DiskFull { path, source } } else { FeedbackError::Io { path, source } }
+    }
 }
 
 /// Lowercase hex SHA-256 of `bytes`.
@@ -73,10 +106,11 @@ fn is_stored_name(name: &str) -> bool {
     }
 }
 
-/// Content-addressed, atomically written image files.
+/// Content-addressed, atomically written image files, within a [`DiskBudget`].
 #[derive(Clone)]
 pub struct ImageStore {
     dir: PathBuf,
+    budget: Arc<DiskBudget>,
 }
 
 /// Makes temp names unique among threads of this process; the pid separates
@@ -84,16 +118,44 @@ pub struct ImageStore {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl ImageStore {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`, without a cap.
     pub fn open(dir: &Path) -> Result<Self, FeedbackError> {
+        Self::open_within(dir, DiskBudget::unbounded())
+    }
+
+    /// Opens (creating if needed) the store in `dir` within `budget`: counts
+    /// the files already there, removes leftover temp files, and evicts (or,
+    /// for a refusing budget, keeps) what exceeds a lowered cap.
+    pub fn open_within(dir: &Path, budget: DiskBudget) -> Result<Self, FeedbackError> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
-        Ok(Self { dir: dir.to_path_buf() })
+        let store = Self { dir: dir.to_path_buf(), budget: Arc::new(budget) };
+        for name in store.budget.scan(dir, is_stored_name).map_err(io_at(dir))? {
+            store.remove(&name);
+        }
+        Ok(store)
+    }
+
+    /// The budget this store writes within.
+    pub fn budget(&self) -> &DiskBudget {
+        &self.budget
+    }
+
+    /// Deletes an evicted file; one already gone is fine.
+    fn remove(&self, name: &str) {
+        let path = self.dir.join(name);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not evict an image");
+        }
     }
 
     /// Writes bytes to a unique temp file in `dir`, fsyncs, renames to `<sha256>.<ext>`; returns the file name.
     ///
-    /// If the file already exists, does nothing more (same content by
-    /// construction). `ext` must be one of png|jpg|jpeg|gif|webp|bmp (any
+    /// If the file already exists, only marks it as recently used (same
+    /// content by construction). Past the cap, [`FeedbackError::CapReached`]
+    /// or older files are evicted, as the budget says; a full disk is
+    /// [`FeedbackError::DiskFull`] and leaves nothing behind. `ext` must be one of png|jpg|jpeg|gif|webp|bmp (any
     /// case); anything else is [`FeedbackError::Invalid`]. Safe under
     /// concurrent calls with the same bytes: each writer has its own temp file,
     /// and whichever rename lands last replaces identical bytes atomically.
@@ -108,18 +170,37 @@ impl ImageStore {
         let name = format!("{}.{ext}", sha256_hex(bytes));
         let target = self.dir.join(&name);
         if target.is_file() {
+            self.budget.touch(&name);
             return Ok(name);
         }
-        let temp = self.write_temp(&name, bytes)?;
-        match temp.rename_to(&target) {
+        let reservation = self.budget.reserve(&name, bytes.len() as u64).map_err(|c| FeedbackError::CapReached { cap: c.cap })?;
+        let fresh = match reservation {
+            Reservation::Held => false,
+            Reservation::New { evict } => {
+                evict.iter().for_each(|old| self.remove(old));
+                true
+            }
+        };
+        let written = self.write_in_place(&name, &target, bytes);
+        if let Err(e) = &written {
+            if fresh {
+                self.budget.release(&name);
+            }
+            self.budget.refused(if e.is_disk_full() { "disk_full" } else { "io" });
+        }
+        written.map(|()| name)
+    }
+
+    fn write_in_place(&self, name: &str, target: &Path, bytes: &[u8]) -> Result<(), FeedbackError> {
+        let temp = self.write_temp(name, bytes)?;
+        match temp.rename_to(target) {
             Ok(()) => {}
             // A platform that will not rename over an existing file: a
             // concurrent writer of the same bytes got there first.
             Err(_) if target.is_file() => {}
-            Err(e) => return Err(io_at(&target)(e)),
+            Err(e) => return Err(io_at(target)(e)),
         }
-        sync_dir(&self.dir)?;
-        Ok(name)
+        sync_dir(&self.dir)
     }
 
     /// Creates `.<name>.<pid>.<n>.tmp` exclusively, writes and fsyncs it.
@@ -144,12 +225,17 @@ impl ImageStore {
 
     /// Path of a stored file by name, only if `name` is exactly
     /// `<64 lowercase hex>.<allowed ext>` (no path traversal) and it exists.
+    /// Marks it as recently used.
     pub fn path_of(&self, name: &str) -> Option<PathBuf> {
         if !is_stored_name(name) {
             return None;
         }
         let path = self.dir.join(name);
-        path.is_file().then_some(path)
+        let found = path.is_file();
+        if found {
+            self.budget.touch(name);
+        }
+        found.then_some(path)
     }
 
     /// Finds the stored file for a sha256 (any allowed ext).
@@ -291,8 +377,13 @@ impl FeedbackStore {
     /// power cut, not only a process crash (NORMAL in WAL mode may lose the last
     /// commits on power loss). At feedback rates that fsync costs nothing.
     pub fn open(dir: &Path) -> Result<Self, FeedbackError> {
+        Self::open_within(dir, DiskBudget::unbounded())
+    }
+
+    /// [`Self::open`], with the images kept within `budget`.
+    pub fn open_within(dir: &Path, budget: DiskBudget) -> Result<Self, FeedbackError> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let images = ImageStore::open(&dir.join("images"))?;
+        let images = ImageStore::open_within(&dir.join("images"), budget)?;
         let conn = Connection::open(dir.join("feedback.sqlite3"))?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;

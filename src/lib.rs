@@ -29,6 +29,7 @@
 //! - [`service`]: the prediction path every endpoint shares.
 //! - [`http`]: routes, handlers, the upload page, errors to responses.
 //! - [`feedback`]: durable feedback (SQLite) and content-addressed images.
+//! - [`disk`]: byte caps, LRU eviction and full-disk detection for the image stores.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`serve`]: `lens serve`; [`predict`]: `lens predict`; [`bench`]: `lens bench`.
 
@@ -36,6 +37,7 @@ pub mod batcher;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod disk;
 pub mod engine;
 pub mod feedback;
 pub mod http;
