@@ -84,7 +84,11 @@ impl FeedbackError {
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FeedbackError + '_ {
     move |source| {
         let path = path.to_path_buf();
-        if is_disk_full(&source) { FeedbackError::DiskFull { path, source } } else { FeedbackError::Io { path, source } }
+        if is_disk_full(&source) {
+            FeedbackError::DiskFull { path, source }
+        } else {
+            FeedbackError::Io { path, source }
+        }
     }
 }
 
@@ -173,7 +177,8 @@ impl ImageStore {
             self.budget.touch(&name);
             return Ok(name);
         }
-        let reservation = self.budget.reserve(&name, bytes.len() as u64).map_err(|c| FeedbackError::CapReached { cap: c.cap })?;
+        let reservation =
+            self.budget.reserve(&name, bytes.len() as u64).map_err(|c| FeedbackError::CapReached { cap: c.cap })?;
         let fresh = match reservation {
             Reservation::Held => false,
             Reservation::New { evict } => {

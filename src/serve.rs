@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::run_local;
 use crate::cache::SharedCache;
 use crate::config::{ServeArgs, available_cores};
-use crate::engine::SessionConfig;
 use crate::disk::{DiskBudget, Overflow};
+use crate::engine::SessionConfig;
 use crate::feedback::{FeedbackStore, ImageStore};
 use crate::http::auth::ApiKeys;
 use crate::http::limits::{ClientLimits, LimitsConfig};
@@ -167,7 +167,8 @@ fn access(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<(Arc<ApiKeys>, 
 /// The page's upload store and the feedback store, each within its cap.
 fn stores(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<(ImageStore, Arc<FeedbackStore>)> {
     let budget = DiskBudget::new(args.uploads_max_bytes, Overflow::EvictLru, metrics.store("uploads"));
-    let uploads = ImageStore::open_within(&args.data_dir.join("uploads"), budget).context("opening the upload store")?;
+    let uploads =
+        ImageStore::open_within(&args.data_dir.join("uploads"), budget).context("opening the upload store")?;
     let budget = DiskBudget::new(args.feedback_max_bytes, Overflow::Refuse, metrics.store("feedback"));
     let feedback =
         FeedbackStore::open_within(&args.data_dir.join("feedback"), budget).context("opening the feedback store")?;

@@ -187,7 +187,8 @@ async fn a_bare_post_to_the_page_answers_the_page_with_a_message() {
         c.post(&s.url).header("content-type", "multipart/form-data; boundary=x").body("").send().await.unwrap();
     let urlencoded = c.post(&s.url).form(&[("a", "b")]).send().await.unwrap();
     let no_file = c.post(&s.url).multipart(reqwest::multipart::Form::new().text("x", "y")).send().await.unwrap();
-    for (what, r) in [("bare", bare), ("empty multipart", empty_multipart), ("urlencoded", urlencoded), ("no file", no_file)]
+    for (what, r) in
+        [("bare", bare), ("empty multipart", empty_multipart), ("urlencoded", urlencoded), ("no file", no_file)]
     {
         assert_eq!(r.status(), 200, "{what}");
         let html = r.text().await.unwrap();
@@ -262,10 +263,9 @@ async fn past_the_caps_the_page_classifies_and_reports_lose_only_the_image() {
     assert_eq!(shown_image(&html), None, "no broken image link");
     assert!(uploads_in(&s.data_dir).is_empty(), "nothing half-written: {:?}", uploads_in(&s.data_dir));
 
-    let r = c
-        .post(format!("{}/feedback", s.url))
-        .header("accept", "application/json")
-        .multipart(form("dog.jpeg", fixture("dog.jpeg")).text("correct_label", "malamute"));
+    let r = c.post(format!("{}/feedback", s.url)).header("accept", "application/json").multipart(
+        form("dog.jpeg", fixture("dog.jpeg")).text("predicted_label", "Eskimo_dog").text("correct_label", "malamute"),
+    );
     let r = r.send().await.unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
@@ -360,7 +360,10 @@ async fn a_full_disk_never_answers_500_and_recovers_by_itself() {
         assert!(body["error"].as_str().unwrap().contains("could not be stored"), "{body}");
     }
     let temps = |dir: &Path| {
-        std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp")).count()
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+            .count()
     };
     assert_eq!(temps(&fs.dir.join("uploads")), 0, "temp files are removed");
     assert_eq!(temps(&fs.dir.join("feedback/images")), 0, "temp files are removed");

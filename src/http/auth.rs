@@ -82,11 +82,7 @@ impl ApiKeys {
     /// `fixed` keys are admin keys named `api-key-1`, `api-key-2`, ...;
     /// `file` is read now and on every [`Self::reload`].
     pub fn new(fixed: &[String], file: Option<&Path>, metrics_auth: bool) -> Result<Self, KeysError> {
-        let fixed = fixed
-            .iter()
-            .enumerate()
-            .map(|(i, key)| entry(&format!("api-key-{}", i + 1), key, true))
-            .collect();
+        let fixed = fixed.iter().enumerate().map(|(i, key)| entry(&format!("api-key-{}", i + 1), key, true)).collect();
         let keys = ApiKeys { fixed, file: file.map(Path::to_path_buf), current: RwLock::default(), metrics_auth };
         keys.reload()?;
         Ok(keys)
@@ -106,7 +102,8 @@ impl ApiKeys {
     /// Re-reads the keys file; on an error the keys in use stay. Returns the
     /// names now accepted.
     pub fn reload(&self) -> Result<Vec<Arc<str>>, KeysError> {
-        let mut all: Vec<KeyEntry> = self.fixed.iter().map(|e| KeyEntry { caller: e.caller.clone(), digest: e.digest }).collect();
+        let mut all: Vec<KeyEntry> =
+            self.fixed.iter().map(|e| KeyEntry { caller: e.caller.clone(), digest: e.digest }).collect();
         if let Some(path) = &self.file {
             all.extend(read_keys_file(path)?);
         }
@@ -311,7 +308,7 @@ mod tests {
             std::fs::write(&path, bad).unwrap();
             let e = keys.reload().unwrap_err().to_string();
             assert!(e.contains("line 1"), "{bad}: {e}");
-            assert!(!e.contains("k-") , "the message must not show a key: {e}");
+            assert!(!e.contains("k-"), "the message must not show a key: {e}");
         }
         assert!(keys.check(b"k-bob").is_some(), "a bad reload keeps the previous keys");
         std::fs::write(&path, "carol:k-carol\n").unwrap();

@@ -115,7 +115,10 @@ fn keep_image(
             Ok(name)
         } else {
             let Some((name, path)) = uploads.find(sha).and_then(|n| uploads.path_of(&n).map(|p| (n, p))) else {
-                return Some("the image is not on the server (it may have been evicted), so the report was kept without it".into());
+                return Some(
+                    "the image is not on the server (it may have been evicted), so the report was kept without it"
+                        .into(),
+                );
             };
             let ext = name.rsplit('.').next().unwrap_or("jpg").to_owned();
             std::fs::read(&path)
