@@ -387,7 +387,9 @@
         if (!resp.ok || !data.success) {
           throw new Error(data.error || `HTTP ${resp.status}`);
         }
-        status.textContent = `Thanks — report #${data.id} saved`;
+        status.textContent = data.note
+          ? `Thanks — report #${data.id} saved, but ${data.note}`
+          : `Thanks — report #${data.id} saved`;
         status.className = 'feedback-status info';
         input.readOnly = true;
         button.hidden = true;

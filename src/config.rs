@@ -151,6 +151,84 @@ pub struct ServeArgs {
     /// seconds (0: no shared cache).
     #[arg(long, env = "LENS_REDIS_CACHE_TTL_SECS", default_value_t = 3600)]
     pub redis_cache_ttl_secs: u64,
+
+    #[command(flatten)]
+    pub access: AccessArgs,
+
+    /// Most bytes the images uploaded through the page may take on disk
+    /// (each file counted in whole 4 KiB blocks); past it the least recently
+    /// used are evicted.
+    #[arg(long, env = "LENS_UPLOADS_MAX_BYTES", default_value_t = 1 << 30)]
+    pub uploads_max_bytes: u64,
+
+    /// Most bytes the images kept with feedback may take on disk; past it,
+    /// reports are stored without their image (and the answer says so).
+    #[arg(long, env = "LENS_FEEDBACK_MAX_BYTES", default_value_t = 1 << 30)]
+    pub feedback_max_bytes: u64,
+}
+
+/// An API key from the command line or `LENS_API_KEY`; its `Debug` hides it.
+#[derive(Clone)]
+pub struct ApiKey(pub String);
+
+impl std::str::FromStr for ApiKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let key = s.trim();
+        if key.is_empty() || key.contains(|c: char| c.is_whitespace() || c == ':') {
+            return Err("an API key must be non-empty, without spaces or `:`".into());
+        }
+        Ok(ApiKey(key.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<hidden>)")
+    }
+}
+
+/// Who may call `lens serve`, and how much each client may ask of it.
+#[derive(Debug, Clone, Args)]
+pub struct AccessArgs {
+    /// An API key (repeatable; `LENS_API_KEY` takes a comma-separated list).
+    /// Once any key is set, every endpoint but /health/* needs it, as
+    /// `Authorization: Bearer KEY` or HTTP Basic with KEY as the password.
+    /// These keys are admin keys.
+    #[arg(long = "api-key", env = "LENS_API_KEY", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<ApiKey>,
+
+    /// A file of API keys, one `name:key[:admin]` per line (`#` comments);
+    /// reloaded on SIGHUP. Giving it turns authentication on.
+    #[arg(long, env = "LENS_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// With keys: /metrics needs a key too (by default it stays open).
+    #[arg(long, env = "LENS_METRICS_AUTH")]
+    pub metrics_auth: bool,
+
+    /// Requests per second each client may make (a token bucket per API key,
+    /// or per client IP when keys are off); beyond it, 429 with Retry-After.
+    #[arg(long, env = "LENS_RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
+
+    /// Bucket size of --rate-limit: requests a client may make at once
+    /// after a quiet spell; default: one second's worth.
+    #[arg(long, env = "LENS_RATE_BURST", value_parser = clap::value_parser!(u32).range(1..), requires = "rate_limit")]
+    pub rate_burst: Option<u32>,
+
+    /// Requests one client may have in flight at once; beyond it, 429.
+    #[arg(long, env = "LENS_MAX_INFLIGHT_PER_CLIENT", value_parser = at_least_one())]
+    pub max_inflight_per_client: Option<usize>,
+
+    /// Most clients the limits track at once; beyond it, new clients share one bucket.
+    #[arg(long, env = "LENS_MAX_CLIENTS", value_parser = at_least_one(), default_value_t = 65_536)]
+    pub max_clients: usize,
+
+    /// Identify clients by the last address in X-Forwarded-For (the one your
+    /// reverse proxy adds). Only behind a proxy that sets it.
+    #[arg(long, env = "LENS_TRUST_PROXY")]
+    pub trust_proxy: bool,
 }
 
 /// Redis settings shared by `lens serve --redis` and `lens worker`. Its

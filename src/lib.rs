@@ -36,6 +36,7 @@
 //! - [`engine`]: the model session behind the synchronous [`engine::Classifier`] trait.
 //! - [`feedback`]: durable feedback (SQLite), content-addressed images, review
 //!   decisions and the CSV / JSON Lines / ImageFolder exports.
+//! - [`disk`]: byte caps, LRU eviction and full-disk detection for the image stores.
 //! - [`ranking`]: probabilities to ranked, labelled answers.
 //! - [`job`]: a job, its input and its answer, whatever queue carries it.
 //! - [`preprocess`]: hostile-input-safe decode, EXIF orientation, crop and resize.
@@ -47,6 +48,7 @@ pub mod batcher;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod disk;
 pub mod engine;
 pub mod feedback;
 pub mod http;

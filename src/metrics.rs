@@ -37,6 +37,42 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    pub store: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreReason {
+    pub store: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabel {
+    /// The key's name, never the key.
+    pub key: String,
+}
+
+/// The metrics of one on-disk image store, kept by the store itself.
+#[derive(Clone, Default)]
+pub struct StoreMetrics {
+    /// Bytes charged (whole 4 KiB blocks per file).
+    pub bytes: Gauge,
+    pub files: Gauge,
+    pub cap_bytes: Gauge,
+    pub evictions: Counter,
+    /// Writes refused, by reason (`cap`, `disk_full`, `io`).
+    pub refused: Family<StoreReason, Counter>,
+    pub store: &'static str,
+}
+
+impl StoreMetrics {
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&StoreReason { store: self.store, reason }).inc();
+    }
+}
+
 /// Pipeline stages timed by [`Metrics::stage`].
 pub const DECODE: &str = "decode";
 pub const QUEUE_WAIT: &str = "queue_wait";
@@ -67,6 +103,17 @@ pub struct Metrics {
     pub rejected: Family<Reason, Counter>,
     /// Jobs dropped before inference: deadline passed or client gone.
     pub dropped_jobs: Family<Reason, Counter>,
+    /// Requests let in, by the API key's name.
+    pub key_requests: Family<KeyLabel, Counter>,
+    /// API keys currently loaded.
+    pub api_keys: Gauge,
+    /// Clients the per-client limits track.
+    pub tracked_clients: Gauge,
+    store_bytes: Family<StoreLabel, Gauge>,
+    store_files: Family<StoreLabel, Gauge>,
+    store_cap: Family<StoreLabel, Gauge>,
+    store_evictions: Family<StoreLabel, Counter>,
+    store_refused: Family<StoreReason, Counter>,
 }
 
 impl Default for Metrics {
@@ -90,6 +137,14 @@ impl Metrics {
             coalesced: Counter::default(),
             rejected: Family::default(),
             dropped_jobs: Family::default(),
+            key_requests: Family::default(),
+            api_keys: Gauge::default(),
+            tracked_clients: Gauge::default(),
+            store_bytes: Family::default(),
+            store_files: Family::default(),
+            store_cap: Family::default(),
+            store_evictions: Family::default(),
+            store_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register("http_requests", "HTTP requests by route and status", m.requests.clone());
@@ -107,12 +162,37 @@ impl Metrics {
         );
         registry.register("rejected_requests", "Requests refused, by reason", m.rejected.clone());
         registry.register("dropped_jobs", "Jobs dropped before inference, by reason", m.dropped_jobs.clone());
+        registry.register("key_requests", "Requests let in, by API key name", m.key_requests.clone());
+        registry.register("api_keys", "API keys loaded", m.api_keys.clone());
+        registry.register("tracked_clients", "Clients tracked by the per-client limits", m.tracked_clients.clone());
+        registry.register("store_bytes", "Bytes an image store takes (whole 4 KiB blocks)", m.store_bytes.clone());
+        registry.register("store_files", "Files in an image store", m.store_files.clone());
+        registry.register("store_cap_bytes", "An image store's cap in bytes", m.store_cap.clone());
+        registry.register("store_evictions", "Images evicted to stay under the cap", m.store_evictions.clone());
+        registry.register("store_refused_writes", "Images not stored, by reason", m.store_refused.clone());
         Metrics { registry, ..m }
     }
 
     /// The queue depth gauge of `model`, for its queue to keep.
     pub fn queue_depth(&self, model: &str) -> Gauge {
         self.queue_depth.get_or_create(&ModelLabel { model: model.to_owned() }).clone()
+    }
+
+    /// The metrics of the image store `store`, for the store to keep.
+    pub fn store(&self, store: &'static str) -> StoreMetrics {
+        let label = StoreLabel { store };
+        StoreMetrics {
+            bytes: self.store_bytes.get_or_create(&label).clone(),
+            files: self.store_files.get_or_create(&label).clone(),
+            cap_bytes: self.store_cap.get_or_create(&label).clone(),
+            evictions: self.store_evictions.get_or_create(&label).clone(),
+            refused: self.store_refused.clone(),
+            store,
+        }
+    }
+
+    pub fn key_request(&self, key: &str) {
+        self.key_requests.get_or_create(&KeyLabel { key: key.to_owned() }).inc();
     }
 
     pub fn stage(&self, stage: &'static str, d: Duration) {

@@ -21,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 use crate::batcher::{BatchConfig, run_local};
 use crate::cache::SharedCache;
 use crate::config::{ServeArgs, available_cores};
+use crate::disk::{DiskBudget, Overflow};
 use crate::engine::SessionConfig;
 use crate::feedback::{FeedbackStore, ImageStore};
+use crate::http::auth::ApiKeys;
+use crate::http::limits::{ClientLimits, LimitsConfig};
 use crate::http::{AppState, Limits, Models};
 use crate::metrics::Metrics;
 use crate::model::ModelDir;
@@ -59,6 +62,12 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
     // Every Redis setting is checked before any model loads: a typo fails at once.
     let redis = args.redis.client()?;
     let metrics = Arc::new(Metrics::new());
+    // Checked before any model loads, so a bad keys file costs no start-up.
+    let (keys, client_limits) = access(&args, &metrics)?;
+    let (uploads, feedback) = stores(&args, &metrics)?;
+    if keys.enabled() {
+        tokio::spawn(crate::http::auth::reload_on_hangup(Arc::clone(&keys), Arc::clone(&metrics), shutdown.clone()));
+    }
     let batcher_stop = CancellationToken::new();
     let redis_stop = CancellationToken::new();
     let mut dirs = vec![args.model.model.clone()];
@@ -91,17 +100,19 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
     let state = AppState {
         models,
         metrics,
-        feedback: Arc::new(FeedbackStore::open(&args.data_dir.join("feedback")).context("opening the feedback store")?),
+        feedback,
         feedback_mirror: match &redis {
             Some(client) => Some(Arc::new(FeedbackMirror::new(client)?)),
             None => None,
         },
-        uploads: ImageStore::open(&args.data_dir.join("uploads")).context("opening the upload store")?,
+        uploads,
         limits: Limits {
             body_bytes: args.body_limit,
             max_parts: args.max_parts,
             request_timeout: Duration::from_secs_f64(args.request_timeout_secs),
         },
+        keys,
+        client_limits,
     };
     tracing::info!(addr = %listener.local_addr()?, "serving");
     let stop = shutdown.clone();
@@ -124,6 +135,54 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// The API keys and per-client limits, logged by name and setting.
+fn access(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<(Arc<ApiKeys>, Arc<ClientLimits>)> {
+    let a = &args.access;
+    let fixed: Vec<String> = a.api_keys.iter().map(|k| k.0.clone()).collect();
+    let keys = ApiKeys::new(&fixed, a.api_keys_file.as_deref(), a.metrics_auth).context("loading the API keys")?;
+    metrics.api_keys.set(keys.len() as i64);
+    if keys.enabled() {
+        tracing::info!(keys = keys.len(), metrics_auth = a.metrics_auth, "API keys required");
+    } else {
+        tracing::warn!("no API key set: every endpoint is open to anyone who can reach it");
+    }
+    let cfg = LimitsConfig {
+        rate_per_sec: a.rate_limit,
+        burst: a.rate_burst,
+        max_inflight: a.max_inflight_per_client,
+        max_clients: a.max_clients,
+        trust_proxy: a.trust_proxy,
+    };
+    let limits = ClientLimits::new(cfg).map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        rate_per_sec = ?a.rate_limit,
+        burst = ?a.rate_burst,
+        max_inflight_per_client = ?a.max_inflight_per_client,
+        trust_proxy = a.trust_proxy,
+        "per-client limits"
+    );
+    Ok((Arc::new(keys), Arc::new(limits)))
+}
+
+/// The page's upload store and the feedback store, each within its cap.
+fn stores(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<(ImageStore, Arc<FeedbackStore>)> {
+    let budget = DiskBudget::new(args.uploads_max_bytes, Overflow::EvictLru, metrics.store("uploads"));
+    let uploads =
+        ImageStore::open_within(&args.data_dir.join("uploads"), budget).context("opening the upload store")?;
+    let budget = DiskBudget::new(args.feedback_max_bytes, Overflow::Refuse, metrics.store("feedback"));
+    let feedback =
+        FeedbackStore::open_within(&args.data_dir.join("feedback"), budget).context("opening the feedback store")?;
+    tracing::info!(
+        uploads_max_bytes = args.uploads_max_bytes,
+        uploads_used = uploads.budget().used(),
+        feedback_max_bytes = args.feedback_max_bytes,
+        feedback_used = feedback.images().budget().used(),
+        data_dir = %args.data_dir.display(),
+        "disk caps"
+    );
+    Ok((uploads, Arc::new(feedback)))
 }
 
 async fn start_model(

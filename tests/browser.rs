@@ -1,8 +1,10 @@
 //! The upload page in a real browser: starts the real `lens serve` on port 0,
 //! runs the Playwright tests in `tests/browser/page.test.mjs` against it with
 //! Debian's chromium, then checks through `lens feedback export` that the
-//! reports the browser sent were stored with their images; and the review
-//! page (`tests/browser/review.test.mjs`) with JavaScript off and on.
+//! reports the browser sent were stored with their images; the review page
+//! (`tests/browser/review.test.mjs`) with JavaScript off and on; and
+//! `tests/browser/auth.test.mjs` against a server behind an API key (HTTP
+//! Basic credentials in the browser).
 //!
 //! Needs `node`, `npm` and `/usr/bin/chromium` (`make test-deps` installs
 //! them); it fails, never skips, when they are missing.
@@ -30,10 +32,11 @@ struct Server {
 }
 
 impl Server {
-    fn start(data_dir: &Path) -> Server {
+    fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lens"))
             .args(["serve", "--addr", "127.0.0.1:0", "--body-limit", BODY_LIMIT, "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .current_dir(root())
             // Warnings only, unless the caller asks for more.
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -192,19 +195,14 @@ fn assert_exported(export: &Path, sent: &[SentReport]) {
 
 #[test]
 fn the_upload_page_works_in_a_real_browser() {
-    require_tool("node", "--version");
-    require_tool("npm", "--version");
-    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run `make test-deps`");
-    let browser_dir = root().join("tests/browser");
-    ensure_node_modules(&browser_dir);
-
+    let browser_dir = browser_dir();
     let out: PathBuf = root().join("target/test-output");
     std::fs::create_dir_all(&out).unwrap();
     for stale in ["feedback.json", "result-page.png", "result-page-narrow.png", "result-page-nojs.png"] {
         let _ = std::fs::remove_file(out.join(stale));
     }
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path());
+    let server = Server::start(data.path(), &[]);
 
     let status = Command::new("node")
         .args(["--test", "--test-reporter=spec", "page.test.mjs"])
@@ -233,6 +231,38 @@ fn the_upload_page_works_in_a_real_browser() {
 
     let png = std::fs::read(out.join("result-page.png")).expect("no result-page.png screenshot");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "result-page.png is not a PNG");
+}
+
+/// Checks the tools and installs playwright-core; returns `tests/browser`.
+fn browser_dir() -> PathBuf {
+    require_tool("node", "--version");
+    require_tool("npm", "--version");
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run `make test-deps`");
+    let dir = root().join("tests/browser");
+    ensure_node_modules(&dir);
+    dir
+}
+
+#[test]
+fn the_upload_page_works_behind_an_api_key_in_a_real_browser() {
+    const KEY: &str = "browser-test-key-0123456789";
+    let browser_dir = browser_dir();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &["--api-key", KEY]);
+    // The health probe used to wait for readiness is open; the page is not.
+    assert_eq!(http_status(&server.url, "/"), Some(401));
+    let status = Command::new("node")
+        .args(["--test", "--test-reporter=spec", "auth.test.mjs"])
+        .current_dir(&browser_dir)
+        .env("LENS_URL", &server.url)
+        .env("LENS_API_KEY", KEY)
+        .status()
+        .expect("could not run node");
+    assert!(status.success(), "browser tests behind a key failed (see the output above)");
+    server.stop();
+    let store = lens::feedback::FeedbackStore::open(&data.path().join("feedback")).unwrap();
+    let rows = store.list().unwrap();
+    assert!(rows.iter().any(|(_, _, r)| r.correct_label.as_deref() == Some("malamute") && r.image_file.is_some()));
 }
 
 #[test]

@@ -1,15 +1,23 @@
 //! [`ImageStore`]: image files stored content-addressed as `<sha256>.<ext>`,
 //! written atomically (temp file in the same directory, fsync, rename), so a
 //! reader sees either no file or the whole file, never a partial one.
+//!
+//! Each store keeps a [`DiskBudget`]: page uploads evict the least recently
+//! used image past their cap; feedback images are refused past theirs (the
+//! report is still stored, without the image). A full disk (ENOSPC, EDQUOT)
+//! is [`FeedbackError::DiskFull`]: the temp file is removed, nothing is
+//! visible, and the next write simply tries again.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
 use super::{FeedbackError, io_at};
+use crate::disk::{DiskBudget, Reservation};
 use crate::preprocess::IMAGE_EXTENSIONS;
 
 /// Lowercase hex SHA-256 of `bytes`.
@@ -30,10 +38,11 @@ fn is_stored_name(name: &str) -> bool {
     }
 }
 
-/// Content-addressed, atomically written image files.
+/// Content-addressed, atomically written image files, within a [`DiskBudget`].
 #[derive(Clone)]
 pub struct ImageStore {
     pub(super) dir: PathBuf,
+    budget: Arc<DiskBudget>,
 }
 
 /// Makes temp names unique among threads of this process; the pid separates
@@ -41,16 +50,44 @@ pub struct ImageStore {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl ImageStore {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`, without a cap.
     pub fn open(dir: &Path) -> Result<Self, FeedbackError> {
+        Self::open_within(dir, DiskBudget::unbounded())
+    }
+
+    /// Opens (creating if needed) the store in `dir` within `budget`: counts
+    /// the files already there, removes leftover temp files, and evicts (or,
+    /// for a refusing budget, keeps) what exceeds a lowered cap.
+    pub fn open_within(dir: &Path, budget: DiskBudget) -> Result<Self, FeedbackError> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
-        Ok(Self { dir: dir.to_path_buf() })
+        let store = Self { dir: dir.to_path_buf(), budget: Arc::new(budget) };
+        for name in store.budget.scan(dir, is_stored_name).map_err(io_at(dir))? {
+            store.remove(&name);
+        }
+        Ok(store)
+    }
+
+    /// The budget this store writes within.
+    pub fn budget(&self) -> &DiskBudget {
+        &self.budget
+    }
+
+    /// Deletes an evicted file; one already gone is fine.
+    fn remove(&self, name: &str) {
+        let path = self.dir.join(name);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not evict an image");
+        }
     }
 
     /// Writes bytes to a unique temp file in `dir`, fsyncs, renames to `<sha256>.<ext>`; returns the file name.
     ///
-    /// If the file already exists, does nothing more (same content by
-    /// construction). `ext` must be one of png|jpg|jpeg|gif|webp|bmp (any
+    /// If the file already exists, only marks it as recently used (same
+    /// content by construction). Past the cap, [`FeedbackError::CapReached`]
+    /// or older files are evicted, as the budget says; a full disk is
+    /// [`FeedbackError::DiskFull`] and leaves nothing behind. `ext` must be one of png|jpg|jpeg|gif|webp|bmp (any
     /// case); anything else is [`FeedbackError::Invalid`]. Safe under
     /// concurrent calls with the same bytes: each writer has its own temp file,
     /// and whichever rename lands last replaces identical bytes atomically.
@@ -65,18 +102,38 @@ impl ImageStore {
         let name = format!("{}.{ext}", sha256_hex(bytes));
         let target = self.dir.join(&name);
         if target.is_file() {
+            self.budget.touch(&name);
             return Ok(name);
         }
-        let temp = self.write_temp(&name, bytes)?;
-        match temp.rename_to(&target) {
+        let reservation =
+            self.budget.reserve(&name, bytes.len() as u64).map_err(|c| FeedbackError::CapReached { cap: c.cap })?;
+        let fresh = match reservation {
+            Reservation::Held => false,
+            Reservation::New { evict } => {
+                evict.iter().for_each(|old| self.remove(old));
+                true
+            }
+        };
+        let written = self.write_in_place(&name, &target, bytes);
+        if let Err(e) = &written {
+            if fresh {
+                self.budget.release(&name);
+            }
+            self.budget.refused(if e.is_disk_full() { "disk_full" } else { "io" });
+        }
+        written.map(|()| name)
+    }
+
+    fn write_in_place(&self, name: &str, target: &Path, bytes: &[u8]) -> Result<(), FeedbackError> {
+        let temp = self.write_temp(name, bytes)?;
+        match temp.rename_to(target) {
             Ok(()) => {}
             // A platform that will not rename over an existing file: a
             // concurrent writer of the same bytes got there first.
             Err(_) if target.is_file() => {}
-            Err(e) => return Err(io_at(&target)(e)),
+            Err(e) => return Err(io_at(target)(e)),
         }
-        sync_dir(&self.dir)?;
-        Ok(name)
+        sync_dir(&self.dir)
     }
 
     /// Creates `.<name>.<pid>.<n>.tmp` exclusively, writes and fsyncs it.
@@ -101,12 +158,17 @@ impl ImageStore {
 
     /// Path of a stored file by name, only if `name` is exactly
     /// `<64 lowercase hex>.<allowed ext>` (no path traversal) and it exists.
+    /// Marks it as recently used.
     pub fn path_of(&self, name: &str) -> Option<PathBuf> {
         if !is_stored_name(name) {
             return None;
         }
         let path = self.dir.join(name);
-        path.is_file().then_some(path)
+        let found = path.is_file();
+        if found {
+            self.budget.touch(name);
+        }
+        found.then_some(path)
     }
 
     /// Finds the stored file for a sha256 (any allowed ext).

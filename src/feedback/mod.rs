@@ -28,6 +28,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, params};
 
+use crate::disk::{DiskBudget, is_disk_full};
+
 pub use export::{ExportFormat, ExportSummary, Exporter, ImageSource};
 use images::is_sha256_hex;
 pub use images::{ImageStore, sha256_hex};
@@ -50,11 +52,41 @@ pub enum FeedbackError {
     /// The caller's input was rejected; the message says which field and why.
     #[error("invalid feedback: {0}")]
     Invalid(String),
+    /// The store is at its byte cap (see [`DiskBudget`]).
+    #[error("the image store is at its cap of {cap} bytes")]
+    CapReached { cap: u64 },
+    /// The disk is full or over quota at `path`.
+    #[error("no space left on the disk at {path}: {source}")]
+    DiskFull { path: PathBuf, source: io::Error },
 }
 
-/// Attaches the path to an `io::Error`.
+impl FeedbackError {
+    /// True when the storage, not the input, is at fault: cap reached, disk
+    /// full, or any I/O or database failure.
+    pub fn is_storage(&self) -> bool {
+        !matches!(self, FeedbackError::Invalid(_) | FeedbackError::NotFound(_))
+    }
+
+    /// True for a full disk, whether the file system or SQLite said so.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            FeedbackError::DiskFull { .. } => true,
+            FeedbackError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => e.code == rusqlite::ErrorCode::DiskFull,
+            _ => false,
+        }
+    }
+}
+
+/// Attaches the path to an `io::Error`; a full disk is [`FeedbackError::DiskFull`].
 pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FeedbackError + '_ {
-    move |source| FeedbackError::Io { path: path.to_path_buf(), source }
+    move |source| {
+        let path = path.to_path_buf();
+        if is_disk_full(&source) {
+            FeedbackError::DiskFull { path, source }
+        } else {
+            FeedbackError::Io { path, source }
+        }
+    }
 }
 
 /// One "report incorrect answer" submission.
@@ -160,8 +192,13 @@ impl FeedbackStore {
     /// power cut, not only a process crash (NORMAL in WAL mode may lose the last
     /// commits on power loss). At feedback rates that fsync costs nothing.
     pub fn open(dir: &Path) -> Result<Self, FeedbackError> {
+        Self::open_within(dir, DiskBudget::unbounded())
+    }
+
+    /// [`Self::open`], with the images kept within `budget`.
+    pub fn open_within(dir: &Path, budget: DiskBudget) -> Result<Self, FeedbackError> {
         fs::create_dir_all(dir).map_err(io_at(dir))?;
-        let images = ImageStore::open(&dir.join("images"))?;
+        let images = ImageStore::open_within(&dir.join("images"), budget)?;
         let conn = Connection::open(dir.join("feedback.sqlite3"))?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;

@@ -32,6 +32,16 @@ pub enum ApiError {
     UnknownModel(String),
     #[error(transparent)]
     Predict(#[from] PredictError),
+    #[error("an API key is required: send `Authorization: Bearer <key>` (or HTTP Basic with the key as password)")]
+    Unauthorized,
+    #[error("this endpoint needs an admin key")]
+    Forbidden,
+    #[error("too many requests from this client: retry in {0} s")]
+    RateLimited(u64),
+    #[error("this client already has {0} requests in flight: wait for one to finish")]
+    ClientBusy(usize),
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("internal error; the details are in the server log")]
     Internal(String),
 }
@@ -53,6 +63,10 @@ impl ApiError {
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::RateLimited(_) | ApiError::ClientBusy(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Predict(e) => match e {
                 PredictError::BadImage(ImageError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -76,6 +90,11 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::UnknownModel(_) => "unknown_model",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::ClientBusy(_) => "client_busy",
+            ApiError::InsufficientStorage(_) => "insufficient_storage",
             ApiError::Internal(_) => "internal",
             ApiError::Predict(e) => e.reason(),
         }
@@ -84,7 +103,8 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::Predict(PredictError::Overloaded { retry_after_secs }) => Some(*retry_after_secs),
-            ApiError::Predict(PredictError::Unavailable(_)) => Some(1),
+            ApiError::Predict(PredictError::Unavailable(_)) | ApiError::ClientBusy(_) => Some(1),
+            ApiError::RateLimited(secs) => Some(*secs),
             _ => None,
         }
     }
@@ -109,6 +129,9 @@ impl IntoResponse for ApiError {
         response.extensions_mut().insert(Rejected(self.reason()));
         if let Some(secs) = self.retry_after() {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"lens\""));
         }
         response
     }

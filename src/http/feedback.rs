@@ -5,6 +5,11 @@
 //! `correct_label`), urlencoded or multipart; a multipart `file` part keeps
 //! the image. Without one, the image is taken from the page's upload store
 //! when its hash is known.
+//!
+//! When the image cannot be kept (the feedback store's cap, a full disk, or
+//! an upload already evicted), the report is stored without it and the
+//! answer says so (`image_kept: false` and a `note`). When even the text
+//! cannot be stored, the answer is 507, never a 500.
 
 use axum::Json;
 use axum::extract::{FromRequest, Multipart, Request, State};
@@ -14,9 +19,9 @@ use serde_json::json;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::form::{check_upload, read_form};
+use super::form::{Upload, check_upload, read_form};
 use super::render::{self, MessageKind, PageView};
-use crate::feedback::FeedbackRecord;
+use crate::feedback::{FeedbackError, FeedbackRecord, FeedbackStore, ImageStore, sha256_hex};
 
 /// `GET /feedback`: the page, as the original answered.
 #[utoipa::path(get, path = "/feedback", tag = "feedback", responses((status = 200, description = "The upload page, as the original answered.", content_type = "text/html")))]
@@ -61,28 +66,20 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
     let store = state.feedback.clone();
     let uploads = state.uploads.clone();
     let upload = file.filter(|(_, b)| !b.is_empty()).map(|f| check_upload(Some(f))).transpose()?;
-    let (id, record) = tokio::task::spawn_blocking(move || {
-        if let Some(u) = upload {
-            record.image_file = Some(store.images().put(&u.bytes, &u.ext)?);
-            record.image_sha256 = Some(crate::feedback::sha256_hex(&u.bytes));
-        } else if let Some((name, path)) = record
-            .image_sha256
-            .as_deref()
-            .and_then(|h| uploads.find(h))
-            .and_then(|name| uploads.path_of(&name).map(|path| (name, path)))
-        {
-            let bytes = std::fs::read(&path)
-                .map_err(|source| crate::feedback::FeedbackError::Io { path: path.clone(), source })?;
-            let ext = name.rsplit('.').next().unwrap_or("jpg").to_owned();
-            record.image_file = Some(store.images().put(&bytes, &ext)?);
-        }
-        store.record(&record).map(|id| (id, record))
+    let (id, record, note) = tokio::task::spawn_blocking(move || {
+        let note = keep_image(&store, &uploads, &mut record, upload);
+        store.record(&record).map(|id| (id, record, note))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(|e| match e {
-        crate::feedback::FeedbackError::Invalid(m) => ApiError::BadRequest(m),
-        other => ApiError::Internal(other.to_string()),
+        FeedbackError::Invalid(m) => ApiError::BadRequest(m),
+        other => {
+            tracing::error!(error = %other, "feedback not stored");
+            ApiError::InsufficientStorage(
+                "the report could not be stored: the server's storage is full or failing; try again later".into(),
+            )
+        }
     })?;
     if let Some(mirror) = &state.feedback_mirror {
         let image = match record.image_file.as_deref().and_then(|f| state.feedback.images().path_of(f)) {
@@ -91,16 +88,72 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
         };
         mirror.push(id, &record, image).await;
     }
+    let image_kept = record.image_file.is_some();
     if wants_json {
-        return Ok(Json(json!({"success": true, "id": id})).into_response());
+        let mut body = json!({"success": true, "id": id, "image_kept": image_kept});
+        if let Some(note) = &note {
+            body["note"] = json!(note);
+        }
+        return Ok(Json(body).into_response());
     }
-    let message = format!("Thanks — report #{id} saved");
+    let message = match &note {
+        Some(note) => format!("Thanks — report #{id} saved, but {note}"),
+        None => format!("Thanks — report #{id} saved"),
+    };
     let view = PageView {
         model: state.models.default_model().name(),
         result: None,
         message: Some((MessageKind::Info, &message)),
     };
     Ok(Html(render::render(&view)).into_response())
+}
+
+/// Stores the report's image in the feedback store: the uploaded `file`, or
+/// else the page upload with the report's hash. Returns why it was not kept,
+/// if an image was offered and could not be.
+fn keep_image(
+    store: &FeedbackStore,
+    uploads: &ImageStore,
+    record: &mut FeedbackRecord,
+    upload: Option<Upload>,
+) -> Option<String> {
+    let put = if let Some(u) = upload {
+        record.image_sha256 = Some(sha256_hex(&u.bytes));
+        store.images().put(&u.bytes, &u.ext)
+    } else {
+        let sha = record.image_sha256.as_deref()?;
+        if let Some(name) = store.images().find(sha) {
+            // Already kept for an earlier report.
+            Ok(name)
+        } else {
+            let Some((name, path)) = uploads.find(sha).and_then(|n| uploads.path_of(&n).map(|p| (n, p))) else {
+                return Some(
+                    "the image is not on the server (it may have been evicted), so the report was kept without it"
+                        .into(),
+                );
+            };
+            let ext = name.rsplit('.').next().unwrap_or("jpg").to_owned();
+            std::fs::read(&path)
+                .map_err(|source| FeedbackError::Io { path, source })
+                .and_then(|bytes| store.images().put(&bytes, &ext))
+        }
+    };
+    match put {
+        Ok(name) => {
+            record.image_file = Some(name);
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "feedback image not kept");
+            Some(match e {
+                FeedbackError::CapReached { .. } => {
+                    "the feedback image store is full, so the report was kept without its image".into()
+                }
+                e if e.is_disk_full() => "the server's disk is full, so the report was kept without its image".into(),
+                _ => "the image could not be stored, so the report was kept without it".into(),
+            })
+        }
+    }
 }
 
 /// Builds a record from form fields. `report` may hold a JSON object with

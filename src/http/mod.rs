@@ -9,11 +9,18 @@
 //! - [`review`]: the review page, `/review` (accept, relabel or reject reports).
 //! - [`render`]: the server-rendered HTML and its embedded assets;
 //!   [`review_html`] the review page's.
+//! - [`auth`]: API keys, and which paths need an admin key.
+//! - [`limits`]: per-client rate and in-flight limits.
 //! - [`error`]: the one mapping from errors to HTTP responses.
+//!
+//! Middleware, outermost first: security headers, the request log and
+//! metrics, API keys, per-client limits, the body limit.
 
+pub mod auth;
 pub mod error;
 pub mod feedback;
 pub mod form;
+pub mod limits;
 pub mod ops;
 pub mod page;
 pub mod predict;
@@ -24,6 +31,7 @@ pub mod v2;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,6 +92,10 @@ pub struct AppState {
     /// Images uploaded through the page, shown back at `/uploads/<sha256>.<ext>`.
     pub uploads: ImageStore,
     pub limits: Limits,
+    /// API keys; [`auth::ApiKeys::off`] leaves everything open.
+    pub keys: Arc<auth::ApiKeys>,
+    /// Per-client rate and in-flight limits.
+    pub client_limits: Arc<limits::ClientLimits>,
 }
 
 /// The API reference's front matter; the paths come from the handlers.
@@ -133,6 +145,8 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(serve_doc))
         .merge(v2::routes())
         .layer(DefaultBodyLimit::max(state.limits.body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
@@ -148,7 +162,10 @@ pub async fn serve(
     let timeout = state.limits.request_timeout;
     let router = app(state)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(axum::http::StatusCode::GATEWAY_TIMEOUT, timeout));
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    // The peer address is what per-client limits count by when keys are off.
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Stage timings a handler attaches to its response, for the request log.
@@ -174,9 +191,12 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         state.metrics.reject(reason);
     }
     let stages = response.extensions().get::<StageTimes>().copied().unwrap_or_default();
+    // The key's name, never the key.
+    let key = response.extensions().get::<auth::Caller>().map(|c| c.name.clone());
     tracing::info!(
         %method,
         route,
+        key = key.as_deref().unwrap_or("-"),
         status = status.as_u16(),
         ms = elapsed.as_secs_f64() * 1000.0,
         decode_ms = stages.decode_ms,

@@ -21,7 +21,9 @@ pub async fn show(State(state): State<AppState>) -> Html<String> {
 }
 
 /// `POST /`: the no-JavaScript upload. Errors are shown on the page (with
-/// the error's status code); no file shows the form with a message.
+/// the error's status code); no file, or no multipart body at all, shows the
+/// form with a message as a 200, as the original did. An image that cannot
+/// be kept (cap or disk full) is still classified; the page says so.
 #[utoipa::path(post, path = "/", tag = "page", request_body(content_type = "multipart/form-data", description = "The image in the field `file`."), responses((status = 200, description = "The page with the image, `Predicted class` and `Score`, and the report form; with no file, the form and a message.", content_type = "text/html"), (status = 400, description = "A bad image, shown on the page.", content_type = "text/html")))]
 pub async fn upload(
     State(state): State<AppState>,
@@ -44,8 +46,14 @@ pub async fn upload(
         response
     };
     let upload = async {
-        let form = form.map_err(|e| ApiError::BadMultipart(e.body_text()))?;
-        check_upload(read_form(form, &state.limits, &mut Vec::new()).await?)
+        // Not a multipart request at all (a bare POST): a form with no file.
+        let form = form.map_err(|_| ApiError::NoFile)?;
+        // A body that is not a readable form counts as no file, too.
+        let file = read_form(form, &state.limits, &mut Vec::new()).await.map_err(|e| match e {
+            ApiError::BadMultipart(_) => ApiError::NoFile,
+            other => other,
+        })?;
+        check_upload(file)
     };
     let upload = match upload.await {
         Ok(u) => u,
@@ -59,24 +67,31 @@ pub async fn upload(
     let uploads = state.uploads.clone();
     let (bytes, ext) = (upload.bytes, upload.ext);
     let stored = tokio::task::spawn_blocking(move || uploads.put(&bytes, &ext)).await;
-    let image_name = match stored {
-        Ok(Ok(name)) => name,
-        Ok(Err(e)) => return render_error(ApiError::Internal(e.to_string())),
-        Err(e) => return render_error(ApiError::Internal(e.to_string())),
+    let image_url = match stored {
+        Ok(Ok(name)) => Some(format!("/uploads/{name}")),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "page upload not kept");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "storing a page upload panicked");
+            None
+        }
     };
+    let not_kept = "Classified, but the image was not kept (the server's storage is full): \
+                    a report will be saved without it.";
     let top: Vec<ClassScore> = ranked(&answer.scores, &predictor.model.labels, 5);
-    let image_url = format!("/uploads/{image_name}");
     let view = PageView {
         model,
         result: Some(PageResult {
-            image_url: &image_url,
+            image_url: image_url.as_deref(),
             filename: &upload.filename,
             sha256: &answer.sha256,
             top: &top,
             cached: answer.cached,
             elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
         }),
-        message: None,
+        message: image_url.is_none().then_some((MessageKind::Info, not_kept)),
     };
     with_stages(Html(render::render(&view)).into_response(), &answer)
 }

@@ -43,8 +43,9 @@ pub enum MessageKind {
 
 /// One classified upload.
 pub struct PageResult<'a> {
-    /// Where the uploaded image is served, e.g. `/uploads/<sha256>.jpg`.
-    pub image_url: &'a str,
+    /// Where the uploaded image is served, e.g. `/uploads/<sha256>.jpg`;
+    /// `None` when it could not be kept (storage full).
+    pub image_url: Option<&'a str>,
     /// The name the client gave the file: hostile, always escaped.
     pub filename: &'a str,
     /// Hex SHA-256 of the uploaded bytes.
@@ -168,12 +169,14 @@ aria-describedby=\"file-hint\">\n\
 
 fn render_result(out: &mut String, r: &PageResult) {
     let filename = escape_html(r.filename);
+    let image = match r.image_url {
+        Some(url) => format!("<img src=\"{}\" alt=\"The uploaded image\">", escape_html(url)),
+        None => "<p class=\"not-kept\">The image was not kept on the server.</p>".to_owned(),
+    };
     let _ = write!(
         out,
         "<h2 id=\"result-heading\">Result</h2>\n\
-<figure class=\"uploaded\"><img src=\"{}\" alt=\"The uploaded image\">\
-<figcaption class=\"filename\">{filename}</figcaption></figure>\n",
-        escape_html(r.image_url)
+<figure class=\"uploaded\">{image}<figcaption class=\"filename\">{filename}</figcaption></figure>\n",
     );
     let Some(best) = r.top.first() else {
         out.push_str("<p class=\"prediction\">No prediction.</p>\n");
@@ -248,7 +251,7 @@ mod tests {
         render(&PageView {
             model: "efficientnet-lite0",
             result: Some(PageResult {
-                image_url: "/uploads/abc.jpg",
+                image_url: Some("/uploads/abc.jpg"),
                 filename,
                 sha256: "abc",
                 top: &top,
