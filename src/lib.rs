@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! HTTP (axum) -> validate, decode on a bounded CPU pool -> cache / coalesce
-//!   -> job queue -> batcher -> model session (ONNX Runtime) -> reply
+//!   -> job queue -> batcher -> model session (OpenVINO or ONNX Runtime) -> reply
 //! ```
 //!
 //! Scaled out (`lens serve --redis`), the job queue is a Redis stream, and
@@ -16,7 +16,8 @@
 //! - [`config`]: command-line and `LENS_*` environment settings.
 //! - [`model`]: a model directory (`model.toml`, ONNX file, labels).
 //! - [`preprocess`]: hostile-input-safe decode, EXIF orientation, crop and resize.
-//! - [`engine`]: the model session (ONNX Runtime) behind a small synchronous trait.
+//! - [`engine`]: the model session (ONNX Runtime or OpenVINO, fp32 or bf16)
+//!   behind a small synchronous trait, and the choice between them.
 //! - [`prediction`]: probabilities to ranked, labelled answers.
 //! - [`job`]: a job and its answer, whatever queue carries it.
 //! - [`queue`]: the job queue seam (in-process channel or Redis stream).

@@ -34,8 +34,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// `GET /api/status`: what the page's status strip shows.
 pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
     let p = state.models.default_model();
+    let runtime = p.model.runtime;
     Json(json!({
         "model": p.name(),
+        "engine": runtime.engine.as_str(),
+        "precision": runtime.precision.as_str(),
         "ready": p.is_ready(),
         "queue_depth": p.queue_depth(),
         "workers": p.capacity().workers,
