@@ -198,9 +198,10 @@ fn a_missing_openvino_library_is_a_clear_error_and_auto_falls_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_reports_its_engine_and_precision() {
-    for (flags, engine, precision) in
-        [(["--engine", "onnxruntime", "--precision", "auto"], "onnxruntime", "fp32"), (["--engine", "openvino", "--precision", "fp32"], "openvino", "fp32")]
-    {
+    for (flags, engine, precision) in [
+        (["--engine", "onnxruntime", "--precision", "auto"], "onnxruntime", "fp32"),
+        (["--engine", "openvino", "--precision", "fp32"], "openvino", "fp32"),
+    ] {
         let mut argv = vec!["--sessions", "1"];
         argv.extend(flags);
         let s = common::Server::start(&argv).await;

@@ -50,7 +50,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     best.offer(rate, &row);
                 }
             }
-            println!("{}", json!({"best_of": runtime.to_string(), "mode": "model-only", "images_per_sec": round1(own.rate), "best": own.row}));
+            println!(
+                "{}",
+                json!({"best_of": runtime.to_string(), "mode": "model-only", "images_per_sec": round1(own.rate), "best": own.row})
+            );
         }
         println!("{}", json!({"summary": "model-only", "images_per_sec": round1(best.rate), "best": best.row}));
     }
@@ -64,7 +67,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             println!("{row}");
             best.offer(rate, &row);
         }
-        println!("{}", json!({"summary": "pipeline", "images_per_sec": round1(best.rate), "threads": cores, "best": best.row}));
+        println!(
+            "{}",
+            json!({"summary": "pipeline", "images_per_sec": round1(best.rate), "threads": cores, "best": best.row})
+        );
     }
     Ok(())
 }

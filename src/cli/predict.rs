@@ -22,7 +22,8 @@ pub fn run(args: &PredictArgs) -> anyhow::Result<ExitCode> {
     let model = ModelDir::load(&args.model.model).context("loading the model directory")?;
     let threads = args.model.session_config().intra_threads.max(crate::config::available_cores());
     let engine = args.model.engine_options(&model.spec);
-    let (mut sessions, runtime) = load_sessions(&model, &engine, SessionConfig { sessions: 1, intra_threads: threads })?;
+    let (mut sessions, runtime) =
+        load_sessions(&model, &engine, SessionConfig { sessions: 1, intra_threads: threads })?;
     let classifier = sessions.first_mut().context("the engine loaded no session")?;
     tracing::info!(engine = runtime.engine.as_str(), precision = runtime.precision.as_str(), "model ready");
     let files = expand(&args.paths);

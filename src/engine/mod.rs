@@ -20,10 +20,10 @@ mod select;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use self::openvino::{OvClassifier, find_library as find_openvino_library};
 pub use crate::job::ModelInput;
 use crate::model::{ChannelOrder, Layout, ModelSpec};
 pub use onnxruntime::{OrtClassifier, find_runtime_library, runtime};
-pub use self::openvino::{OvClassifier, find_library as find_openvino_library};
 pub use select::{
     EngineOptions, choose_precision, cpu_has_native_bf16, expected_runtime, load_sessions, this_cpu_has_native_bf16,
 };

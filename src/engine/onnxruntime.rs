@@ -21,7 +21,8 @@ pub fn runtime(lib: Option<&Path>) -> Result<ort::environment::Environment, Engi
                 Some(p) => p.to_owned(),
                 None => find_runtime_library().ok_or(EngineError::RuntimeNotFound(Engine::OnnxRuntime))?,
             };
-            let err = |message: String| EngineError::Runtime { engine: Engine::OnnxRuntime, path: path.clone(), message };
+            let err =
+                |message: String| EngineError::Runtime { engine: Engine::OnnxRuntime, path: path.clone(), message };
             ort::init_from(&path)
                 .map_err(|e| err(e.to_string()))?
                 .with_name("lens")

@@ -31,8 +31,11 @@ pub fn library(lib: Option<&Path>) -> Result<PathBuf, EngineError> {
                 Some(p) => p.to_owned(),
                 None => find_library().ok_or(EngineError::RuntimeNotFound(Engine::OpenVino))?,
             };
-            openvino_sys::library::load_from(path.clone())
-                .map_err(|message| EngineError::Runtime { engine: Engine::OpenVino, path: path.clone(), message })?;
+            openvino_sys::library::load_from(path.clone()).map_err(|message| EngineError::Runtime {
+                engine: Engine::OpenVino,
+                path: path.clone(),
+                message,
+            })?;
             Ok(path)
         })
         .clone()

@@ -33,8 +33,7 @@ pub struct EngineOptions {
 /// bf16, slower than fp32.
 pub fn cpu_has_native_bf16(cpuinfo: &str) -> bool {
     let mut flags = cpuinfo.lines().filter(|l| l.starts_with("flags")).peekable();
-    flags.peek().is_some()
-        && flags.all(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
+    flags.peek().is_some() && flags.all(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
 }
 
 /// [`cpu_has_native_bf16`] of this machine; false where it cannot tell.
@@ -109,7 +108,11 @@ fn load_with(
         Engine::OnnxRuntime => {
             let mut classifiers: Vec<Box<dyn Classifier>> = Vec::with_capacity(n);
             for _ in 0..n {
-                classifiers.push(Box::new(OrtClassifier::load(model, sessions.intra_threads, opts.ort_lib.as_deref())?));
+                classifiers.push(Box::new(OrtClassifier::load(
+                    model,
+                    sessions.intra_threads,
+                    opts.ort_lib.as_deref(),
+                )?));
             }
             Ok((classifiers, Runtime { engine, precision }))
         }
