@@ -163,10 +163,10 @@ fn openvino_sessions_share_one_compiled_model_and_run_in_parallel() {
     let opts = options(EngineChoice::OpenVino, PrecisionChoice::Fp32, false);
     let (sessions, _) = load_sessions(&model, &opts, SessionConfig { sessions: 2, intra_threads: 1 }).unwrap();
     assert_eq!(sessions.len(), 2);
-    let img = prepared(&model, "dog.jpeg");
+    let img = &prepared(&model, "dog.jpeg");
     let results: Vec<Vec<f32>> = std::thread::scope(|s| {
         let handles: Vec<_> =
-            sessions.into_iter().map(|mut c| s.spawn(|| c.classify(&[&img]).unwrap().remove(0))).collect();
+            sessions.into_iter().map(|mut c| s.spawn(move || c.classify(&[img]).unwrap().remove(0))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_eq!(top1(&model, &results[0]), "Eskimo_dog");
