@@ -1,6 +1,7 @@
 //! The result cache and in-flight coalescing.
 //!
-//! Answers are keyed on the model and the SHA-256 of the uploaded bytes. The
+//! Answers are keyed on the model, the engine and precision it runs with
+//! (answers differ slightly between them) and the SHA-256 of the uploaded bytes. The
 //! cache is a bounded LRU; [`Coalescer`] makes identical requests that arrive
 //! while the first is still being computed wait for that one computation.
 //! [`SharedCache`] is a second level that several API nodes share (Redis
@@ -15,10 +16,13 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 use tokio::sync::oneshot;
 
-/// Cache key: model name and image digest.
+use crate::engine::Runtime;
+
+/// Cache key: model name, engine and precision, and image digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     pub model: String,
+    pub runtime: Runtime,
     pub sha256: [u8; 32],
 }
 
@@ -28,10 +32,10 @@ pub type Lookup<'a> = Pin<Box<dyn Future<Output = Option<Arc<[f32]>>> + Send + '
 /// Answers shared by every API node of a model version, behind the local
 /// cache. A lookup that fails or is slow is a miss: it never fails a request.
 pub trait SharedCache: Send + Sync {
-    /// The scores stored for this image, if any.
-    fn get<'a>(&'a self, sha256: &'a [u8; 32]) -> Lookup<'a>;
+    /// The scores stored for this image and runtime, if any.
+    fn get<'a>(&'a self, key: &'a Key) -> Lookup<'a>;
     /// Stores an answer, in the background.
-    fn put(&self, sha256: &[u8; 32], scores: &[f32]);
+    fn put(&self, key: &Key, scores: &[f32]);
 }
 
 /// A bounded LRU of answers. Zero capacity disables it.
@@ -117,7 +121,8 @@ mod tests {
     use super::*;
 
     fn key(b: u8) -> Key {
-        Key { model: "m".into(), sha256: [b; 32] }
+        let runtime = Runtime { engine: crate::engine::Engine::OnnxRuntime, precision: crate::engine::Precision::Fp32 };
+        Key { model: "m".into(), runtime, sha256: [b; 32] }
     }
 
     #[test]

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use clap::Args;
 use clap::builder::RangedU64ValueParser;
 
-use crate::engine::SessionConfig;
+use crate::engine::{EngineOptions, SessionConfig, this_cpu_has_native_bf16};
 use crate::feedback::{ExportFormat, ReviewStatus};
 use crate::redis::conn::{self, ConfigError, PASSWORD_ENV, TlsFiles};
+use crate::model::{EngineChoice, ModelSpec, PrecisionChoice};
 
 /// The cores this process may use.
 pub fn available_cores() -> usize {
@@ -33,6 +34,22 @@ pub struct ModelArgs {
     #[arg(long, env = "LENS_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
 
+    /// Inference engine: onnxruntime, openvino, or auto (OpenVINO when it
+    /// compiles and runs the model, else ONNX Runtime, with a warning).
+    /// Default: model.toml's `engine`, else auto.
+    #[arg(long, env = "LENS_ENGINE")]
+    pub engine: Option<EngineChoice>,
+
+    /// Precision inside the model: fp32, bf16 (OpenVINO only), or auto (bf16
+    /// on OpenVINO when the CPU has avx512_bf16 or amx_bf16, else fp32).
+    /// Default: model.toml's `precision`, else auto.
+    #[arg(long, env = "LENS_PRECISION")]
+    pub precision: Option<PrecisionChoice>,
+
+    /// Path to libopenvino_c.so.*; by default the one in the project's .venv.
+    #[arg(long, env = "LENS_OPENVINO_LIB")]
+    pub openvino_lib: Option<PathBuf>,
+
     /// Model sessions (instances) run in parallel; default: one per core.
     #[arg(long, env = "LENS_SESSIONS", value_parser = at_least_one())]
     pub sessions: Option<usize>,
@@ -51,6 +68,17 @@ impl ModelArgs {
     pub fn session_config(&self) -> SessionConfig {
         let default = SessionConfig::for_cores(available_cores());
         SessionConfig { sessions: self.sessions.unwrap_or(default.sessions), intra_threads: self.intra_threads }
+    }
+
+    /// The engine settings for a model: the flags, else its model.toml, else auto.
+    pub fn engine_options(&self, spec: &ModelSpec) -> EngineOptions {
+        EngineOptions {
+            engine: self.engine.or(spec.engine).unwrap_or_default(),
+            precision: self.precision.or(spec.precision).unwrap_or_default(),
+            ort_lib: self.ort_lib.clone(),
+            openvino_lib: self.openvino_lib.clone(),
+            cpu_bf16: this_cpu_has_native_bf16(),
+        }
     }
 }
 
@@ -386,11 +414,34 @@ pub struct EvalArgs {
     pub dir: PathBuf,
 }
 
-/// `lens bench`.
+/// `lens bench`. Its own model flags, not [`ModelArgs`]: here `--engine`
+/// and `--precision` are lists, one row per engine x precision.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
+    /// Model directory holding model.toml, the ONNX file and the labels.
+    #[arg(long, env = "LENS_MODEL", default_value = "models/efficientnet-lite0")]
+    pub model: PathBuf,
+
+    /// Path to libonnxruntime.so.1.*; by default the one in the project's .venv.
+    #[arg(long, env = "LENS_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// Path to libopenvino_c.so.*; by default the one in the project's .venv.
+    #[arg(long, env = "LENS_OPENVINO_LIB")]
+    pub openvino_lib: Option<PathBuf>,
+
+    /// Engines to measure (onnxruntime, openvino, auto), comma-separated.
+    #[arg(long = "engine", value_delimiter = ',', default_value = "onnxruntime,openvino")]
+    pub engines: Vec<EngineChoice>,
+
+    /// Precisions to measure (fp32, bf16, auto), comma-separated; combinations
+    /// an engine cannot run (ONNX Runtime bf16) print a `skipped` row.
+    #[arg(long = "precision", value_delimiter = ',', default_value = "fp32,bf16")]
+    pub precisions: Vec<PrecisionChoice>,
+
+    /// Largest image accepted, in pixels.
+    #[arg(long, env = "LENS_MAX_PIXELS", default_value_t = 40_000_000)]
+    pub max_pixels: u64,
 
     /// Measure pure inference over sessions x threads x batch (the default).
     #[arg(long)]

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! HTTP (axum) -> validate, decode on a bounded CPU pool -> cache / coalesce
-//!   -> job queue -> batcher -> model session (ONNX Runtime) -> reply
+//!   -> job queue -> batcher -> model session (OpenVINO or ONNX Runtime) -> reply
 //! ```
 //!
 //! Scaled out (`lens serve --redis`), the job queue is a Redis stream, and

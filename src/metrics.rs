@@ -32,6 +32,14 @@ pub struct ModelLabel {
     pub model: String,
 }
 
+/// A model and the engine and precision it runs with.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelRuntime {
+    pub model: String,
+    pub engine: &'static str,
+    pub precision: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: &'static str,
@@ -92,6 +100,8 @@ pub struct Metrics {
     /// Jobs queued per model, kept by each queue (in-process: the channel;
     /// Redis: the job stream's length as last seen).
     pub queue_depth: Family<ModelLabel, Gauge>,
+    /// 1 per served model, labelled with its engine and precision.
+    pub model_info: Family<ModelRuntime, Gauge>,
     pub batch_size: Histogram,
     /// Images that went through the model.
     pub inferred_images: Counter,
@@ -130,6 +140,7 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(latency_histogram),
             stage_seconds: Family::new_with_constructor(latency_histogram),
             queue_depth: Family::default(),
+            model_info: Family::default(),
             batch_size: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
             inferred_images: Counter::default(),
             cache_hits: Counter::default(),
@@ -151,6 +162,7 @@ impl Metrics {
         registry.register("http_request_duration_seconds", "HTTP request latency", m.request_seconds.clone());
         registry.register("stage_duration_seconds", "Time per pipeline stage", m.stage_seconds.clone());
         registry.register("queue_depth", "Jobs waiting for a model session", m.queue_depth.clone());
+        registry.register("model_info", "Served models, by engine and precision (always 1)", m.model_info.clone());
         registry.register("batch_size", "Images per model call", m.batch_size.clone());
         registry.register("inferred_images", "Images run through the model", m.inferred_images.clone());
         registry.register("cache_hits", "Result cache hits", m.cache_hits.clone());
@@ -193,6 +205,11 @@ impl Metrics {
 
     pub fn key_request(&self, key: &str) {
         self.key_requests.get_or_create(&KeyLabel { key: key.to_owned() }).inc();
+    }
+
+    /// Records which engine and precision `model` runs with.
+    pub fn model_runtime(&self, model: &str, engine: &'static str, precision: &'static str) {
+        self.model_info.get_or_create(&ModelRuntime { model: model.to_owned(), engine, precision }).set(1);
     }
 
     pub fn stage(&self, stage: &'static str, d: Duration) {

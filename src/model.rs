@@ -3,7 +3,9 @@
 //! `model.toml` declares everything the server must know to feed a classifier
 //! and read its answer: input name, layout and size, how to resize, the
 //! channel order, the normalisation and whether the output is logits or
-//! probabilities. See `models/examples/` for documented presets.
+//! probabilities. See `models/examples/` for documented presets. It may also
+//! choose the engine and precision ([`EngineChoice`], [`PrecisionChoice`]);
+//! the command line overrides both.
 
 use std::path::{Path, PathBuf};
 
@@ -64,6 +66,72 @@ pub enum OutputKind {
     Probabilities,
 }
 
+/// Which engine runs the model: `auto` is OpenVINO when it compiles the
+/// model, else ONNX Runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    OnnxRuntime,
+    OpenVino,
+    #[default]
+    Auto,
+}
+
+/// The arithmetic precision inside the model: `auto` is bf16 on CPUs with
+/// native bf16 (and an engine that supports it), fp32 elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionChoice {
+    Fp32,
+    Bf16,
+    #[default]
+    Auto,
+}
+
+impl EngineChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineChoice::OnnxRuntime => "onnxruntime",
+            EngineChoice::OpenVino => "openvino",
+            EngineChoice::Auto => "auto",
+        }
+    }
+}
+
+impl PrecisionChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrecisionChoice::Fp32 => "fp32",
+            PrecisionChoice::Bf16 => "bf16",
+            PrecisionChoice::Auto => "auto",
+        }
+    }
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "onnxruntime" => Ok(EngineChoice::OnnxRuntime),
+            "openvino" => Ok(EngineChoice::OpenVino),
+            "auto" => Ok(EngineChoice::Auto),
+            _ => Err(format!("unknown engine {s:?}: use onnxruntime, openvino or auto")),
+        }
+    }
+}
+
+impl std::str::FromStr for PrecisionChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(PrecisionChoice::Fp32),
+            "bf16" => Ok(PrecisionChoice::Bf16),
+            "auto" => Ok(PrecisionChoice::Auto),
+            _ => Err(format!("unknown precision {s:?}: use fp32, bf16 or auto")),
+        }
+    }
+}
+
 /// Geometry of the preprocessing: everything needed to turn encoded bytes
 /// into an `height x width` RGB8 image. Normalisation happens later, when a
 /// batch tensor is assembled.
@@ -119,6 +187,12 @@ pub struct ModelSpec {
     pub onnx: String,
     #[serde(default)]
     pub source: Option<String>,
+    /// `engine = "onnxruntime" | "openvino" | "auto"`; `--engine` overrides it.
+    #[serde(default)]
+    pub engine: Option<EngineChoice>,
+    /// `precision = "fp32" | "bf16" | "auto"`; `--precision` overrides it.
+    #[serde(default)]
+    pub precision: Option<PrecisionChoice>,
     pub input: InputSpec,
     pub preprocess: PreprocessSpec,
     pub output: OutputSpec,
@@ -236,6 +310,21 @@ kind = "logits"
         assert_eq!(spec.preprocess.interpolation, Interpolation::Bicubic);
         assert_eq!(spec.output.kind, OutputKind::Logits);
         assert_eq!(spec.onnx, "model.onnx");
+        assert_eq!((spec.engine, spec.precision), (None, None));
+    }
+
+    #[test]
+    fn engine_and_precision_keys_parse_and_reject_unknown_values() {
+        let with = format!("engine = \"openvino\"\nprecision = \"bf16\"\n{LITE0}");
+        let spec = ModelSpec::parse(&with, Path::new("m")).unwrap();
+        assert_eq!((spec.engine, spec.precision), (Some(EngineChoice::OpenVino), Some(PrecisionChoice::Bf16)));
+        let bad = format!("engine = \"tensorrt\"\n{LITE0}");
+        assert!(ModelSpec::parse(&bad, Path::new("m")).is_err());
+        let bad = format!("precision = \"int4\"\n{LITE0}");
+        assert!(ModelSpec::parse(&bad, Path::new("m")).is_err());
+        assert_eq!("onnxruntime".parse(), Ok(EngineChoice::OnnxRuntime));
+        assert_eq!("auto".parse(), Ok(PrecisionChoice::Auto));
+        assert!("fp16".parse::<PrecisionChoice>().is_err());
     }
 
     #[test]

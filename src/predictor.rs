@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::cache::{Coalescer, Key, ResultCache, Role, SharedCache};
+use crate::engine::Runtime;
 use crate::job::{JobError, JobOutput, ModelInput};
 use crate::metrics::{self, Metrics};
 use crate::model::{ModelSpec, ResizeSpec};
@@ -81,6 +82,9 @@ pub struct PredictorConfig {
 pub struct ModelInfo {
     pub spec: ModelSpec,
     pub labels: Arc<Vec<String>>,
+    /// The engine and precision answering (on Redis: the ones the workers
+    /// are expected to run); part of the cache key.
+    pub runtime: Runtime,
 }
 
 type Shared = Result<(Arc<[f32]>, Timings), PredictError>;
@@ -161,7 +165,7 @@ impl Predictor {
         let hashed = bytes.clone();
         let sha: [u8; 32] = self.on_decode_pool(move || Sha256::digest(&hashed).into()).await?;
         let sha256 = hex::encode(sha);
-        let key = Key { model: self.model.spec.name.clone(), sha256: sha };
+        let key = Key { model: self.model.spec.name.clone(), runtime: self.model.runtime, sha256: sha };
         if let Some(scores) = self.cache.get(&key) {
             self.metrics.cache_hits.inc();
             return Ok(Answer { scores, sha256, cached: true, timings: Timings::default() });
@@ -179,7 +183,7 @@ impl Predictor {
                 let this = Arc::clone(self);
                 tokio::spawn(async move {
                     let shared = match &this.shared_cache {
-                        Some(c) => c.get(&key.sha256).await,
+                        Some(c) => c.get(&key).await,
                         None => None,
                     };
                     let result = match shared {
@@ -189,7 +193,7 @@ impl Predictor {
                     if let Ok((scores, timings)) = &result {
                         this.cache.put(key.clone(), Arc::clone(scores));
                         if let (Some(c), false) = (&this.shared_cache, timings.cached) {
-                            c.put(&key.sha256, scores);
+                            c.put(&key, scores);
                         }
                     }
                     this.coalescer.finish(&key, &result);

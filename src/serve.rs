@@ -193,14 +193,17 @@ async fn start_model(
 ) -> anyhow::Result<Running> {
     let sessions = args.model.session_config();
     let slow = Duration::from_millis(args.debug_slow_ms);
-    let pool = Arc::new(load_pool(&model, args.model.ort_lib.clone(), sessions, slow).await?);
+    let engine = args.model.engine_options(&model.spec);
+    let pool = Arc::new(load_pool(&model, &engine, sessions, slow).await?);
+    let runtime = pool.runtime().context("a loaded pool knows its runtime")?;
+    metrics.model_runtime(&model.spec.name, runtime.engine.as_str(), runtime.precision.as_str());
     let local = LocalSettings {
         predictor: predictor_config(args),
         batch: args.batch.config(),
         queue_capacity: args.queue_capacity,
         decode_threads: args.decode_threads.unwrap_or(sessions.sessions),
     };
-    let (predictor, batcher) = serve_locally(model_info(&model), Arc::clone(&pool), &local, metrics, stop);
+    let (predictor, batcher) = serve_locally(model_info(&model, runtime), Arc::clone(&pool), &local, metrics, stop);
     Ok(Running { predictor, pools: vec![pool], batchers: vec![batcher], redis_tasks: Vec::new() })
 }
 
@@ -247,9 +250,28 @@ async fn start_remote_model(
     let shared_cache = queue.shared_cache(ttl).map(|c| Arc::new(c) as Arc<dyn SharedCache>);
     let cores = available_cores();
     let decode_threads = args.decode_threads.unwrap_or(cores);
+    let engine = args.model.engine_options(&model.spec);
+    // In-process workers are loaded first: the runtime they really run is
+    // the cache key's. Without them, the one this node's settings expect.
+    let mut pools = Vec::new();
+    if let Some(per_worker) = cores.checked_div(args.workers) {
+        let sessions = SessionConfig {
+            sessions: args.model.sessions.unwrap_or(per_worker.max(1)),
+            intra_threads: args.model.intra_threads,
+        };
+        let slow = Duration::from_millis(args.debug_slow_ms);
+        for _ in 0..args.workers {
+            pools.push(Arc::new(load_pool(&model, &engine, sessions, slow).await?));
+        }
+    }
+    let runtime = match pools.first().and_then(|p| p.runtime()) {
+        Some(r) => r,
+        None => crate::engine::expected_runtime(&engine)?,
+    };
+    metrics.model_runtime(&model.spec.name, runtime.engine.as_str(), runtime.precision.as_str());
     let predictor = Arc::new(
         Predictor::new(
-            model_info(&model),
+            model_info(&model, runtime),
             predictor_config(args),
             Arc::new(queue),
             decode_threads,
@@ -258,25 +280,17 @@ async fn start_remote_model(
         .with_shared_cache(shared_cache),
     );
     let mut running = Running { predictor, pools: Vec::new(), batchers: Vec::new(), redis_tasks };
-    if let Some(per_worker) = cores.checked_div(args.workers) {
-        let sessions = SessionConfig {
-            sessions: args.model.sessions.unwrap_or(per_worker.max(1)),
-            intra_threads: args.model.intra_threads,
-        };
-        let cfg = WorkerConfig::new(client, &args.redis, &args.batch);
-        let slow = Duration::from_millis(args.debug_slow_ms);
-        for _ in 0..args.workers {
-            let pool = Arc::new(load_pool(&model, args.model.ort_lib.clone(), sessions, slow).await?);
-            let worker = Worker::new(&model.spec, Arc::clone(&pool), cfg.clone(), Arc::clone(&metrics))?;
-            running.batchers.push(tokio::spawn(worker.run(batcher_stop.clone())));
-            running.pools.push(pool);
-        }
+    let cfg = WorkerConfig::new(client, &args.redis, &args.batch);
+    for pool in pools {
+        let worker = Worker::new(&model.spec, Arc::clone(&pool), cfg.clone(), Arc::clone(&metrics))?;
+        running.batchers.push(tokio::spawn(worker.run(batcher_stop.clone())));
+        running.pools.push(pool);
     }
     Ok(running)
 }
 
-fn model_info(model: &ModelDir) -> ModelInfo {
-    ModelInfo { labels: Arc::new(model.labels.clone()), spec: model.spec.clone() }
+fn model_info(model: &ModelDir, runtime: crate::engine::Runtime) -> ModelInfo {
+    ModelInfo { labels: Arc::new(model.labels.clone()), spec: model.spec.clone(), runtime }
 }
 
 fn predictor_config(args: &ServeArgs) -> PredictorConfig {

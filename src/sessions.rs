@@ -1,18 +1,19 @@
 //! The pool of model sessions, each on its own OS thread.
 //!
-//! ONNX Runtime calls block for milliseconds, so they never run on the async
+//! [`load_pool`] asks the engine module for the sessions (which engine and
+//! precision follow `--engine` / `--precision`); the pool runs them. Model
+//! calls block for milliseconds, so they never run on the async
 //! runtime. A batch is handed to whichever session thread is free; `free`
 //! counts idle sessions, and its permit travels with the batch so the slot is
 //! released only when the session has finished it.
 
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::engine::{Classifier, EngineError, OrtClassifier, Scores, SessionConfig};
+use crate::engine::{Classifier, EngineError, EngineOptions, Runtime, Scores, SessionConfig, load_sessions};
 use crate::job::ModelInput;
 use crate::model::ModelDir;
 use crate::preprocess::Prepared;
@@ -34,6 +35,8 @@ pub struct SessionPool {
     /// One permit per idle session.
     free: Arc<Semaphore>,
     sessions: usize,
+    /// The engine and precision of the sessions; `None` for test fakes.
+    runtime: Option<Runtime>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -60,12 +63,18 @@ impl SessionPool {
             tx: Mutex::new(Some(tx)),
             free: Arc::new(Semaphore::new(sessions)),
             sessions,
+            runtime: None,
             threads: Mutex::new(threads),
         })
     }
 
     pub fn sessions(&self) -> usize {
         self.sessions
+    }
+
+    /// The engine and precision the sessions run with (`None` for fakes).
+    pub fn runtime(&self) -> Option<Runtime> {
+        self.runtime
     }
 
     /// Waits until a session is idle and reserves it.
@@ -102,11 +111,12 @@ impl SessionPool {
     }
 }
 
-/// Loads `sessions` model sessions (each warmed up) on a blocking thread.
-/// `slow` is the `--debug-slow-ms` test hook.
+/// Loads `sessions` model sessions (each warmed up) on a blocking thread,
+/// with the engine and precision `engine` chooses. `slow` is the
+/// `--debug-slow-ms` test hook.
 pub async fn load_pool(
     model: &ModelDir,
-    ort_lib: Option<PathBuf>,
+    engine: &EngineOptions,
     sessions: SessionConfig,
     slow: Duration,
 ) -> Result<SessionPool, EngineError> {
@@ -116,27 +126,38 @@ pub async fn load_pool(
         rgb: vec![128; (model.spec.input.width * model.spec.input.height * 3) as usize],
     });
     let model_for_pool = model.clone();
+    let engine = engine.clone();
     let pool = tokio::task::spawn_blocking(move || -> Result<SessionPool, EngineError> {
-        let mut classifiers: Vec<Box<dyn Classifier>> = Vec::new();
-        for _ in 0..sessions.sessions {
-            let c = OrtClassifier::load(&model_for_pool, sessions.intra_threads, ort_lib.as_deref())?;
-            classifiers.push(if slow.is_zero() { Box::new(c) } else { Box::new(Slowed { inner: c, slow }) });
-        }
-        SessionPool::start(classifiers, Some(warmup))
+        let (loaded, runtime) = load_sessions(&model_for_pool, &engine, sessions)?;
+        let classifiers: Vec<Box<dyn Classifier>> = loaded
+            .into_iter()
+            .map(|inner| if slow.is_zero() { inner } else { Box::new(Slowed { inner, slow }) as Box<dyn Classifier> })
+            .collect();
+        let mut pool = SessionPool::start(classifiers, Some(warmup))?;
+        pool.runtime = Some(runtime);
+        Ok(pool)
     })
     .await
     .map_err(|e| EngineError::Inference(format!("the loading thread failed: {e}")))??;
-    tracing::info!(model = %model.spec.name, sessions = sessions.sessions, threads = sessions.intra_threads, "model ready");
+    let runtime = pool.runtime;
+    tracing::info!(
+        model = %model.spec.name,
+        engine = runtime.map_or("", |r| r.engine.as_str()),
+        precision = runtime.map_or("", |r| r.precision.as_str()),
+        sessions = sessions.sessions,
+        threads = sessions.intra_threads,
+        "model ready"
+    );
     Ok(pool)
 }
 
 /// The test hook behind `--debug-slow-ms`: a real session that takes longer.
-struct Slowed<C> {
-    inner: C,
+struct Slowed {
+    inner: Box<dyn Classifier>,
     slow: Duration,
 }
 
-impl<C: Classifier> Classifier for Slowed<C> {
+impl Classifier for Slowed {
     fn classify(&mut self, inputs: &[&ModelInput]) -> Result<Vec<Scores>, EngineError> {
         std::thread::sleep(self.slow);
         self.inner.classify(inputs)

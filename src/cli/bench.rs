@@ -1,9 +1,11 @@
 //! `lens bench`: the model's own ceiling, measured on this machine.
 //!
 //! - `--model-only`: pure inference throughput of a prepared image, over a
-//!   grid of sessions x intra-op threads x batch size; reports the best.
+//!   grid of sessions x intra-op threads x batch size, for every engine x
+//!   precision of `--engine` and `--precision`; reports the best of each and
+//!   the best overall.
 //! - `--pipeline`: decode, preprocess and infer of real photos with no HTTP,
-//!   one session per thread.
+//!   one session per thread, for every engine x precision.
 //!
 //! Each configuration prints one JSON line; the last line is the summary.
 //! The service's throughput is reported against these in `scripts/bench`.
@@ -11,16 +13,16 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::config::BenchArgs;
-use crate::engine::{Classifier, OrtClassifier};
+use crate::engine::{Classifier, EngineError, EngineOptions, Runtime, SessionConfig, load_sessions};
 use crate::job::ModelInput;
 use crate::model::ModelDir;
 use crate::preprocess::prepare;
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let model = ModelDir::load(&args.model.model).context("loading the model directory")?;
+    let model = ModelDir::load(&args.model).context("loading the model directory")?;
     let photos: Vec<Vec<u8>> = args
         .images
         .iter()
@@ -29,27 +31,95 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!photos.is_empty(), "give at least one --images file");
     let seconds = Duration::from_secs_f64(args.seconds);
     let cores = crate::config::available_cores();
+    let combos = combinations(args);
     if args.model_only || !args.pipeline {
-        let input = ModelInput::Image(prepare(&photos[0], &model.spec.resize_spec(), args.model.max_pixels)?);
-        let mut best = (0.0f64, json!(null));
-        for &(sessions, threads) in &grid(cores) {
-            for &batch in &args.batch_sizes {
-                let rate = model_only(&model, args, &input, sessions, threads, batch, seconds)?;
-                let row = json!({"mode": "model-only", "sessions": sessions, "threads": threads, "batch": batch,
-                                 "images_per_sec": round1(rate)});
-                println!("{row}");
-                if rate > best.0 {
-                    best = (rate, row);
+        let input = ModelInput::Image(prepare(&photos[0], &model.spec.resize_spec(), args.max_pixels)?);
+        let mut best = Best::default();
+        for opts in &combos {
+            let Some(runtime) = supported(&model, opts, "model-only")? else { continue };
+            let mut own = Best::default();
+            for &(sessions, threads) in &grid(cores) {
+                for &batch in &args.batch_sizes {
+                    let cfg = SessionConfig { sessions, intra_threads: threads };
+                    let rate = model_only(&model, opts, cfg, &input, batch, seconds)?;
+                    let row = json!({"mode": "model-only", "engine": runtime.engine.as_str(),
+                                     "precision": runtime.precision.as_str(), "sessions": sessions,
+                                     "threads": threads, "batch": batch, "images_per_sec": round1(rate)});
+                    println!("{row}");
+                    own.offer(rate, &row);
+                    best.offer(rate, &row);
                 }
             }
+            println!(
+                "{}",
+                json!({"best_of": runtime.to_string(), "mode": "model-only", "images_per_sec": round1(own.rate), "best": own.row})
+            );
         }
-        println!("{}", json!({"summary": "model-only", "images_per_sec": round1(best.0), "best": best.1}));
+        println!("{}", json!({"summary": "model-only", "images_per_sec": round1(best.rate), "best": best.row}));
     }
     if args.pipeline {
-        let rate = pipeline(&model, args, &photos, cores, seconds)?;
-        println!("{}", json!({"summary": "pipeline", "images_per_sec": round1(rate), "threads": cores}));
+        let mut best = Best::default();
+        for opts in &combos {
+            let Some(runtime) = supported(&model, opts, "pipeline")? else { continue };
+            let rate = pipeline(&model, args, opts, &photos, cores, seconds)?;
+            let row = json!({"mode": "pipeline", "engine": runtime.engine.as_str(),
+                             "precision": runtime.precision.as_str(), "threads": cores, "images_per_sec": round1(rate)});
+            println!("{row}");
+            best.offer(rate, &row);
+        }
+        println!(
+            "{}",
+            json!({"summary": "pipeline", "images_per_sec": round1(best.rate), "threads": cores, "best": best.row})
+        );
     }
     Ok(())
+}
+
+/// The fastest row so far.
+#[derive(Default)]
+struct Best {
+    rate: f64,
+    row: Value,
+}
+
+impl Best {
+    fn offer(&mut self, rate: f64, row: &Value) {
+        if rate > self.rate {
+            (self.rate, self.row) = (rate, row.clone());
+        }
+    }
+}
+
+/// One set of engine options per `--engine` x `--precision`.
+fn combinations(args: &BenchArgs) -> Vec<EngineOptions> {
+    let cpu_bf16 = crate::engine::this_cpu_has_native_bf16();
+    let mut out = Vec::new();
+    for &engine in &args.engines {
+        for &precision in &args.precisions {
+            out.push(EngineOptions {
+                engine,
+                precision,
+                ort_lib: args.ort_lib.clone(),
+                openvino_lib: args.openvino_lib.clone(),
+                cpu_bf16,
+            });
+        }
+    }
+    out
+}
+
+/// The runtime `opts` load, or `None` (after a `skipped` row) when the
+/// engine cannot run that precision. Other load failures end the bench.
+fn supported(model: &ModelDir, opts: &EngineOptions, mode: &str) -> anyhow::Result<Option<Runtime>> {
+    match load_sessions(model, opts, SessionConfig { sessions: 1, intra_threads: 1 }) {
+        Ok((_, runtime)) => Ok(Some(runtime)),
+        Err(EngineError::Unsupported(why)) => {
+            let (engine, precision) = (opts.engine.as_str(), opts.precision.as_str());
+            println!("{}", json!({"mode": mode, "engine": engine, "precision": precision, "skipped": why}));
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// (sessions, intra-op threads) pairs worth trying on `cores` cores.
@@ -65,21 +135,18 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// Images per second with `sessions` threads each running batches of `batch`.
+/// Images per second with `cfg.sessions` threads each running batches of `batch`.
 fn model_only(
     model: &ModelDir,
-    args: &BenchArgs,
+    opts: &EngineOptions,
+    cfg: SessionConfig,
     input: &ModelInput,
-    sessions: usize,
-    threads: usize,
     batch: usize,
     seconds: Duration,
 ) -> anyhow::Result<f64> {
-    let mut classifiers = Vec::new();
-    for _ in 0..sessions {
-        let mut c = OrtClassifier::load(model, threads, args.model.ort_lib.as_deref())?;
+    let (mut classifiers, _) = load_sessions(model, opts, cfg)?;
+    for c in &mut classifiers {
         c.classify(&[input])?; // warm-up
-        classifiers.push(c);
     }
     let refs: Vec<&ModelInput> = vec![input; batch];
     measure(classifiers, seconds, |c| c.classify(&refs).map(|_| batch))
@@ -89,29 +156,27 @@ fn model_only(
 fn pipeline(
     model: &ModelDir,
     args: &BenchArgs,
+    opts: &EngineOptions,
     photos: &[Vec<u8>],
     threads: usize,
     seconds: Duration,
 ) -> anyhow::Result<f64> {
     let resize = model.spec.resize_spec();
-    let mut classifiers = Vec::new();
-    for _ in 0..threads {
-        classifiers.push(OrtClassifier::load(model, 1, args.model.ort_lib.as_deref())?);
-    }
+    let (classifiers, _) = load_sessions(model, opts, SessionConfig { sessions: threads, intra_threads: 1 })?;
     let counter = std::sync::atomic::AtomicUsize::new(0);
     measure(classifiers, seconds, |c| {
         let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let img = prepare(&photos[i % photos.len()], &resize, args.model.max_pixels)
-            .map_err(|e| crate::engine::EngineError::Inference(e.to_string()))?;
+        let img = prepare(&photos[i % photos.len()], &resize, args.max_pixels)
+            .map_err(|e| EngineError::Inference(e.to_string()))?;
         c.classify(&[&ModelInput::Image(img)]).map(|_| 1)
     })
 }
 
 /// Runs `step` on every classifier in its own thread for `seconds`; returns
 /// images per second over all threads.
-fn measure<F>(classifiers: Vec<OrtClassifier>, seconds: Duration, step: F) -> anyhow::Result<f64>
+fn measure<F>(classifiers: Vec<Box<dyn Classifier>>, seconds: Duration, step: F) -> anyhow::Result<f64>
 where
-    F: Fn(&mut OrtClassifier) -> Result<usize, crate::engine::EngineError> + Sync,
+    F: Fn(&mut Box<dyn Classifier>) -> Result<usize, EngineError> + Sync,
 {
     let started = Instant::now();
     let counts = std::thread::scope(|s| {
@@ -119,7 +184,7 @@ where
             .into_iter()
             .map(|mut c| {
                 let step = &step;
-                s.spawn(move || -> Result<usize, crate::engine::EngineError> {
+                s.spawn(move || -> Result<usize, EngineError> {
                     let mut n = 0;
                     while started.elapsed() < seconds {
                         n += step(&mut c)?;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::config::PredictArgs;
-use crate::engine::{Classifier, OrtClassifier};
+use crate::engine::{SessionConfig, load_sessions};
 use crate::job::ModelInput;
 use crate::model::ModelDir;
 use crate::preprocess::{Prepared, prepare};
@@ -22,7 +22,11 @@ const BATCH: usize = 8;
 pub fn run(args: &PredictArgs) -> anyhow::Result<ExitCode> {
     let model = ModelDir::load(&args.model.model).context("loading the model directory")?;
     let threads = args.model.session_config().intra_threads.max(crate::config::available_cores());
-    let mut classifier = OrtClassifier::load(&model, threads, args.model.ort_lib.as_deref())?;
+    let engine = args.model.engine_options(&model.spec);
+    let (mut sessions, runtime) =
+        load_sessions(&model, &engine, SessionConfig { sessions: 1, intra_threads: threads })?;
+    let classifier = sessions.first_mut().context("the engine loaded no session")?;
+    tracing::info!(engine = runtime.engine.as_str(), precision = runtime.precision.as_str(), "model ready");
     let files = expand(&args.paths);
     let resize = model.spec.resize_spec();
     let mut failures = 0usize;

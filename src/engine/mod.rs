@@ -1,31 +1,42 @@
 //! The model session behind a small synchronous trait, and what every engine
-//! shares: the batch tensor assembly and the softmax.
+//! shares: the batch tensor assembly, the softmax, finding a runtime library
+//! in the project's `.venv`.
 //!
 //! [`Classifier`] is the seam between serving and the model. It is synchronous
-//! and `&mut self` because an ONNX Runtime session runs one batch at a time;
-//! the server gives every session its own OS thread, never a tokio task.
-//! [`OrtClassifier`] (ONNX Runtime, [`onnxruntime`]) is the real one; tests of
-//! the batching logic use a fake.
+//! and `&mut self` because a session runs one batch at a time; the server
+//! gives every session its own OS thread, never a tokio task. Two engines
+//! implement it: [`OrtClassifier`] (ONNX Runtime, [`onnxruntime`]) and
+//! [`OvClassifier`] (OpenVINO, [`openvino`]); tests of the batching logic use
+//! a fake. [`select`] chooses the engine and precision and loads the sessions.
 //!
 //! The batch tensor is assembled here from [`ModelInput`]s: RGB8 images, whose
 //! channel order, normalisation and layout come from `model.toml` (so one code
 //! path serves any ONNX classifier), or tensors a client already prepared.
 
 mod onnxruntime;
+mod openvino;
+mod select;
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
+pub use self::openvino::{OvClassifier, find_library as find_openvino_library};
 pub use crate::job::ModelInput;
 use crate::model::{ChannelOrder, Layout, ModelSpec};
 pub use onnxruntime::{OrtClassifier, find_runtime_library, runtime};
+pub use select::{
+    EngineOptions, choose_precision, cpu_has_native_bf16, expected_runtime, load_sessions, this_cpu_has_native_bf16,
+};
 
 /// Inference failures. `Clone`, so one failure fans out to a whole batch.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
-    #[error("cannot load ONNX Runtime from {path}: {message}")]
-    Runtime { path: PathBuf, message: String },
-    #[error("ONNX Runtime library not found; run `make setup` or pass --ort-lib / LENS_ORT_LIB")]
-    RuntimeNotFound,
+    #[error("cannot load {} from {path}: {message}", engine.name())]
+    Runtime { engine: Engine, path: PathBuf, message: String },
+    #[error("{} library not found; run `make setup` or pass {}", .0.name(), .0.lib_flag())]
+    RuntimeNotFound(Engine),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("cannot load model {path}: {message}")]
     Load { path: PathBuf, message: String },
     #[error("inference failed: {0}")]
@@ -36,6 +47,71 @@ pub enum EngineError {
     TensorSize { got: usize, want: usize },
     #[error("input image is {got_w}x{got_h}, the model takes {want_w}x{want_h}")]
     InputShape { got_w: u32, got_h: u32, want_w: u32, want_h: u32 },
+}
+
+/// An inference engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Engine {
+    OnnxRuntime,
+    OpenVino,
+}
+
+impl Engine {
+    /// The name in flags, labels, cache keys and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::OnnxRuntime => "onnxruntime",
+            Engine::OpenVino => "openvino",
+        }
+    }
+
+    /// The name people know it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::OnnxRuntime => "ONNX Runtime",
+            Engine::OpenVino => "OpenVINO",
+        }
+    }
+
+    /// The flag and variable that point at its library.
+    fn lib_flag(self) -> &'static str {
+        match self {
+            Engine::OnnxRuntime => "--ort-lib / LENS_ORT_LIB",
+            Engine::OpenVino => "--openvino-lib / LENS_OPENVINO_LIB",
+        }
+    }
+}
+
+/// The arithmetic precision inside the model (its inputs and outputs stay f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Precision {
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// The engine and precision a model runs with. Answers differ slightly
+/// between them, so this is part of an answer's identity: the cache keys,
+/// the status, the heartbeat and the metrics carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Runtime {
+    pub engine: Engine,
+    pub precision: Precision,
+}
+
+impl fmt::Display for Runtime {
+    /// `openvino-bf16`, `onnxruntime-fp32`: the form used in cache keys.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.engine.as_str(), self.precision.as_str())
+    }
 }
 
 /// Class probabilities for one image, in label order.
@@ -61,6 +137,36 @@ impl SessionConfig {
     pub fn for_cores(cores: usize) -> Self {
         SessionConfig { sessions: cores, intra_threads: 1 }
     }
+}
+
+/// Finds a runtime library shipped in a wheel of the project's `.venv`: the
+/// newest file under `site-packages/{package_dir}` whose name starts with
+/// `prefix`. It looks in the working directory and above the executable
+/// (`target/release/lens` sits two levels under the project root).
+pub(crate) fn find_in_venv(package_dir: &str, prefix: &str) -> Option<PathBuf> {
+    let mut roots = vec![PathBuf::from(".")];
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    roots.iter().find_map(|root| find_in_site_packages(&root.join(".venv"), package_dir, prefix))
+}
+
+fn find_in_site_packages(venv: &Path, package_dir: &str, prefix: &str) -> Option<PathBuf> {
+    for py in std::fs::read_dir(venv.join("lib")).ok()?.flatten() {
+        let dir = py.path().join("site-packages").join(package_dir);
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+            .collect();
+        found.sort();
+        if let Some(p) = found.pop() {
+            return Some(p);
+        }
+    }
+    None
 }
 
 /// Fills `out` with the batch tensor for `images`: channel order, `(x - mean) / std`

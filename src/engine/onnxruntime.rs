@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::{Classifier, EngineError, Scores, assemble, softmax};
+use super::{Classifier, Engine, EngineError, Scores, assemble, find_in_venv, softmax};
 use crate::job::ModelInput;
 use crate::model::{Layout, ModelDir, ModelSpec, OutputKind};
 
@@ -19,9 +19,10 @@ pub fn runtime(lib: Option<&Path>) -> Result<ort::environment::Environment, Engi
         .get_or_init(|| {
             let path = match lib {
                 Some(p) => p.to_owned(),
-                None => find_runtime_library().ok_or(EngineError::RuntimeNotFound)?,
+                None => find_runtime_library().ok_or(EngineError::RuntimeNotFound(Engine::OnnxRuntime))?,
             };
-            let err = |message: String| EngineError::Runtime { path: path.clone(), message };
+            let err =
+                |message: String| EngineError::Runtime { engine: Engine::OnnxRuntime, path: path.clone(), message };
             ort::init_from(&path)
                 .map_err(|e| err(e.to_string()))?
                 .with_name("lens")
@@ -32,34 +33,9 @@ pub fn runtime(lib: Option<&Path>) -> Result<ort::environment::Environment, Engi
         .clone()
 }
 
-/// Finds `libonnxruntime.so.1.*` from the `onnxruntime` wheel in the project's
-/// `.venv`, looking in the working directory and above the executable
-/// (`target/release/lens` sits two levels under the project root).
+/// Finds `libonnxruntime.so.1.*` from the `onnxruntime` wheel in the project's `.venv`.
 pub fn find_runtime_library() -> Option<PathBuf> {
-    let mut roots = vec![PathBuf::from(".")];
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
-    }
-    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    roots.iter().find_map(|root| find_in_venv(&root.join(".venv")))
-}
-
-fn find_in_venv(venv: &Path) -> Option<PathBuf> {
-    let lib = venv.join("lib");
-    for py in std::fs::read_dir(lib).ok()?.flatten() {
-        let capi = py.path().join("site-packages/onnxruntime/capi");
-        let Ok(entries) = std::fs::read_dir(&capi) else { continue };
-        let mut found: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.1")))
-            .collect();
-        found.sort();
-        if let Some(p) = found.pop() {
-            return Some(p);
-        }
-    }
-    None
+    find_in_venv("onnxruntime/capi", "libonnxruntime.so.1")
 }
 
 /// A classifier backed by one ONNX Runtime session.

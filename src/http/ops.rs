@@ -38,8 +38,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/api/status", tag = "operate", responses((status = 200, description = "Default model, readiness, queue depth, workers, served models.")))]
 pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
     let p = state.models.default_model();
+    let runtime = p.model.runtime;
     Json(json!({
         "model": p.name(),
+        "engine": runtime.engine.as_str(),
+        "precision": runtime.precision.as_str(),
         "ready": p.is_ready(),
         "queue_depth": p.queue_depth(),
         "workers": p.capacity().workers,

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::engine::Engine;
 use crate::model::Layout;
 use crate::predictor::Predictor;
 use crate::ranking::ranked;
@@ -50,10 +51,16 @@ fn input_shape(p: &Predictor) -> [i64; 4] {
 async fn model_metadata(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let p = model(&state, &name)?;
     let spec = &p.model.spec;
+    let runtime = p.model.runtime;
+    let platform = match runtime.engine {
+        Engine::OnnxRuntime => "onnxruntime_onnx",
+        Engine::OpenVino => "openvino_onnx",
+    };
     Ok(Json(json!({
         "name": spec.name,
         "versions": [spec.version],
-        "platform": "onnxruntime_onnx",
+        "platform": platform,
+        "parameters": {"engine": runtime.engine.as_str(), "precision": runtime.precision.as_str()},
         "inputs": [
             {"name": spec.input.name, "datatype": "FP32", "shape": input_shape(p)},
             {"name": "image", "datatype": "BYTES", "shape": [-1]},

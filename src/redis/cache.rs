@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 
 use super::keys::{self, CACHE_TIMEOUT, SUBMIT_TIMEOUT};
-use crate::cache::{Lookup, SharedCache};
+use crate::cache::{Key, Lookup, SharedCache};
 use crate::job::{f32_from_le_bytes, f32_to_le_bytes};
 
 /// Answers shared through Redis. A lookup that fails or is slow counts as a
@@ -27,17 +27,17 @@ impl RedisCache {
         RedisCache { conn, model: model.to_owned(), version: version.to_owned(), ttl, up }
     }
 
-    fn key(&self, sha256: &[u8; 32]) -> String {
-        keys::cache(&self.model, &self.version, &hex::encode(sha256))
+    fn key(&self, key: &Key) -> String {
+        keys::cache(&self.model, &self.version, &key.runtime.to_string(), &hex::encode(key.sha256))
     }
 
-    async fn lookup(&self, sha256: &[u8; 32]) -> Option<Arc<[f32]>> {
+    async fn lookup(&self, key: &Key) -> Option<Arc<[f32]>> {
         if !self.up.load(Ordering::SeqCst) {
             return None;
         }
         let mut conn = self.conn.clone();
         let mut get = redis::cmd("GET");
-        get.arg(self.key(sha256));
+        get.arg(self.key(key));
         let bytes =
             tokio::time::timeout(CACHE_TIMEOUT, get.query_async::<Option<Vec<u8>>>(&mut conn)).await.ok()?.ok()??;
         let scores = f32_from_le_bytes(&bytes).filter(|s| !s.is_empty())?;
@@ -46,15 +46,15 @@ impl RedisCache {
 }
 
 impl SharedCache for RedisCache {
-    fn get<'a>(&'a self, sha256: &'a [u8; 32]) -> Lookup<'a> {
-        Box::pin(self.lookup(sha256))
+    fn get<'a>(&'a self, key: &'a Key) -> Lookup<'a> {
+        Box::pin(self.lookup(key))
     }
 
-    fn put(&self, sha256: &[u8; 32], scores: &[f32]) {
+    fn put(&self, key: &Key, scores: &[f32]) {
         if !self.up.load(Ordering::SeqCst) {
             return;
         }
-        let (key, ttl_ms, mut conn) = (self.key(sha256), self.ttl.as_millis() as u64, self.conn.clone());
+        let (key, ttl_ms, mut conn) = (self.key(key), self.ttl.as_millis() as u64, self.conn.clone());
         let bytes = f32_to_le_bytes(scores);
         tokio::spawn(async move {
             let mut set = redis::cmd("SET");

@@ -179,6 +179,13 @@ pub struct WorkerBeat {
     pub dead_lettered: u64,
     pub host: String,
     pub pid: u32,
+    /// The engine its sessions run (`onnxruntime`, `openvino`); empty from
+    /// workers that predate it.
+    #[serde(default)]
+    pub engine: String,
+    /// Their precision (`fp32`, `bf16`).
+    #[serde(default)]
+    pub precision: String,
 }
 
 /// Live workers of a model version, from the registry hash.
@@ -299,6 +306,8 @@ mod tests {
                 dead_lettered: 0,
                 host: "h".into(),
                 pid: 1,
+                engine: "openvino".into(),
+                precision: "bf16".into(),
             })
             .unwrap()
         };

@@ -78,7 +78,8 @@ pub fn replies(node: &str) -> String {
 
 /// A cached answer: the scores as f32 little-endian bytes. The model version
 /// is part of the key so that an upgraded model never answers from the old
-/// one's cache.
-pub fn cache(model: &str, version: &str, sha256_hex: &str) -> String {
-    format!("lens:cache:{model}:{version}:{sha256_hex}")
+/// one's cache, and the runtime (`openvino-bf16`, `onnxruntime-fp32`) so that
+/// one precision's answers are never served as another's.
+pub fn cache(model: &str, version: &str, runtime: &str, sha256_hex: &str) -> String {
+    format!("lens:cache:{model}:{version}:{runtime}:{sha256_hex}")
 }

@@ -25,6 +25,8 @@ impl Worker {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             host: clock::hostname(),
             pid: std::process::id(),
+            engine: self.pool.runtime().map_or("", |r| r.engine.as_str()).to_owned(),
+            precision: self.pool.runtime().map_or("", |r| r.precision.as_str()).to_owned(),
         };
         serde_json::to_string(&beat).unwrap_or_default()
     }

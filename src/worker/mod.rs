@@ -80,8 +80,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let model =
         ModelDir::load(&args.model.model).with_context(|| format!("loading model {}", args.model.model.display()))?;
     let slow = Duration::from_millis(args.debug_slow_ms);
-    let pool = Arc::new(load_pool(&model, args.model.ort_lib.clone(), args.model.session_config(), slow).await?);
+    let engine = args.model.engine_options(&model.spec);
+    let pool = Arc::new(load_pool(&model, &engine, args.model.session_config(), slow).await?);
     let metrics = Arc::new(Metrics::new());
+    if let Some(r) = pool.runtime() {
+        metrics.model_runtime(&model.spec.name, r.engine.as_str(), r.precision.as_str());
+    }
     let cancel = CancellationToken::new();
     tokio::spawn(crate::shutdown::on_signal(cancel.clone()));
     let worker = Worker::new(&model.spec, Arc::clone(&pool), cfg, Arc::clone(&metrics))?;

@@ -1,0 +1,187 @@
+//! OpenVINO as an engine: the runtime library is the `libopenvino_c.so` of the
+//! `openvino` wheel in the project's `.venv`, loaded once per process through
+//! the `openvino` crate's run-time linking. It reads the same `model.onnx`.
+//!
+//! A pool of N sessions is one compiled model with N CPU streams, and one
+//! infer request per session thread. OpenVINO runs each stream on its own
+//! thread(s), so N blocking `infer` calls from N session threads run in
+//! parallel, as N ONNX Runtime sessions do, while the weights are compiled
+//! and held once instead of N times (less memory, one compilation).
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ::openvino::{
+    CompiledModel, Core, DeviceType, ElementType, InferRequest, PropertyKey, RwPropertyKey, Shape, Tensor,
+};
+
+use super::{Classifier, Engine, EngineError, Precision, Scores, assemble, find_in_venv, softmax};
+use crate::job::ModelInput;
+use crate::model::{Layout, ModelDir, ModelSpec, OutputKind};
+
+static LIBRARY: OnceLock<Result<PathBuf, EngineError>> = OnceLock::new();
+
+/// Loads `libopenvino_c` once per process from `lib` (or the default location).
+/// The first call decides: later calls with another path get the first one.
+pub fn library(lib: Option<&Path>) -> Result<PathBuf, EngineError> {
+    LIBRARY
+        .get_or_init(|| {
+            let path = match lib {
+                Some(p) => p.to_owned(),
+                None => find_library().ok_or(EngineError::RuntimeNotFound(Engine::OpenVino))?,
+            };
+            openvino_sys::library::load_from(path.clone()).map_err(|message| EngineError::Runtime {
+                engine: Engine::OpenVino,
+                path: path.clone(),
+                message,
+            })?;
+            Ok(path)
+        })
+        .clone()
+}
+
+/// Finds `libopenvino_c.so.*` from the `openvino` wheel in the project's `.venv`.
+pub fn find_library() -> Option<PathBuf> {
+    find_in_venv("openvino/libs", "libopenvino_c.so")
+}
+
+/// One session: an infer request on the shared compiled model.
+pub struct OvClassifier {
+    request: InferRequest,
+    /// Keeps the compiled model (and its streams) alive while requests run.
+    _compiled: Arc<Mutex<CompiledModel>>,
+    spec: ModelSpec,
+    classes: usize,
+    /// Reused between batches to avoid an allocation per call.
+    scratch: Vec<f32>,
+    /// The input tensor of the last batch size, reused while it repeats.
+    input: Option<(usize, Tensor)>,
+}
+
+/// Compiles `model` once for `sessions` parallel streams of `intra_threads`
+/// threads each, asking for `precision`. Returns one classifier per stream
+/// and the precision OpenVINO actually compiled for (read back from the
+/// compiled model, so the report is never only the wish).
+pub fn load_sessions(
+    model: &ModelDir,
+    precision: Precision,
+    sessions: usize,
+    intra_threads: usize,
+    lib: Option<&Path>,
+) -> Result<(Vec<OvClassifier>, Precision), EngineError> {
+    library(lib)?;
+    let path = &model.onnx_path;
+    let err = |e: &dyn Display| EngineError::Load { path: path.clone(), message: e.to_string() };
+    let onnx = path.to_str().ok_or_else(|| err(&"the model path is not UTF-8"))?;
+    let mut core = Core::new().map_err(|e| err(&e))?;
+    let ov_model = core.read_model_from_file(onnx, "").map_err(|e| err(&e))?;
+    let hint = match precision {
+        Precision::Fp32 => "f32",
+        Precision::Bf16 => "bf16",
+    };
+    let streams = sessions.max(1);
+    let threads = (streams * intra_threads.max(1)).to_string();
+    let streams_text = streams.to_string();
+    let properties = [
+        (RwPropertyKey::HintInferencePrecision, hint),
+        (RwPropertyKey::NumStreams, streams_text.as_str()),
+        (RwPropertyKey::InferenceNumThreads, threads.as_str()),
+        // The machine is shared with the decode pool and other processes:
+        // pinning stream threads to cores would fight them.
+        (RwPropertyKey::HintEnableCpuPinning, "NO"),
+    ];
+    core.set_properties(&DeviceType::CPU, properties).map_err(|e| err(&e))?;
+    let mut compiled = core.compile_model(&ov_model, DeviceType::CPU).map_err(|e| err(&e))?;
+    if compiled.get_input_by_name(&model.spec.input.name).is_err() {
+        let name = &model.spec.input.name;
+        return Err(err(&format!("model has no input named {name:?} (model.toml [input] name)")));
+    }
+    if compiled.get_output_by_name(&model.spec.output.name).is_err() {
+        let name = &model.spec.output.name;
+        return Err(err(&format!("model has no output named {name:?} (model.toml [output] name)")));
+    }
+    let actual = compiled
+        .get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision))
+        .map_err(|e| err(&e))?
+        .into_owned();
+    let actual = match actual.as_str() {
+        "bf16" => Precision::Bf16,
+        "f32" => Precision::Fp32,
+        other => return Err(err(&format!("OpenVINO compiled for precision {other:?}, expected f32 or bf16"))),
+    };
+    let mut requests = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        requests.push(compiled.create_infer_request().map_err(|e| err(&e))?);
+    }
+    let compiled = Arc::new(Mutex::new(compiled));
+    let classifiers = requests
+        .into_iter()
+        .map(|request| OvClassifier {
+            request,
+            _compiled: Arc::clone(&compiled),
+            spec: model.spec.clone(),
+            classes: model.labels.len(),
+            scratch: Vec::new(),
+            input: None,
+        })
+        .collect();
+    Ok((classifiers, actual))
+}
+
+fn inference(e: impl Display) -> EngineError {
+    EngineError::Inference(e.to_string())
+}
+
+impl OvClassifier {
+    /// The input tensor for a batch of `n`, allocated when the size changes.
+    fn input_tensor(&mut self, n: usize) -> Result<&mut Tensor, EngineError> {
+        if self.input.as_ref().is_none_or(|(size, _)| *size != n) {
+            let (w, h) = (self.spec.input.width as i64, self.spec.input.height as i64);
+            let dims = match self.spec.input.layout {
+                Layout::Nchw => [n as i64, 3, h, w],
+                Layout::Nhwc => [n as i64, h, w, 3],
+            };
+            let shape = Shape::new(&dims).map_err(inference)?;
+            self.input = Some((n, Tensor::new(ElementType::F32, &shape).map_err(inference)?));
+        }
+        self.input.as_mut().map(|(_, t)| t).ok_or_else(|| inference("no input tensor"))
+    }
+}
+
+impl Classifier for OvClassifier {
+    fn classify(&mut self, images: &[&ModelInput]) -> Result<Vec<Scores>, EngineError> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let assembled = assemble(images, &self.spec, &mut scratch);
+        let filled = assembled.and_then(|()| {
+            let tensor = self.input_tensor(images.len())?;
+            tensor.get_data_mut::<f32>().map_err(inference)?.copy_from_slice(&scratch);
+            Ok(())
+        });
+        self.scratch = scratch;
+        filled?;
+        let Some((_, tensor)) = self.input.as_ref() else { return Err(inference("no input tensor")) };
+        self.request.set_tensor(&self.spec.input.name, tensor).map_err(inference)?;
+        self.request.infer().map_err(inference)?;
+        let output = self.request.get_tensor(&self.spec.output.name).map_err(inference)?;
+        let dims = output.get_shape().map_err(inference)?.get_dimensions().to_vec();
+        if dims.len() != 2 || dims[0] != images.len() as i64 || dims[1] as usize != self.classes {
+            return Err(EngineError::OutputShape { shape: dims, batch: images.len(), classes: self.classes });
+        }
+        if output.get_element_type().map_err(inference)? != ElementType::F32 {
+            return Err(inference("the model output is not f32"));
+        }
+        let values = output.get_data::<f32>().map_err(inference)?;
+        let kind = self.spec.output.kind;
+        Ok(values
+            .chunks_exact(self.classes)
+            .map(|row| match kind {
+                OutputKind::Logits => softmax(row),
+                OutputKind::Probabilities => row.to_vec(),
+            })
+            .collect())
+    }
+}

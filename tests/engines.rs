@@ -1,0 +1,223 @@
+//! Both engines on the real model and real photos: same top-1 everywhere, bf16
+//! only where the CPU decision allows it, the fallback to ONNX Runtime for a
+//! model OpenVINO refuses, batches equal to single images, and the runtime
+//! reported by the server.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use lens::engine::{
+    Classifier, Engine, EngineError, EngineOptions, Precision, Runtime, SessionConfig, load_sessions,
+    this_cpu_has_native_bf16,
+};
+use lens::job::ModelInput;
+use lens::model::{EngineChoice, ModelDir, PrecisionChoice};
+use lens::preprocess::{Prepared, prepare};
+use lens::ranking::ranked;
+
+const PHOTOS: [&str; 4] = ["dog.jpeg", "coffee.png", "chelsea.png", "grace_hopper.jpg"];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn model() -> ModelDir {
+    ModelDir::load(&root().join("models/efficientnet-lite0")).expect("default model missing: run `make setup` first")
+}
+
+fn refused_model() -> ModelDir {
+    ModelDir::load(&root().join("tests/fixtures/openvino-refused")).unwrap()
+}
+
+fn prepared(model: &ModelDir, name: &str) -> ModelInput {
+    let bytes = std::fs::read(root().join("tests/fixtures").join(name)).unwrap();
+    ModelInput::Image(prepare(&bytes, &model.spec.resize_spec(), 40_000_000).unwrap())
+}
+
+fn options(engine: EngineChoice, precision: PrecisionChoice, cpu_bf16: bool) -> EngineOptions {
+    EngineOptions { engine, precision, ort_lib: None, openvino_lib: None, cpu_bf16 }
+}
+
+/// One session of `model` with these choices.
+fn one(model: &ModelDir, opts: &EngineOptions) -> Result<(Box<dyn Classifier>, Runtime), EngineError> {
+    let (mut sessions, runtime) = load_sessions(model, opts, SessionConfig { sessions: 1, intra_threads: 1 })?;
+    Ok((sessions.remove(0), runtime))
+}
+
+fn scores_of(c: &mut dyn Classifier, model: &ModelDir) -> Vec<Vec<f32>> {
+    PHOTOS.iter().map(|n| c.classify(&[&prepared(model, n)]).unwrap().remove(0)).collect()
+}
+
+fn top1(model: &ModelDir, scores: &[f32]) -> String {
+    ranked(scores, &model.labels, 1).remove(0).label
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn both_engines_and_both_precisions_give_the_same_top1_on_every_photo() {
+    let model = model();
+    let (mut ort, r) = one(&model, &options(EngineChoice::OnnxRuntime, PrecisionChoice::Fp32, false)).unwrap();
+    assert_eq!(r, Runtime { engine: Engine::OnnxRuntime, precision: Precision::Fp32 });
+    let reference = scores_of(ort.as_mut(), &model);
+    assert_eq!(top1(&model, &reference[0]), "Eskimo_dog");
+    assert_eq!(top1(&model, &reference[1]), "espresso");
+
+    let (mut f32_ov, r) = one(&model, &options(EngineChoice::OpenVino, PrecisionChoice::Fp32, true)).unwrap();
+    assert_eq!(r, Runtime { engine: Engine::OpenVino, precision: Precision::Fp32 });
+    let (mut bf16_ov, r) = one(&model, &options(EngineChoice::OpenVino, PrecisionChoice::Bf16, true)).unwrap();
+    assert_eq!(r.engine, Engine::OpenVino);
+    let fp32 = scores_of(f32_ov.as_mut(), &model);
+    let bf16 = scores_of(bf16_ov.as_mut(), &model);
+    for (i, name) in PHOTOS.iter().enumerate() {
+        let want = top1(&model, &reference[i]);
+        assert_eq!(top1(&model, &fp32[i]), want, "{name}: OpenVINO fp32");
+        assert_eq!(top1(&model, &bf16[i]), want, "{name}: OpenVINO {}", r.precision.as_str());
+        // fp32 is the same arithmetic in another order; bf16 keeps 8 bits of mantissa.
+        assert!(max_diff(&fp32[i], &reference[i]) < 1e-3, "{name}: fp32 engines differ");
+        assert!(max_diff(&bf16[i], &reference[i]) < 0.1, "{name}: bf16 drifted too far");
+    }
+}
+
+#[test]
+fn bf16_is_chosen_only_when_the_cpu_decision_allows_it() {
+    let model = model();
+    // Forced off: fp32, even though OpenVINO's own default on a bf16 CPU is bf16.
+    let (_, off) = one(&model, &options(EngineChoice::OpenVino, PrecisionChoice::Auto, false)).unwrap();
+    assert_eq!(off, Runtime { engine: Engine::OpenVino, precision: Precision::Fp32 });
+    // Forced on: bf16, as OpenVINO compiled it (read back from the compiled model).
+    let (_, on) = one(&model, &options(EngineChoice::OpenVino, PrecisionChoice::Auto, true)).unwrap();
+    if this_cpu_has_native_bf16() {
+        assert_eq!(on.precision, Precision::Bf16, "OpenVINO should compile bf16 on this CPU");
+    }
+    // ONNX Runtime stays fp32 whatever the CPU, and refuses an explicit bf16.
+    let (_, ort) = one(&model, &options(EngineChoice::OnnxRuntime, PrecisionChoice::Auto, true)).unwrap();
+    assert_eq!(ort.precision, Precision::Fp32);
+    let refused = one(&model, &options(EngineChoice::OnnxRuntime, PrecisionChoice::Bf16, true));
+    assert!(matches!(refused, Err(EngineError::Unsupported(_))));
+}
+
+#[test]
+fn auto_engine_is_openvino_for_the_default_model() {
+    let model = model();
+    let (_, r) = one(&model, &options(EngineChoice::Auto, PrecisionChoice::Fp32, false)).unwrap();
+    assert_eq!(r, Runtime { engine: Engine::OpenVino, precision: Precision::Fp32 });
+}
+
+#[test]
+fn auto_engine_falls_back_to_onnxruntime_for_a_model_openvino_refuses() {
+    let model = refused_model();
+    let explicit = one(&model, &options(EngineChoice::OpenVino, PrecisionChoice::Auto, true));
+    assert!(matches!(explicit, Err(EngineError::Load { .. })), "OpenVINO must refuse the ai.onnx.ml Scaler");
+    let (mut c, r) = one(&model, &options(EngineChoice::Auto, PrecisionChoice::Auto, true)).unwrap();
+    assert_eq!(r, Runtime { engine: Engine::OnnxRuntime, precision: Precision::Fp32 });
+    // A white image: each channel's mean is 1, scaled by 1, 2, 3: "blue" wins.
+    let white = ModelInput::Image(Prepared { width: 4, height: 4, rgb: vec![255; 48] });
+    let scores = c.classify(&[&white]).unwrap().remove(0);
+    assert_eq!(top1(&model, &scores), "blue");
+}
+
+#[test]
+fn the_fallback_is_logged_with_its_reason() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args(["predict", "--json", "--engine", "auto", "--model"])
+        .arg(root().join("tests/fixtures/openvino-refused"))
+        .arg(root().join("tests/fixtures/coffee.png"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("OpenVINO cannot run this model; falling back to ONNX Runtime"), "{stderr}");
+    assert!(stderr.contains("Scaler"), "the log line names the operator: {stderr}");
+    let ready = stderr.lines().find(|l| l.contains("model ready")).unwrap_or_default();
+    assert!(ready.contains("\"onnxruntime\"") && ready.contains("\"fp32\""), "{stderr}");
+}
+
+#[test]
+fn openvino_batches_equal_single_images_in_both_precisions() {
+    let model = model();
+    let imgs: Vec<ModelInput> = PHOTOS.iter().map(|n| prepared(&model, n)).collect();
+    let refs: Vec<&ModelInput> = imgs.iter().collect();
+    for (precision, tolerance) in [(PrecisionChoice::Fp32, 1e-4), (PrecisionChoice::Bf16, 2e-3)] {
+        let (mut c, r) = one(&model, &options(EngineChoice::OpenVino, precision, true)).unwrap();
+        let batch = c.classify(&refs).unwrap();
+        assert_eq!(batch.len(), imgs.len());
+        for ((img, row), name) in imgs.iter().zip(&batch).zip(PHOTOS) {
+            let single = c.classify(&[img]).unwrap().remove(0);
+            let diff = max_diff(&single, row);
+            assert!(diff < tolerance, "{name} {}: batch and single differ by {diff}", r.precision.as_str());
+        }
+        // A second batch size after the first reuses nothing stale.
+        let two = c.classify(&refs[..2]).unwrap();
+        assert!(max_diff(&two[1], &batch[1]) < tolerance);
+    }
+}
+
+#[test]
+fn openvino_sessions_share_one_compiled_model_and_run_in_parallel() {
+    let model = model();
+    let opts = options(EngineChoice::OpenVino, PrecisionChoice::Fp32, false);
+    let (sessions, _) = load_sessions(&model, &opts, SessionConfig { sessions: 2, intra_threads: 1 }).unwrap();
+    assert_eq!(sessions.len(), 2);
+    let img = &prepared(&model, "dog.jpeg");
+    let results: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            sessions.into_iter().map(|mut c| s.spawn(move || c.classify(&[img]).unwrap().remove(0))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(top1(&model, &results[0]), "Eskimo_dog");
+    assert!(max_diff(&results[0], &results[1]) < 1e-6);
+}
+
+#[test]
+fn a_missing_openvino_library_is_a_clear_error_and_auto_falls_back() {
+    // Run in a child process: the library is loaded once per process.
+    let out = Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args(["predict", "--json", "--engine", "auto", "--openvino-lib", "/nonexistent/libopenvino_c.so", "--model"])
+        .arg(root().join("models/efficientnet-lite0"))
+        .arg(root().join("tests/fixtures/dog.jpeg"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("falling back to ONNX Runtime") && stderr.contains("cannot load OpenVINO"), "{stderr}");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["prediction"], "Eskimo_dog");
+    let explicit = Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args(["predict", "--engine", "openvino", "--openvino-lib", "/nonexistent/libopenvino_c.so", "--model"])
+        .arg(root().join("models/efficientnet-lite0"))
+        .arg(root().join("tests/fixtures/dog.jpeg"))
+        .output()
+        .unwrap();
+    assert!(!explicit.status.success(), "an explicit engine that cannot load is an error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reports_its_engine_and_precision() {
+    for (flags, engine, precision) in [
+        (["--engine", "onnxruntime", "--precision", "auto"], "onnxruntime", "fp32"),
+        (["--engine", "openvino", "--precision", "fp32"], "openvino", "fp32"),
+    ] {
+        let mut argv = vec!["--sessions", "1"];
+        argv.extend(flags);
+        let s = common::Server::start(&argv).await;
+        let c = reqwest::Client::new();
+        let status: serde_json::Value =
+            c.get(format!("{}/api/status", s.url)).send().await.unwrap().json().await.unwrap();
+        assert_eq!((status["engine"].as_str(), status["precision"].as_str()), (Some(engine), Some(precision)));
+        let meta: serde_json::Value =
+            c.get(format!("{}/v2/models/efficientnet-lite0", s.url)).send().await.unwrap().json().await.unwrap();
+        assert_eq!(meta["parameters"]["engine"], engine);
+        assert_eq!(meta["parameters"]["precision"], precision);
+        let metrics = c.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+        let info = format!("engine=\"{engine}\"");
+        assert!(metrics.lines().any(|l| l.starts_with("lens_model_info") && l.contains(&info)), "{metrics}");
+        let (code, body) = common::predict(&c, &s.url, "dog.jpeg", common::fixture("dog.jpeg")).await;
+        assert_eq!((code, body["prediction"].as_str()), (200, Some("Eskimo_dog")));
+        s.stop().await;
+    }
+}
