@@ -1,6 +1,7 @@
 //! The result cache and in-flight coalescing.
 //!
-//! Answers are keyed on the model and the SHA-256 of the uploaded bytes. The
+//! Answers are keyed on the model, its version and the SHA-256 of the
+//! uploaded bytes, so a new version never answers from the old one's entries. The
 //! cache is a bounded LRU; [`Coalescer`] makes identical requests that arrive
 //! while the first is still being computed wait for that one computation.
 //! [`SharedCache`] is a second level that several API nodes share (Redis
@@ -15,10 +16,11 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 use tokio::sync::oneshot;
 
-/// Cache key: model name and image digest.
+/// Cache key: model name, model version and image digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     pub model: String,
+    pub version: String,
     pub sha256: [u8; 32],
 }
 
@@ -117,7 +119,7 @@ mod tests {
     use super::*;
 
     fn key(b: u8) -> Key {
-        Key { model: "m".into(), sha256: [b; 32] }
+        Key { model: "m".into(), version: "1".into(), sha256: [b; 32] }
     }
 
     #[test]
@@ -130,6 +132,16 @@ mod tests {
         assert_eq!(c.get(&key(2)), None);
         assert_eq!(c.get(&key(1)), Some(1));
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn versions_of_a_model_do_not_share_entries() {
+        let c = ResultCache::new(4);
+        c.put(key(1), 1);
+        let v2 = Key { version: "2".into(), ..key(1) };
+        assert_eq!(c.get(&v2), None);
+        c.put(v2.clone(), 2);
+        assert_eq!((c.get(&key(1)), c.get(&v2)), (Some(1), Some(2)));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The one place where errors become HTTP responses.
 //!
 //! Every error body has the shape clients of the original service parse:
-//! `{"success": false, "prediction": null, "score": null, "error": "..."}`.
-//! Internal details are logged, never shown.
+//! `{"success": false, "prediction": null, "score": null, "error": "..."}`;
+//! the Open Inference Protocol's endpoints answer [`OipError`], the same
+//! error as `{"error": "..."}`, the shape its clients parse. Internal
+//! details are logged, never shown.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +31,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("model {0:?} is not served here")]
     UnknownModel(String),
+    #[error("version {1:?} of model {0:?} is not served here")]
+    UnknownVersion(String, String),
+    #[error(transparent)]
+    Repository(#[from] super::RepositoryError),
     #[error(transparent)]
     Predict(#[from] PredictError),
     #[error("internal error; the details are in the server log")]
@@ -51,7 +57,13 @@ impl ApiError {
             | ApiError::TooManyParts(_)
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownModel(_) | ApiError::UnknownVersion(..) => StatusCode::NOT_FOUND,
+            ApiError::Repository(e) => match e {
+                super::RepositoryError::NotFound(_) => StatusCode::NOT_FOUND,
+                super::RepositoryError::LoadFailed { .. } | super::RepositoryError::NoRepository => {
+                    StatusCode::BAD_REQUEST
+                }
+            },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Predict(e) => match e {
                 PredictError::BadImage(ImageError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -74,7 +86,8 @@ impl ApiError {
             ApiError::TooManyParts(_) => "too_many_parts",
             ApiError::TooLarge(_) => "too_large",
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::UnknownModel(_) => "unknown_model",
+            ApiError::UnknownModel(_) | ApiError::UnknownVersion(..) => "unknown_model",
+            ApiError::Repository(_) => "repository",
             ApiError::Internal(_) => "internal",
             ApiError::Predict(e) => e.reason(),
         }
@@ -91,6 +104,30 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.respond(|message| json!({"success": false, "prediction": null, "score": null, "error": message}))
+    }
+}
+
+/// An [`ApiError`] as the Open Inference Protocol answers it: `{"error": "..."}`,
+/// with the same status code, `Retry-After` and rejection count.
+#[derive(Debug)]
+pub struct OipError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for OipError {
+    fn from(e: E) -> Self {
+        OipError(e.into())
+    }
+}
+
+impl IntoResponse for OipError {
+    fn into_response(self) -> Response {
+        self.0.respond(|message| json!({"error": message}))
+    }
+}
+
+impl ApiError {
+    /// The response with the body `body` builds from the client-facing message.
+    fn respond(self, body: impl FnOnce(String) -> serde_json::Value) -> Response {
         let status = self.status_code();
         let message = match &self {
             ApiError::Internal(detail) => {
@@ -103,8 +140,7 @@ impl IntoResponse for ApiError {
             }
             _ => self.to_string(),
         };
-        let body = json!({"success": false, "prediction": null, "score": null, "error": message});
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = (status, axum::Json(body(message))).into_response();
         response.extensions_mut().insert(Rejected(self.reason()));
         if let Some(secs) = self.retry_after() {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -20,7 +20,7 @@ use crate::feedback::FeedbackRecord;
 
 /// `GET /feedback`: the page, as the original answered.
 pub async fn page(State(state): State<AppState>) -> Html<String> {
-    let view = PageView { model: state.models.default_model().name(), result: None, message: None };
+    let view = PageView { model: state.models.default_name(), result: None, message: None };
     Html(render::render(&view))
 }
 
@@ -45,7 +45,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
         }
         fields = pairs;
     }
-    let mut record = record_from_fields(&fields, state.models.default_model().name())?;
+    let mut record = record_from_fields(&fields, state.models.default_name())?;
     let store = state.feedback.clone();
     let uploads = state.uploads.clone();
     let upload = file.filter(|(_, b)| !b.is_empty()).map(|f| check_upload(Some(f))).transpose()?;
@@ -84,7 +84,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
     }
     let message = format!("Thanks — report #{id} saved");
     let view = PageView {
-        model: state.models.default_model().name(),
+        model: state.models.default_name(),
         result: None,
         message: Some((MessageKind::Info, &message)),
     };
