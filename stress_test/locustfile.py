@@ -45,7 +45,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import struct
 import sys
 import time
 from pathlib import Path
@@ -53,75 +52,33 @@ from pathlib import Path
 from locust import FastHttpUser, between, constant, constant_throughput, events, task
 
 ROOT = Path(__file__).resolve().parent.parent
+# locust imports this file by path, so only stress_test/ is on sys.path; the
+# request-body helpers it shares with scripts/bench_openloop.py and
+# scripts/bench-distributed are the lensbench package in scripts/.
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from lensbench import multipart  # noqa: E402
+from lensbench.photos import PhotoStream  # noqa: E402
+
 SCENARIO = os.environ.get("LENS_SCENARIO", "original").strip().lower()
 ORIGINAL_IMAGE = Path(os.environ.get("LENS_IMAGE", ROOT / "tests" / "fixtures" / "dog.jpeg"))
-DEFAULT_IMAGES_DIR = ROOT / "target" / "distinct-images"
 STAMP = os.environ.get("LENS_STAMP", "1") != "0"
 RATE_PER_USER = float(os.environ.get("LENS_RATE_PER_USER", "1"))
-BOUNDARY = "lens-locust-7d1f0c2e9b"
-CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 SCENARIOS = ("original", "distinct", "closed", "paced")
 
 if SCENARIO not in SCENARIOS:
     sys.exit(f"LENS_SCENARIO={SCENARIO!r}: expected one of {', '.join(SCENARIOS)}")
 
-_MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+
+_distinct: PhotoStream | None = None
 
 
-def multipart(data: bytes, filename: str) -> bytes:
-    """A multipart/form-data body with one file part named ``file``."""
-    mime = _MIME.get(Path(filename).suffix.lower(), "application/octet-stream")
-    head = (
-        f"--{BOUNDARY}\r\n"
-        f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        f"Content-Type: {mime}\r\n\r\n"
-    ).encode()
-    return b"".join((head, data, f"\r\n--{BOUNDARY}--\r\n".encode()))
-
-
-def stamp_jpeg(data: bytes, tag: bytes) -> bytes:
-    """The same JPEG with a COM (comment) segment right after SOI: other bytes, same pixels."""
-    if not data.startswith(b"\xff\xd8"):
-        return data
-    return b"".join((data[:2], b"\xff\xfe", struct.pack(">H", len(tag) + 2), tag, data[2:]))
-
-
-class DistinctImages:
-    """Every photo of a folder, in order, starting at a per-process offset."""
-
-    def __init__(self) -> None:
-        env_dir = os.environ.get("LENS_IMAGES_DIR")
-        folder = Path(env_dir) if env_dir else DEFAULT_IMAGES_DIR
-        if not env_dir and not any(folder.glob("img_*.jpg")):
-            sys.path.insert(0, str(ROOT / "scripts"))
-            sys.dont_write_bytecode = True  # no __pycache__ left in scripts/
-            from make_distinct_images import make  # noqa: PLC0415 (only when needed)
-
-            make(folder, 2000, 20240601, ROOT / "tests" / "fixtures")
-        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _MIME)
-        if not self.files:
-            sys.exit(f"{folder}: no .jpg/.jpeg/.png/.webp images")
-        self.pid = os.getpid()
-        # Processes started together (--processes) begin at different places.
-        self.offset = (self.pid * 7919) % len(self.files)
-        self.counter = itertools.count()
-
-    def next_body(self) -> bytes:
-        n = next(self.counter)
-        path = self.files[(self.offset + n) % len(self.files)]
-        data = path.read_bytes()
-        if STAMP:
-            data = stamp_jpeg(data, f"lens-bench pid={self.pid} n={n}".encode())
-        return multipart(data, path.name)
-
-
-_distinct: DistinctImages | None = None
-
-
-def distinct() -> DistinctImages:
+def distinct() -> PhotoStream:
+    """The distinct photos, opened on first use (made first if the default folder is empty)."""
     global _distinct
     if _distinct is None:
-        _distinct = DistinctImages()
+        env_dir = os.environ.get("LENS_IMAGES_DIR")
+        _distinct = PhotoStream(Path(env_dir) if env_dir else None, STAMP, tag="lens-locust")
     return _distinct
 
 
@@ -131,7 +88,7 @@ _original_body: bytes | None = None
 def original_body() -> bytes:
     global _original_body
     if _original_body is None:
-        _original_body = multipart(ORIGINAL_IMAGE.read_bytes(), ORIGINAL_IMAGE.name)
+        _original_body = multipart.file_body(ORIGINAL_IMAGE.read_bytes(), ORIGINAL_IMAGE.name)
     return _original_body
 
 
@@ -149,7 +106,7 @@ class LensUser(FastHttpUser):
 
     def predict(self, body: bytes) -> None:
         with self.client.post(
-            "/predict", data=body, headers={"Content-Type": CONTENT_TYPE}, name="/predict", catch_response=True
+            "/predict", data=body, headers={"Content-Type": multipart.CONTENT_TYPE}, name="/predict", catch_response=True
         ) as resp:
             status = resp.status_code or 0
             if status == 200:
