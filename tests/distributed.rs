@@ -726,10 +726,25 @@ async fn a_rolling_update_of_the_workers_to_a_new_version_loses_no_job() {
     let (url, v1, v2) = (redis.url(), version("1"), version("2"));
     let (v1, v2, repo_dir) = (v1.to_str().unwrap(), v2.to_str().unwrap(), repo.path().to_str().unwrap());
     let data = logs.join("api-data");
-    let api = Lens::spawn(&logs, "api", &[
-        "serve", "--redis", &url, "--addr", "127.0.0.1:0", "--model", v1, "--models-dir", repo_dir,
-        "--poll-models", "0.5", "--data-dir", data.to_str().unwrap(),
-    ]);
+    let api = Lens::spawn(
+        &logs,
+        "api",
+        &[
+            "serve",
+            "--redis",
+            &url,
+            "--addr",
+            "127.0.0.1:0",
+            "--model",
+            v1,
+            "--models-dir",
+            repo_dir,
+            "--poll-models",
+            "0.5",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
     let old = Lens::spawn(&logs, "worker-v1", &["worker", "--redis", &url, "--model", v1, "--sessions", "1"]);
     let client = reqwest::Client::new();
     wait_ready(&client, &api.url()).await;
@@ -759,17 +774,18 @@ async fn a_rolling_update_of_the_workers_to_a_new_version_loses_no_job() {
     let versions = async || {
         let r = client.post(format!("{}/v2/repository/index", api.url())).send().await.unwrap();
         let index: Vec<serde_json::Value> = r.json().await.unwrap();
-        index.iter().map(|e| (e["version"].as_str().unwrap().to_owned(), e["state"].as_str().unwrap().to_owned())).collect::<Vec<_>>()
+        index
+            .iter()
+            .map(|e| (e["version"].as_str().unwrap().to_owned(), e["state"].as_str().unwrap().to_owned()))
+            .collect::<Vec<_>>()
     };
     wait_until("version 2 serves", Duration::from_secs(60), async || {
         versions().await.contains(&("2".to_owned(), "READY".to_owned()))
     })
     .await;
     // 2. Version 1 drains: its requests are answered by its worker.
-    wait_until("version 1 drained", Duration::from_secs(60), async || {
-        !versions().await.iter().any(|(v, _)| v == "1")
-    })
-    .await;
+    wait_until("version 1 drained", Duration::from_secs(60), async || !versions().await.iter().any(|(v, _)| v == "1"))
+        .await;
     // 3. Only then the old worker stops (SIGTERM: it finishes its batches).
     let mut old = old;
     signal(&old.child, "TERM");
@@ -782,7 +798,13 @@ async fn a_rolling_update_of_the_workers_to_a_new_version_loses_no_job() {
         all.extend(c.await.unwrap());
     }
     let failed: Vec<_> = all.iter().filter(|a| a.0 != 200).collect();
-    assert!(failed.is_empty(), "{} of {} requests failed: {:?}", failed.len(), all.len(), &failed[..failed.len().min(3)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        all.len(),
+        &failed[..failed.len().min(3)]
+    );
     let first_v2_back = all.iter().filter(|a| a.2 == "2").map(|a| a.4).min().expect("no answer from version 2");
     let from_v1 = all.iter().filter(|a| a.2 == "1").count();
     assert!(from_v1 > 0, "no answer from version 1");
@@ -793,7 +815,11 @@ async fn a_rolling_update_of_the_workers_to_a_new_version_loses_no_job() {
     eprintln!("rolling update: {from_v1} answers from version 1, {} from version 2, none failed", all.len() - from_v1);
     let mut conn = redis.conn().await;
     for v in ["1", "2"] {
-        assert_eq!(xlen(&mut conn, &lens::redis::keys::jobs("efficientnet-lite0", v)).await, 0, "stream of version {v}");
+        assert_eq!(
+            xlen(&mut conn, &lens::redis::keys::jobs("efficientnet-lite0", v)).await,
+            0,
+            "stream of version {v}"
+        );
     }
     let live: Vec<String> = beats(&mut conn).await.into_values().map(|b| b.version).collect();
     assert_eq!(live, ["2"], "the old worker left the registry");

@@ -36,7 +36,8 @@ impl Lens {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("no address: {line:?}")).to_owned();
+        let url =
+            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("no address: {line:?}")).to_owned();
         for _ in 0..600 {
             if ready(&url) {
                 return Lens { child, url };
@@ -149,8 +150,10 @@ async fn malformed_binary_bodies_get_400_and_never_a_panic() {
     let c = reqwest::Client::new();
     let url = format!("{}/v2/models/{MODEL}/infer", s.url);
     let dog = fixture("dog.jpeg");
-    let image = |size: usize| json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": size}}]});
+    let image = |size: usize| {
+        json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": size}}]})
+    };
     let good = bytes_element(&dog);
     let cases: Vec<(&str, Value, Vec<u8>, Option<&str>)> = vec![
         ("header longer than the body", image(good.len()), good.clone(), Some("999999999")),

@@ -83,11 +83,8 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
         return Ok(Json(json!({"success": true, "id": id})).into_response());
     }
     let message = format!("Thanks — report #{id} saved");
-    let view = PageView {
-        model: state.models.default_name(),
-        result: None,
-        message: Some((MessageKind::Info, &message)),
-    };
+    let view =
+        PageView { model: state.models.default_name(), result: None, message: Some((MessageKind::Info, &message)) };
     Ok(Html(render::render(&view)).into_response())
 }
 

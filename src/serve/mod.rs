@@ -166,7 +166,14 @@ async fn start_model(
     let decode_threads = args.decode_threads.unwrap_or(sessions.sessions);
     let predictor =
         Arc::new(Predictor::new(model_info(&model), predictor_config(args), Arc::new(queue), decode_threads, metrics));
-    Ok(Running { predictor, pools: vec![pool], batchers: vec![batcher], redis_tasks: Vec::new(), batcher_stop, redis_stop })
+    Ok(Running {
+        predictor,
+        pools: vec![pool],
+        batchers: vec![batcher],
+        redis_tasks: Vec::new(),
+        batcher_stop,
+        redis_stop,
+    })
 }
 
 /// A model served through Redis: an API node, plus `--workers` in-process

@@ -263,7 +263,9 @@ impl ModelRepository for Repository {
             match self.models.get(&name) {
                 Some(p) if p.is_ready() => out.push(entry(&name, p.version(), "READY", "")),
                 Some(p) => out.push(entry(&name, p.version(), "UNAVAILABLE", "not ready")),
-                None if book.unloaded.contains(&name) => out.push(entry(&name, &disk.version, "UNAVAILABLE", "unloaded")),
+                None if book.unloaded.contains(&name) => {
+                    out.push(entry(&name, &disk.version, "UNAVAILABLE", "unloaded"))
+                }
                 None => out.push(entry(&name, &disk.version, "UNAVAILABLE", "not loaded")),
             }
             if let Some((d, reason)) = book.failed.get(&name) {
@@ -308,11 +310,7 @@ fn describe(dir: &Path) -> Option<OnDisk> {
             parsed.map(|s| s.version).unwrap_or_default()
         }
     };
-    let changed = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
-        .max();
+    let changed = std::fs::read_dir(dir).ok()?.flatten().filter_map(|e| e.metadata().ok()?.modified().ok()).max();
     Some(OnDisk { dir: dir.to_owned(), version, changed })
 }
 

@@ -30,10 +30,7 @@ pub fn split(body: Bytes, header_length: Option<&[u8]>) -> Result<(Bytes, Bytes)
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| bad("Inference-Header-Content-Length must be a byte count"))?;
     if n > body.len() {
-        return Err(bad(format!(
-            "Inference-Header-Content-Length is {n} but the body has only {} bytes",
-            body.len()
-        )));
+        return Err(bad(format!("Inference-Header-Content-Length is {n} but the body has only {} bytes", body.len())));
     }
     let mut json = body;
     let binary = json.split_off(n);

@@ -273,7 +273,9 @@ async fn predict_tensors(p: &Arc<Predictor>, values: Vec<f32>, n: usize) -> Resu
 }
 
 /// Awaits spawned predictions in request order; the first failure wins.
-async fn join_in_order(tasks: Vec<tokio::task::JoinHandle<Result<Scores, PredictError>>>) -> Result<Vec<Scores>, ApiError> {
+async fn join_in_order(
+    tasks: Vec<tokio::task::JoinHandle<Result<Scores, PredictError>>>,
+) -> Result<Vec<Scores>, ApiError> {
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
         out.push(t.await.map_err(|e| ApiError::Internal(e.to_string()))??);
