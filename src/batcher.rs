@@ -138,7 +138,7 @@ async fn execute(
     match result {
         Ok(rows) if rows.len() == n => {
             metrics.inferred_images.inc_by(n as u64);
-            rows.into_iter().map(|scores| Ok(JobOutput { scores: scores.into() })).collect()
+            rows.into_iter().map(|scores| Ok(JobOutput { scores: scores.into(), inference: took })).collect()
         }
         Ok(rows) => vec![Err(JobError::Inference(format!("model answered {} rows for {n} images", rows.len()))); n],
         Err(e) => {

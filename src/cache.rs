@@ -1,7 +1,8 @@
 //! The result cache and in-flight coalescing.
 //!
-//! Answers are keyed on the model, the engine and precision it runs with
-//! (answers differ slightly between them) and the SHA-256 of the uploaded bytes. The
+//! Answers are keyed on the model, its version, the engine and precision it
+//! runs with (answers differ slightly between them) and the SHA-256 of the
+//! uploaded bytes, so a new version never answers from the old one's entries. The
 //! cache is a bounded LRU; [`Coalescer`] makes identical requests that arrive
 //! while the first is still being computed wait for that one computation.
 //! [`SharedCache`] is a second level that several API nodes share (Redis
@@ -18,10 +19,11 @@ use tokio::sync::oneshot;
 
 use crate::engine::Runtime;
 
-/// Cache key: model name, engine and precision, and image digest.
+/// Cache key: model name and version, engine and precision, and image digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     pub model: String,
+    pub version: String,
     pub runtime: Runtime,
     pub sha256: [u8; 32],
 }
@@ -122,7 +124,7 @@ mod tests {
 
     fn key(b: u8) -> Key {
         let runtime = Runtime { engine: crate::engine::Engine::OnnxRuntime, precision: crate::engine::Precision::Fp32 };
-        Key { model: "m".into(), runtime, sha256: [b; 32] }
+        Key { model: "m".into(), version: "1".into(), runtime, sha256: [b; 32] }
     }
 
     #[test]
@@ -135,6 +137,16 @@ mod tests {
         assert_eq!(c.get(&key(2)), None);
         assert_eq!(c.get(&key(1)), Some(1));
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn versions_of_a_model_do_not_share_entries() {
+        let c = ResultCache::new(4);
+        c.put(key(1), 1);
+        let v2 = Key { version: "2".into(), ..key(1) };
+        assert_eq!(c.get(&v2), None);
+        c.put(v2.clone(), 2);
+        assert_eq!((c.get(&key(1)), c.get(&v2)), (Some(1), Some(2)));
     }
 
     #[test]

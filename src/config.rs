@@ -111,10 +111,17 @@ pub struct ServeArgs {
     #[arg(long, env = "LENS_ADDR", default_value = "0.0.0.0:8000")]
     pub addr: String,
 
-    /// Also serve every model directory (holding a model.toml) under this folder.
-    /// `/predict` uses the --model one.
+    /// A model repository: also serve every model under this folder, either a
+    /// model directory (holding a model.toml) or `<name>/<version>/` version
+    /// directories, of which the highest numbered is served. Enables the
+    /// repository endpoints (`/v2/repository/...`). `/predict` uses the --model one.
     #[arg(long, env = "LENS_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
+
+    /// Look at --models-dir every SECS seconds: load new versions (warmed up,
+    /// then swapped in; the old version drains), unload removed models.
+    #[arg(long, env = "LENS_POLL_MODELS", value_name = "SECS", requires = "models_dir")]
+    pub poll_models: Option<f64>,
 
     /// Where feedback and page uploads are stored.
     #[arg(long, env = "LENS_DATA_DIR", default_value = "var")]

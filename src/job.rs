@@ -21,6 +21,9 @@ pub enum ModelInput {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobOutput {
     pub scores: Arc<[f32]>,
+    /// How long the model call of this job's batch took (zero if unknown),
+    /// for the per-model statistics' split of queue and compute time.
+    pub inference: std::time::Duration,
 }
 
 /// Why a job got no answer. `Clone`, so one failure fans out to a batch.

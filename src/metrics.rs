@@ -2,6 +2,7 @@
 //!
 //! Durations are in seconds; failure reasons are labels.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -235,5 +236,53 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// A count and the nanoseconds it took, as the statistics extension reports
+/// each stage.
+#[derive(Debug, Default)]
+pub struct StageCounter {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl StageCounter {
+    pub fn add(&self, d: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// `(count, ns)`.
+    pub fn get(&self) -> (u64, u64) {
+        (self.count.load(Ordering::Relaxed), self.ns.load(Ordering::Relaxed))
+    }
+}
+
+/// Per model version: what the Open Inference Protocol's statistics
+/// extension reports (`GET /v2/models/{m}/stats`). One inference is one
+/// image or tensor; `success` and `fail` time it end to end, the stages
+/// split a success: `queue` waiting for a session, `compute_input` decoding,
+/// `compute_infer` the model call, `compute_output` ranking the scores.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    pub success: StageCounter,
+    pub fail: StageCounter,
+    pub queue: StageCounter,
+    pub compute_input: StageCounter,
+    pub compute_infer: StageCounter,
+    pub compute_output: StageCounter,
+    pub cache_hit: StageCounter,
+    pub cache_miss: StageCounter,
+    /// Unix milliseconds of the last inference; 0 before the first.
+    pub last_inference_ms: AtomicU64,
+}
+
+impl ModelStats {
+    /// Counts one finished inference, successful or not.
+    pub fn finish(&self, ok: bool, took: Duration) {
+        if ok { &self.success } else { &self.fail }.add(took);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.last_inference_ms.store(now.as_millis() as u64, Ordering::Relaxed);
     }
 }

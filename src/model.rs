@@ -6,6 +6,11 @@
 //! probabilities. See `models/examples/` for documented presets. It may also
 //! choose the engine and precision ([`EngineChoice`], [`PrecisionChoice`]);
 //! the command line overrides both.
+//!
+//!
+//! In a model repository's layout, `<name>/<version>/` with a numbered
+//! version directory, the directories name the model and its version:
+//! they override `name` and `version` of its model.toml.
 
 use std::path::{Path, PathBuf};
 
@@ -255,7 +260,10 @@ impl ModelDir {
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let toml_path = dir.join("model.toml");
         let text = read(&toml_path)?;
-        let spec = ModelSpec::parse(&text, &toml_path)?;
+        let mut spec = ModelSpec::parse(&text, &toml_path)?;
+        if let Some((name, version)) = repository_names(dir) {
+            (spec.name, spec.version) = (name, version);
+        }
         let labels_path = dir.join(&spec.labels);
         let labels: Vec<String> =
             read(&labels_path)?.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
@@ -271,6 +279,14 @@ impl ModelDir {
         }
         Ok(ModelDir { dir: dir.to_owned(), spec, labels, onnx_path })
     }
+}
+
+/// `(name, version)` if `dir` is `<name>/<version>/` with a numbered version.
+pub fn repository_names(dir: &Path) -> Option<(String, String)> {
+    let version = dir.file_name()?.to_str()?;
+    let name = dir.parent()?.file_name()?.to_str()?;
+    let numbered = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit());
+    numbered.then(|| (name.to_owned(), version.to_owned()))
 }
 
 fn read(path: &Path) -> Result<String, ModelError> {
@@ -335,6 +351,13 @@ kind = "logits"
         assert!(ModelSpec::parse(&bad, Path::new("m")).is_err());
         let bad = LITE0.replace("layout = \"NCHW\"", "layout = \"CHW\"");
         assert!(ModelSpec::parse(&bad, Path::new("m")).is_err());
+    }
+
+    #[test]
+    fn a_numbered_directory_names_the_version_and_its_parent_the_model() {
+        assert_eq!(repository_names(Path::new("repo/lite/12")), Some(("lite".into(), "12".into())));
+        assert_eq!(repository_names(Path::new("models/efficientnet-lite0")), None);
+        assert_eq!(repository_names(Path::new("repo/lite/v2")), None);
     }
 
     #[test]

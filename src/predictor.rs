@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::cache::{Coalescer, Key, ResultCache, Role, SharedCache};
 use crate::engine::Runtime;
 use crate::job::{JobError, JobOutput, ModelInput};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, ModelStats};
 use crate::model::{ModelSpec, ResizeSpec};
 use crate::preprocess::{ImageError, prepare};
 use crate::queue::{Capacity, JobQueue, SubmitError};
@@ -63,6 +63,8 @@ pub struct Answer {
 pub struct Timings {
     pub decode: Duration,
     pub queue_and_infer: Duration,
+    /// The model call of the job's batch, as its session measured it.
+    pub infer: Duration,
     /// Answered from the shared (Redis) cache: no stage ran.
     pub cached: bool,
 }
@@ -107,6 +109,8 @@ pub struct Predictor {
     /// Exponential moving average of seconds per image of inference, as f64 bits.
     per_image_secs: AtomicU64,
     metrics: Arc<Metrics>,
+    /// This model version's counters for the statistics extension.
+    stats: ModelStats,
 }
 
 impl Predictor {
@@ -130,6 +134,7 @@ impl Predictor {
             config,
             queue,
             metrics,
+            stats: ModelStats::default(),
         }
     }
 
@@ -141,6 +146,36 @@ impl Predictor {
 
     pub fn name(&self) -> &str {
         &self.model.spec.name
+    }
+
+    pub fn version(&self) -> &str {
+        &self.model.spec.version
+    }
+
+    /// This version's counters for the statistics extension.
+    pub fn stats(&self) -> &ModelStats {
+        &self.stats
+    }
+
+    /// Counts one answered (or failed) inference in the statistics.
+    fn count(&self, result: &Result<Timings, &PredictError>, started: Instant) {
+        let took = started.elapsed();
+        self.stats.finish(result.is_ok(), took);
+        match result {
+            Ok(t) if t.cached => self.stats.cache_hit.add(took),
+            Ok(t) => {
+                self.stats.cache_miss.add(Duration::ZERO);
+                self.stats.queue.add(t.queue_and_infer.saturating_sub(t.infer));
+                self.stats.compute_input.add(t.decode);
+                self.stats.compute_infer.add(t.infer);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The queue's readiness as it changes, to wait for a new version.
+    pub fn ready_watch(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
     }
 
     /// Whether requests can be answered now, as the queue last published.
@@ -160,12 +195,25 @@ impl Predictor {
 
     /// Classifies one uploaded image.
     pub async fn predict(self: &Arc<Self>, bytes: Bytes) -> Result<Answer, PredictError> {
+        let started = Instant::now();
+        let result = self.predict_counted(bytes).await;
+        let timings = result.as_ref().map(|a| Timings { cached: a.cached, ..a.timings });
+        self.count(&timings, started);
+        result
+    }
+
+    async fn predict_counted(self: &Arc<Self>, bytes: Bytes) -> Result<Answer, PredictError> {
         let deadline = Instant::now() + self.config.deadline;
         let _admitted = self.admit()?;
         let hashed = bytes.clone();
         let sha: [u8; 32] = self.on_decode_pool(move || Sha256::digest(&hashed).into()).await?;
         let sha256 = hex::encode(sha);
-        let key = Key { model: self.model.spec.name.clone(), runtime: self.model.runtime, sha256: sha };
+        let key = Key {
+            model: self.model.spec.name.clone(),
+            version: self.model.spec.version.clone(),
+            runtime: self.model.runtime,
+            sha256: sha,
+        };
         if let Some(scores) = self.cache.get(&key) {
             self.metrics.cache_hits.inc();
             return Ok(Answer { scores, sha256, cached: true, timings: Timings::default() });
@@ -216,10 +264,14 @@ impl Predictor {
     /// skips decoding, the cache and coalescing, but not admission, the queue
     /// or the deadline.
     pub async fn predict_tensor(&self, values: Vec<f32>) -> Result<Arc<[f32]>, PredictError> {
-        let deadline = Instant::now() + self.config.deadline;
-        let _admitted = self.admit()?;
-        let (scores, _) = self.infer(ModelInput::Tensor(values), deadline).await?;
-        Ok(scores)
+        let started = Instant::now();
+        let deadline = started + self.config.deadline;
+        let result = match self.admit() {
+            Ok(_admitted) => self.infer(ModelInput::Tensor(values), deadline).await,
+            Err(e) => Err(e),
+        };
+        self.count(&result.as_ref().map(|(_, t)| *t), started);
+        Ok(result?.0)
     }
 
     fn admit(&self) -> Result<OwnedSemaphorePermit, PredictError> {
@@ -260,13 +312,13 @@ impl Predictor {
             Err(_) => Err(JobError::DeadlineExceeded),
         };
         let done = Instant::now();
-        let JobOutput { scores } = output.map_err(|e| match e {
+        let JobOutput { scores, inference } = output.map_err(|e| match e {
             JobError::DeadlineExceeded => PredictError::Timeout(self.config.deadline),
             JobError::ShuttingDown => PredictError::Unavailable(e.to_string()),
             JobError::Inference(_) | JobError::DeadLettered(_) => PredictError::Failed(e.to_string()),
         })?;
         self.observe_service_time(done - decoded);
-        Ok((scores, Timings { queue_and_infer: done - decoded, ..Timings::default() }))
+        Ok((scores, Timings { queue_and_infer: done - decoded, infer: inference, ..Timings::default() }))
     }
 
     async fn decode(&self, bytes: Bytes) -> Result<ModelInput, PredictError> {

@@ -20,8 +20,8 @@ use lens::job::JobError;
 use lens::redis::codec::{self, WorkerBeat};
 use redis::streams::StreamPendingReply;
 
-const JOBS: &str = "lens:jobs:efficientnet-lite0";
-const DEAD: &str = "lens:dead:efficientnet-lite0";
+const JOBS: &str = "lens:jobs:efficientnet-lite0:1";
+const DEAD: &str = "lens:dead:efficientnet-lite0:1";
 const REGISTRY: &str = "lens:workers:efficientnet-lite0";
 const GROUP: &str = "lens-workers";
 const PHOTOS: [&str; 4] = ["dog.jpeg", "coffee.png", "chelsea.png", "grace_hopper.jpg"];
@@ -713,8 +713,9 @@ async fn sigterm_lets_a_worker_finish_and_acknowledge_its_batch() {
 }
 
 /// The compose file must be valid for `docker compose up --scale worker=4`
-/// and the Kubernetes manifests must hold what the README promises. No
-/// Docker engine or cluster here: this checks structure, not a deployment.
+/// and the Kubernetes manifests must pass their schemas and hold what the
+/// README promises. No Docker engine or cluster here: this checks the files,
+/// not a deployment.
 #[test]
 fn deployment_files_are_well_formed() {
     let deploy = common::root().join("deploy");
@@ -735,41 +736,14 @@ fn deployment_files_are_well_formed() {
             eprintln!("docker-compose not installed (scripts/system-deps test installs it): compose file not checked")
         }
     }
-    let check = r#"
-import sys, json, glob, yaml
-docs = []
-for path in sorted(glob.glob(sys.argv[1] + "/*.yaml")):
-    docs += [d for d in yaml.safe_load_all(open(path)) if d]
-out = {}
-for d in docs:
-    name = d["kind"] + "/" + d["metadata"]["name"]
-    if d["kind"] == "Deployment":
-        c = d["spec"]["template"]["spec"]["containers"][0]
-        out[name] = {
-            "replicas": d["spec"].get("replicas"),
-            "command": c.get("args", []),
-            "ready": c.get("readinessProbe", {}).get("httpGet", {}).get("path"),
-            "live": c.get("livenessProbe", {}).get("httpGet", {}).get("path"),
-            "requests": sorted(c.get("resources", {}).get("requests", {})),
-            "env": sorted(e["name"] for e in c.get("env", [])),
-            "grace": d["spec"]["template"]["spec"].get("terminationGracePeriodSeconds"),
-        }
-    else:
-        out[name] = {}
-print(json.dumps(out))
-"#;
-    let out = match Command::new("python3").arg("-c").arg(check).arg(deploy.join("k8s")).output() {
-        Ok(out) if out.status.success() => out,
-        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named 'yaml'") => {
-            eprintln!("python3-yaml not installed: Kubernetes manifests not checked");
-            return;
-        }
-        Ok(out) => panic!("{}", String::from_utf8_lossy(&out.stderr)),
-        Err(_) => {
-            eprintln!("python3 not installed: Kubernetes manifests not checked");
-            return;
-        }
-    };
+    // Every manifest against its schema: kubernetes-validate for the built-in
+    // kinds, the KEDA CRD subset in deploy/k8s/schemas for the ScaledObject.
+    let out = Command::new(common::root().join(".venv/bin/python"))
+        .arg(common::root().join("tests/validate_manifests.py"))
+        .arg(deploy.join("k8s"))
+        .output()
+        .expect("the project venv (make setup) has kubernetes-validate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let k8s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for kind in
         ["Deployment/lens-api", "Deployment/lens-worker", "Service/lens-api", "Deployment/redis", "Service/redis"]
@@ -787,4 +761,154 @@ print(json.dumps(out))
     assert_eq!(worker["live"], "/health/live");
     assert_eq!(worker["requests"], serde_json::json!(["cpu", "memory"]));
     assert!(worker["grace"].as_u64().unwrap() >= 10, "SIGTERM must leave time to finish a batch");
+    let keda = &k8s["ScaledObject/lens-worker"];
+    assert_eq!((&keda["target"], &keda["trigger"]), (&"lens-worker".into(), &"redis-streams".into()));
+    assert_eq!(keda["stream"], lens::redis::keys::jobs("efficientnet-lite0", "1"), "the stream workers read");
+    assert_eq!(keda["consumerGroup"], lens::redis::keys::GROUP);
+    assert!(keda["lagCount"].as_str().unwrap().parse::<u32>().unwrap() >= 1);
+    let hpa = &k8s["HorizontalPodAutoscaler/lens-api"];
+    assert_eq!((&hpa["target"], &hpa["metrics"]), (&"lens-api".into(), &serde_json::json!(["cpu"])));
+}
+
+/// `dir` becomes a copy of the real model, appearing at once (copied beside
+/// it, then renamed), as a new version does in a repository.
+fn copy_model(dir: &Path) {
+    let tmp = dir.with_file_name(".incoming");
+    std::fs::create_dir_all(&tmp).unwrap();
+    for f in ["model.onnx", "labels.txt", "model.toml"] {
+        std::fs::copy(model_dir().join(f), tmp.join(f)).unwrap();
+    }
+    std::fs::rename(&tmp, dir).unwrap();
+}
+
+/// One v2 infer of photo `i` (byte-distinct): status, the label, the version
+/// that answered, when it was sent and when it came back.
+async fn infer_v2(client: &reqwest::Client, api: &str, i: usize) -> (u16, String, String, Instant, Instant) {
+    use base64::Engine as _;
+    let (name, bytes) = photo(i);
+    let req = serde_json::json!({
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                    "data": [base64::engine::general_purpose::STANDARD.encode(bytes)]}],
+        "outputs": [{"name": "logits", "parameters": {"classification": 1}}],
+    });
+    let sent = Instant::now();
+    let r = client.post(format!("{api}/v2/models/efficientnet-lite0/infer")).json(&req).send().await.unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    let back = Instant::now();
+    let top = body["outputs"][0]["data"][0].as_str().unwrap_or_default();
+    let label = top.rsplit(':').next().unwrap_or_default();
+    assert!(status != 200 || label == expected()[name].0, "{name}: {body}");
+    (status, label.to_owned(), body["model_version"].as_str().unwrap_or_default().to_owned(), sent, back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_of_the_workers_to_a_new_version_loses_no_job() {
+    let _serial = SERIAL.lock().await;
+    let logs = log_dir("rolling_update");
+    let redis = Redis::start(false);
+    let repo = tempfile::tempdir().unwrap();
+    let version = |v: &str| repo.path().join("efficientnet-lite0").join(v);
+    std::fs::create_dir_all(repo.path().join("efficientnet-lite0")).unwrap();
+    copy_model(&version("1"));
+    let (url, v1, v2) = (redis.url(), version("1"), version("2"));
+    let (v1, v2, repo_dir) = (v1.to_str().unwrap(), v2.to_str().unwrap(), repo.path().to_str().unwrap());
+    let data = logs.join("api-data");
+    let api = Lens::spawn(
+        &logs,
+        "api",
+        &[
+            "serve",
+            "--redis",
+            &url,
+            "--addr",
+            "127.0.0.1:0",
+            "--model",
+            v1,
+            "--models-dir",
+            repo_dir,
+            "--poll-models",
+            "0.5",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    let old = Lens::spawn(&logs, "worker-v1", &["worker", "--redis", &url, "--model", v1, "--sessions", "1"]);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &api.url()).await;
+
+    // A closed-loop load of four clients for the whole update.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, api, stop, next) = (client.clone(), api.url(), stop.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    seen.push(infer_v2(&client, &api, i).await);
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 1. Version 2 appears, with its worker; the API node swaps once it is live.
+    copy_model(&version("2"));
+    let new = Lens::spawn(&logs, "worker-v2", &["worker", "--redis", &url, "--model", v2, "--sessions", "1"]);
+    assert!(new.banner.contains("efficientnet-lite0"), "{}", new.banner);
+    let versions = async || {
+        let r = client.post(format!("{}/v2/repository/index", api.url())).send().await.unwrap();
+        let index: Vec<serde_json::Value> = r.json().await.unwrap();
+        index
+            .iter()
+            .map(|e| (e["version"].as_str().unwrap().to_owned(), e["state"].as_str().unwrap().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    wait_until("version 2 serves", Duration::from_secs(60), async || {
+        versions().await.contains(&("2".to_owned(), "READY".to_owned()))
+    })
+    .await;
+    // 2. Version 1 drains: its requests are answered by its worker.
+    wait_until("version 1 drained", Duration::from_secs(60), async || !versions().await.iter().any(|(v, _)| v == "1"))
+        .await;
+    // 3. Only then the old worker stops (SIGTERM: it finishes its batches).
+    let mut old = old;
+    signal(&old.child, "TERM");
+    assert!(old.child.wait().unwrap().success());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let mut all = Vec::new();
+    for c in clients {
+        all.extend(c.await.unwrap());
+    }
+    let failed: Vec<_> = all.iter().filter(|a| a.0 != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        all.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let first_v2_back = all.iter().filter(|a| a.2 == "2").map(|a| a.4).min().expect("no answer from version 2");
+    let from_v1 = all.iter().filter(|a| a.2 == "1").count();
+    assert!(from_v1 > 0, "no answer from version 1");
+    assert!(
+        !all.iter().any(|a| a.2 == "1" && a.3 > first_v2_back),
+        "a request sent after version 2 answered was answered by version 1"
+    );
+    eprintln!("rolling update: {from_v1} answers from version 1, {} from version 2, none failed", all.len() - from_v1);
+    let mut conn = redis.conn().await;
+    for v in ["1", "2"] {
+        assert_eq!(
+            xlen(&mut conn, &lens::redis::keys::jobs("efficientnet-lite0", v)).await,
+            0,
+            "stream of version {v}"
+        );
+    }
+    let live: Vec<String> = beats(&mut conn).await.into_values().map(|b| b.version).collect();
+    assert_eq!(live, ["2"], "the old worker left the registry");
 }

@@ -1,8 +1,10 @@
 //! The one place where errors become HTTP responses.
 //!
 //! Every error body has the shape clients of the original service parse:
-//! `{"success": false, "prediction": null, "score": null, "error": "..."}`.
-//! Internal details are logged, never shown.
+//! `{"success": false, "prediction": null, "score": null, "error": "..."}`;
+//! the Open Inference Protocol's endpoints answer [`OipError`], the same
+//! error as `{"error": "..."}`, the shape its clients parse. Internal
+//! details are logged, never shown.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +32,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("model {0:?} is not served here")]
     UnknownModel(String),
+    #[error("version {1:?} of model {0:?} is not served here")]
+    UnknownVersion(String, String),
+    #[error(transparent)]
+    Repository(#[from] super::RepositoryError),
     #[error(transparent)]
     Predict(#[from] PredictError),
     #[error("an API key is required: send `Authorization: Bearer <key>` (or HTTP Basic with the key as password)")]
@@ -62,7 +68,13 @@ impl ApiError {
             | ApiError::TooManyParts(_)
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnknownModel(_) => StatusCode::NOT_FOUND,
+                        ApiError::UnknownModel(_) | ApiError::UnknownVersion(..) => StatusCode::NOT_FOUND,
+            ApiError::Repository(e) => match e {
+                super::RepositoryError::NotFound(_) => StatusCode::NOT_FOUND,
+                super::RepositoryError::LoadFailed { .. } | super::RepositoryError::NoRepository => {
+                    StatusCode::BAD_REQUEST
+                }
+            },
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::RateLimited(_) | ApiError::ClientBusy(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -89,7 +101,8 @@ impl ApiError {
             ApiError::TooManyParts(_) => "too_many_parts",
             ApiError::TooLarge(_) => "too_large",
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::UnknownModel(_) => "unknown_model",
+            ApiError::UnknownModel(_) | ApiError::UnknownVersion(..) => "unknown_model",
+            ApiError::Repository(_) => "repository",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
             ApiError::RateLimited(_) => "rate_limited",
@@ -112,6 +125,30 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.respond(|message| json!({"success": false, "prediction": null, "score": null, "error": message}))
+    }
+}
+
+/// An [`ApiError`] as the Open Inference Protocol answers it: `{"error": "..."}`,
+/// with the same status code, `Retry-After` and rejection count.
+#[derive(Debug)]
+pub struct OipError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for OipError {
+    fn from(e: E) -> Self {
+        OipError(e.into())
+    }
+}
+
+impl IntoResponse for OipError {
+    fn into_response(self) -> Response {
+        self.0.respond(|message| json!({"error": message}))
+    }
+}
+
+impl ApiError {
+    /// The response with the body `body` builds from the client-facing message.
+    fn respond(self, body: impl FnOnce(String) -> serde_json::Value) -> Response {
         let status = self.status_code();
         let message = match &self {
             ApiError::Internal(detail) => {

@@ -26,7 +26,7 @@ use crate::feedback::{FeedbackError, FeedbackRecord, FeedbackStore, ImageStore, 
 /// `GET /feedback`: the page, as the original answered.
 #[utoipa::path(get, path = "/feedback", tag = "feedback", responses((status = 200, description = "The upload page, as the original answered.", content_type = "text/html")))]
 pub async fn page(State(state): State<AppState>) -> Html<String> {
-    let view = PageView { model: state.models.default_model().name(), result: None, message: None };
+    let view = PageView { model: state.models.default_name(), result: None, message: None };
     Html(render::render(&view))
 }
 
@@ -62,7 +62,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
         }
         fields = pairs;
     }
-    let mut record = record_from_fields(&fields, state.models.default_model().name())?;
+    let mut record = record_from_fields(&fields, state.models.default_name())?;
     let store = state.feedback.clone();
     let uploads = state.uploads.clone();
     let upload = file.filter(|(_, b)| !b.is_empty()).map(|f| check_upload(Some(f))).transpose()?;
@@ -101,7 +101,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
         None => format!("Thanks — report #{id} saved"),
     };
     let view = PageView {
-        model: state.models.default_model().name(),
+        model: state.models.default_name(),
         result: None,
         message: Some((MessageKind::Info, &message)),
     };

@@ -32,7 +32,8 @@ pub mod v2;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -60,31 +61,111 @@ pub struct Limits {
     pub request_timeout: Duration,
 }
 
-/// The served models by name, and which one `/predict` uses.
+/// The served models by name, one serving version each, and which one
+/// `/predict` uses. Swappable at run time: [`Models::swap`] puts a new
+/// version in place in one step, so every request that looks a model up
+/// after it gets the new version and every one before it keeps the old
+/// (its `Arc` keeps the old version alive until it is answered).
 pub struct Models {
-    pub by_name: BTreeMap<String, Arc<Predictor>>,
-    pub default: String,
+    by_name: RwLock<BTreeMap<String, Arc<Predictor>>>,
+    default: String,
 }
 
 impl Models {
-    pub fn default_model(&self) -> &Arc<Predictor> {
-        // `serve` only builds a `Models` whose default is present.
-        &self.by_name[&self.default]
+    pub fn new(by_name: BTreeMap<String, Arc<Predictor>>, default: String) -> Self {
+        Models { by_name: RwLock::new(by_name), default }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Predictor>> {
-        self.by_name.get(name)
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Predictor>>> {
+        // Every write is one insert or remove: a panicked writer leaves it whole.
+        self.by_name.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The model `/predict` and the page use, unless it was unloaded.
+    pub fn default_model(&self) -> Option<Arc<Predictor>> {
+        self.get(&self.default)
+    }
+
+    /// The default model, or the error `/predict` answers once it was unloaded.
+    pub fn serving_default(&self) -> Result<Arc<Predictor>, error::ApiError> {
+        self.default_model().ok_or_else(|| error::ApiError::UnknownModel(self.default.clone()))
+    }
+
+    pub fn default_name(&self) -> &str {
+        &self.default
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Predictor>> {
+        self.table().get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.table().keys().cloned().collect()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Predictor>> {
+        self.table().values().cloned().collect()
     }
 
     pub fn all_ready(&self) -> bool {
-        self.by_name.values().all(|p| p.is_ready())
+        self.table().values().all(|p| p.is_ready())
     }
+
+    /// Serves `p` under its name from now on; returns the version it replaced.
+    pub fn swap(&self, p: Arc<Predictor>) -> Option<Arc<Predictor>> {
+        let mut table = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+        table.insert(p.name().to_owned(), p)
+    }
+
+    /// Stops serving `name`; returns the version that served it.
+    pub fn remove(&self, name: &str) -> Option<Arc<Predictor>> {
+        self.by_name.write().unwrap_or_else(|e| e.into_inner()).remove(name)
+    }
+}
+
+/// One row of the repository index: a model version on disk or served.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RepositoryEntry {
+    pub name: String,
+    pub version: String,
+    /// `READY`, `LOADING`, `UNLOADING` or `UNAVAILABLE`.
+    pub state: &'static str,
+    /// Why a version is unavailable (a failed load), else empty.
+    pub reason: String,
+}
+
+/// Why a repository request failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RepositoryError {
+    #[error("model {0:?} is not in the model repository")]
+    NotFound(String),
+    #[error("loading model {name:?} failed; the version already served keeps serving: {reason}")]
+    LoadFailed { name: String, reason: String },
+    #[error("this server has no model repository: start it with --models-dir")]
+    NoRepository,
+}
+
+/// What a future of the repository returns.
+pub type RepositoryFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RepositoryError>> + Send + 'a>>;
+
+/// The model repository behind the repository extension's endpoints; `serve`
+/// implements it (loading, warming up, swapping, draining).
+pub trait ModelRepository: Send + Sync {
+    /// Every model version on disk or served, with its state.
+    fn index(&self) -> Vec<RepositoryEntry>;
+    /// Loads (or reloads) the newest version of `name` on disk; returns once
+    /// it serves, or fails and leaves the served version in place.
+    fn load<'a>(&'a self, name: &'a str) -> RepositoryFuture<'a, ()>;
+    /// Stops serving `name`; its in-flight requests finish on it.
+    fn unload<'a>(&'a self, name: &'a str) -> RepositoryFuture<'a, ()>;
 }
 
 /// Everything a handler may need. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub models: Arc<Models>,
+    /// The repository extension's back end; `None` without `--models-dir`.
+    pub repository: Option<Arc<dyn ModelRepository>>,
     pub metrics: Arc<Metrics>,
     pub feedback: Arc<FeedbackStore>,
     /// With Redis: every report is also pushed to `lens:feedback`.

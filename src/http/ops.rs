@@ -38,23 +38,24 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/api/status", tag = "operate", responses((status = 200, description = "Default model, readiness, queue depth, workers, served models.")))]
 pub async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
     let p = state.models.default_model();
-    let runtime = p.model.runtime;
+    let runtime = p.as_ref().map(|p| p.model.runtime);
     Json(json!({
-        "model": p.name(),
-        "engine": runtime.engine.as_str(),
-        "precision": runtime.precision.as_str(),
-        "ready": p.is_ready(),
-        "queue_depth": p.queue_depth(),
-        "workers": p.capacity().workers,
-        "models": state.models.by_name.keys().collect::<Vec<_>>(),
+        "model": state.models.default_name(),
+        "version": p.as_ref().map(|p| p.version()),
+        "engine": runtime.map(|r| r.engine.as_str()),
+        "precision": runtime.map(|r| r.precision.as_str()),
+        "ready": p.as_ref().is_some_and(|p| p.is_ready()),
+        "queue_depth": p.as_ref().map_or(0, |p| p.queue_depth()),
+        "workers": p.as_ref().map_or(0, |p| p.capacity().workers),
+        "models": state.models.names(),
     }))
 }
 
 /// `GET /api/labels`: the default model's class names, for autocomplete.
 #[utoipa::path(get, path = "/api/labels", tag = "classify", responses((status = 200, description = "The default model's class names, in output order.", body = Vec<String>)))]
-pub async fn labels(State(state): State<AppState>) -> Response {
-    let labels = &state.models.default_model().model.labels;
-    ([(header::CACHE_CONTROL, "public, max-age=3600")], Json(labels.as_ref().clone())).into_response()
+pub async fn labels(State(state): State<AppState>) -> Result<Response, super::error::ApiError> {
+    let p = state.models.serving_default()?;
+    Ok(([(header::CACHE_CONTROL, "public, max-age=3600")], Json(p.model.labels.as_ref().clone())).into_response())
 }
 
 /// `GET /static/{name}`: embedded page assets.

@@ -17,7 +17,7 @@ use crate::ranking::{ClassScore, ranked};
 /// `GET /`: the upload page.
 #[utoipa::path(get, path = "/", tag = "page", responses((status = 200, description = "The upload page.", content_type = "text/html")))]
 pub async fn show(State(state): State<AppState>) -> Html<String> {
-    Html(render::render(&PageView { model: state.models.default_model().name(), result: None, message: None }))
+    Html(render::render(&PageView { model: state.models.default_name(), result: None, message: None }))
 }
 
 /// `POST /`: the no-JavaScript upload. Errors are shown on the page (with
@@ -30,8 +30,7 @@ pub async fn upload(
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
     let started = Instant::now();
-    let predictor = state.models.default_model();
-    let model = predictor.name();
+    let model = state.models.default_name();
     let render_error = |e: ApiError| {
         let status = e.status_code();
         let reason = e.reason();
@@ -57,6 +56,10 @@ pub async fn upload(
     };
     let upload = match upload.await {
         Ok(u) => u,
+        Err(e) => return render_error(e),
+    };
+    let predictor = match state.models.serving_default() {
+        Ok(p) => p,
         Err(e) => return render_error(e),
     };
     let answer = match predictor.predict(upload.bytes.clone()).await {

@@ -74,7 +74,7 @@ pub async fn predict(
     let started = Instant::now();
     let form = form.map_err(|e| ApiError::BadMultipart(e.body_text()))?;
     let upload = check_upload(read_form(form, &state.limits, &mut Vec::new()).await?)?;
-    let predictor = state.models.default_model();
+    let predictor = state.models.serving_default()?;
     let answer = predictor.predict(upload.bytes).await?;
     let labels = &predictor.model.labels;
     let best = ranked(&answer.scores, labels, 1).remove(0);

@@ -114,8 +114,11 @@ pub fn decode_job(entry: &StreamId, spec: &InputSpec) -> Result<JobEntry, Malfor
     Ok(JobEntry { job_id: id, reply_to: to, deadline_ms, enqueued_ms, input })
 }
 
-// Reply layout: tag (1 byte), job id (u64 LE), payload.
+// Reply layout: tag (1 byte), job id (u64 LE), payload. `OK` carries the
+// scores only (older workers); `OK_TIMED` the batch's model time in
+// nanoseconds (u64 LE), then the scores.
 const OK: u8 = 0;
+const OK_TIMED: u8 = 5;
 const DEADLINE: u8 = 1;
 const INFERENCE: u8 = 2;
 const DEAD_LETTERED: u8 = 3;
@@ -124,7 +127,10 @@ const SHUTTING_DOWN: u8 = 4;
 /// A reply as pushed to an API node's list.
 pub fn encode_reply(job_id: u64, result: &JobResult) -> Vec<u8> {
     let (tag, payload): (u8, Vec<u8>) = match result {
-        Ok(out) => (OK, f32_to_le_bytes(&out.scores)),
+        Ok(out) => {
+            let ns = u64::try_from(out.inference.as_nanos()).unwrap_or(u64::MAX);
+            (OK_TIMED, ns.to_le_bytes().into_iter().chain(f32_to_le_bytes(&out.scores)).collect())
+        }
         Err(JobError::DeadlineExceeded) => (DEADLINE, Vec::new()),
         Err(JobError::Inference(m)) => (INFERENCE, m.as_bytes().to_vec()),
         Err(JobError::DeadLettered(n)) => (DEAD_LETTERED, n.to_le_bytes().to_vec()),
@@ -145,8 +151,17 @@ pub fn decode_reply(bytes: &[u8]) -> Result<(u64, JobResult), String> {
     let job_id = u64::from_le_bytes(bytes[1..9].try_into().map_err(|_| "bad job id".to_string())?);
     let payload = &bytes[9..];
     let result = match bytes[0] {
-        OK if !payload.is_empty() && payload.len().is_multiple_of(4) => {
-            Ok(JobOutput { scores: f32_from_le_bytes(payload).unwrap_or_default().into() })
+        OK if !payload.is_empty() && payload.len().is_multiple_of(4) => Ok(JobOutput {
+            scores: f32_from_le_bytes(payload).unwrap_or_default().into(),
+            inference: std::time::Duration::ZERO,
+        }),
+        OK_TIMED if payload.len() > 8 && payload.len().is_multiple_of(4) => {
+            let (ns, scores) = payload.split_at(8);
+            let ns = u64::from_le_bytes(ns.try_into().map_err(|_| "bad model time".to_string())?);
+            Ok(JobOutput {
+                scores: f32_from_le_bytes(scores).unwrap_or_default().into(),
+                inference: std::time::Duration::from_nanos(ns),
+            })
         }
         DEADLINE => Err(JobError::DeadlineExceeded),
         INFERENCE => Err(JobError::Inference(String::from_utf8_lossy(payload).into_owned())),
@@ -280,7 +295,7 @@ mod tests {
     #[test]
     fn replies_round_trip() {
         let cases: Vec<JobResult> = vec![
-            Ok(JobOutput { scores: vec![0.25f32, 0.75].into() }),
+            Ok(JobOutput { scores: vec![0.25f32, 0.75].into(), inference: std::time::Duration::from_micros(1234) }),
             Err(JobError::DeadlineExceeded),
             Err(JobError::Inference("boom".into())),
             Err(JobError::DeadLettered(4)),
@@ -290,6 +305,10 @@ mod tests {
             assert_eq!(decode_reply(&encode_reply(u64::MAX - 1, &r)).unwrap(), (u64::MAX - 1, r));
         }
         assert!(decode_reply(b"short").is_err());
+        let old = [&[OK][..], &7u64.to_le_bytes(), &1.0f32.to_le_bytes()].concat();
+        assert!(matches!(decode_reply(&old), Ok((7, Ok(o))) if o.inference.is_zero() && o.scores[..] == [1.0]));
+        let timed_without_scores = [&[OK_TIMED][..], &7u64.to_le_bytes(), &9u64.to_le_bytes()].concat();
+        assert!(decode_reply(&timed_without_scores).is_err());
         assert!(decode_reply(&[9, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 

@@ -56,17 +56,22 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FORGET_CONSUMER_FACTOR: u32 = 10;
 pub const FORGET_CONSUMER_EVERY_BEATS: u64 = 60;
 
-/// The job stream of a model.
-pub fn jobs(model: &str) -> String {
-    format!("lens:jobs:{model}")
+/// The job stream of a model version. One stream per version, so that each
+/// job reaches a worker of the version its API node chose, with no worker
+/// ever taking (and having to hand back) a job of another version; the old
+/// version's stream empties while the new one fills, and an autoscaler reads
+/// each version's backlog on its own.
+pub fn jobs(model: &str, version: &str) -> String {
+    format!("lens:jobs:{model}:{version}")
 }
 
-/// Jobs no worker could process, with the reason.
-pub fn dead(model: &str) -> String {
-    format!("lens:dead:{model}")
+/// Jobs of a model version no worker could process, with the reason.
+pub fn dead(model: &str, version: &str) -> String {
+    format!("lens:dead:{model}:{version}")
 }
 
-/// Hash of worker id -> heartbeat JSON ([`super::codec::WorkerBeat`]).
+/// Hash of worker id -> heartbeat JSON ([`super::codec::WorkerBeat`]), for
+/// every version of a model: each beat names its version.
 pub fn workers(model: &str) -> String {
     format!("lens:workers:{model}")
 }

@@ -3,7 +3,7 @@
 //! (key names and timings, the wire codec, clocks, connections).
 //!
 //! An API node that runs with `--redis` loads no model session: its
-//! [`RedisQueue`] puts each job on `lens:jobs:{model}` and routes the
+//! [`RedisQueue`] puts each job on `lens:jobs:{model}:{version}` and routes the
 //! workers' replies back to the waiting requests. Workers
 //! ([`crate::worker`]) read the stream through a consumer group. The
 //! README's "Scaling out on Redis" section has the whole protocol.

@@ -3,7 +3,8 @@
 //! publishes readiness.
 //!
 //! An API node that runs with `--redis` loads no model session. Each job it
-//! admits goes onto `lens:jobs:{model}` (see [`codec`] for the entry), and
+//! admits goes onto its model version's stream `lens:jobs:{model}:{version}`
+//! (see [`codec`] for the entry), and
 //! the request waits on a `oneshot` registered under the job's id. One
 //! listener task per queue pops the node's own reply list
 //! (`lens:replies:{node}`) on a dedicated connection and routes each reply to
@@ -149,7 +150,7 @@ impl RedisQueue {
         let inner = Arc::new(Inner {
             model: spec.name.clone(),
             version: spec.version.clone(),
-            stream: keys::jobs(&spec.name),
+            stream: keys::jobs(&spec.name, &spec.version),
             registry: keys::workers(&spec.name),
             reply_key: keys::replies(&node),
             capacity,

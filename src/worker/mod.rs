@@ -1,6 +1,7 @@
 //! `lens worker`: a model worker on a Redis job stream.
 //!
-//! A worker reads its model's stream (`lens:jobs:{model}`) through the
+//! A worker reads its model version's stream (`lens:jobs:{model}:{version}`;
+//! the version is its model directory's) through the
 //! consumer group, only ever as many jobs as it has a free session for, and
 //! runs them with the same batching rule ([`next_step`]) and the same batch
 //! step ([`run_batch`]) as the in-process batcher. It writes each reply to
@@ -12,7 +13,7 @@
 //! worker. While a batch is running, its worker refreshes its claim on the
 //! entries, so a slow batch is not mistaken for a dead worker. An entry
 //! delivered more than `max_deliveries` times, or one no worker can decode,
-//! goes to `lens:dead:{model}` and its client is told
+//! goes to `lens:dead:{model}:{version}` and its client is told
 //! ([`crate::job::JobError::DeadLettered`]).
 //!
 //! Shutdown (SIGTERM): stop reading, finish the batches in flight, write
@@ -151,8 +152,8 @@ impl Worker {
         Ok(Arc::new(Worker {
             id: clock::unique_id("worker"),
             spec: spec.clone(),
-            stream: keys::jobs(&spec.name),
-            dead: keys::dead(&spec.name),
+            stream: keys::jobs(&spec.name, &spec.version),
+            dead: keys::dead(&spec.name, &spec.version),
             registry: keys::workers(&spec.name),
             cfg,
             conn,

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb, Rgba};
 use lens::http::Limits;
 use lens::http::form::{check_upload, read_form};
-use lens::http::v2::{InferInputs, parse_infer};
+use lens::http::v2::infer::{ModelFacts, Payload, parse_request};
 use lens::job::{JobError, JobOutput, ModelInput};
 use lens::model::{ChannelOrder, InputSpec, Interpolation, Layout, ModelSpec, ResizeKind, ResizeSpec};
 use lens::preprocess::{Prepared, prepare, sniff_format};
@@ -205,16 +205,18 @@ const IMAGE_DICT: &[&[u8]] = &[
 // ----------------------------------------------------------------- KServe v2
 
 fn v2(data: &[u8]) -> String {
-    match parse_infer(data, [-1, 3, 2, 2], 5) {
+    let model = ModelFacts { shape: [-1, 3, 2, 2], classes: 5, output: "logits" };
+    match parse_request(&model, None, bytes::Bytes::copy_from_slice(data)) {
         Ok(plan) => {
-            let inputs = match &plan.inputs {
-                InferInputs::Images(i) => format!("{} images", i.len().min(3)),
-                InferInputs::Tensors(t) => {
-                    assert!(t.iter().all(|t| t.len() == 12), "a tensor of the wrong size");
-                    format!("{} tensors", t.len().min(3))
+            let inputs = match &plan.payload {
+                Payload::Images(i) => format!("{} images", i.len().min(3)),
+                Payload::Tensors(values, n) => {
+                    assert_eq!(values.len(), n * 12, "tensors of the wrong size");
+                    format!("{} tensors", n.min(&3))
                 }
             };
-            format!("ok {inputs}, classification {:?}", plan.classification)
+            let classes: Vec<_> = plan.outputs.iter().map(|o| o.class_count).collect();
+            format!("ok {inputs}, classification {classes:?}")
         }
         // The unsupported datatype's name is the client's text.
         Err(e) if e.to_string().starts_with("datatype ") => "datatype unsupported".into(),

@@ -4,13 +4,17 @@
 //! With `--redis`, each model gets a [`RedisQueue`] instead and the node loads
 //! no session, unless `--workers N` also runs N [`Worker`]s in this process.
 //!
-//! Drain order on shutdown: stop accepting connections and let the requests
-//! in flight finish (each holds its job's reply), stop the batcher (or the
-//! in-process workers) once its batches are answered, stop the Redis reply
-//! listener, then stop the model sessions.
+//! The served models and versions are a [`repository::Repository`]: it loads
+//! a new version beside the old one, swaps it in, and drains the old one.
+//!
+//! Drain order, of a replaced version and of every version on shutdown: the
+//! requests in flight finish (each holds its job's reply; on shutdown the
+//! server first stops accepting), the batcher (or the in-process workers)
+//! stops once its batches are answered, then the Redis reply listener, then
+//! the model sessions.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+mod repository;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +30,7 @@ use crate::engine::SessionConfig;
 use crate::feedback::{FeedbackStore, ImageStore};
 use crate::http::auth::ApiKeys;
 use crate::http::limits::{ClientLimits, LimitsConfig};
-use crate::http::{AppState, Limits, Models};
+use crate::http::{AppState, Limits, ModelRepository};
 use crate::metrics::Metrics;
 use crate::model::ModelDir;
 use crate::predictor::{ModelInfo, Predictor, PredictorConfig};
@@ -35,16 +39,62 @@ use crate::redis::RedisQueue;
 use crate::redis::feedback::FeedbackMirror;
 use crate::sessions::{SessionPool, load_pool};
 use crate::worker::{Worker, WorkerConfig};
+use repository::Repository;
 
-/// A served model: its predictor and what must be stopped.
-struct Running {
+/// A served model version: its predictor and what must be stopped.
+pub(crate) struct Running {
     predictor: Arc<Predictor>,
     /// Session pools, stopped last.
     pools: Vec<Arc<SessionPool>>,
     /// The batcher or the in-process workers; they end after `batcher_stop`.
     batchers: Vec<tokio::task::JoinHandle<()>>,
-    /// Reply listener and liveness watcher; they end after `redis_stop`.
+    /// Reply listener and liveness watch; they end after `redis_stop`.
     redis_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// This version's own stops, children of the server's: cancelled when
+    /// it has drained, or with the server's at shutdown.
+    batcher_stop: CancellationToken,
+    redis_stop: CancellationToken,
+}
+
+impl Running {
+    /// Stops this version in the drain order: batchers (answering what they
+    /// hold), the Redis tasks, then the sessions.
+    async fn stop(mut self) {
+        self.batcher_stop.cancel();
+        for task in self.batchers.drain(..) {
+            let _ = task.await;
+        }
+        self.redis_stop.cancel();
+        for task in self.redis_tasks.drain(..) {
+            let _ = task.await;
+        }
+        for pool in self.pools.drain(..) {
+            let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
+        }
+    }
+}
+
+/// Starts model versions: everything `start_model` and `start_remote_model`
+/// need, kept for the loads that come after start-up.
+pub(crate) struct Launcher {
+    args: ServeArgs,
+    /// The Redis client, checked at start-up; `None` in-process.
+    redis: Option<redis::Client>,
+    metrics: Arc<Metrics>,
+    batcher_stop: CancellationToken,
+    redis_stop: CancellationToken,
+}
+
+impl Launcher {
+    /// Loads, warms up and starts one model version; not yet served.
+    async fn start(&self, model: ModelDir) -> anyhow::Result<Running> {
+        let stops = (self.batcher_stop.child_token(), self.redis_stop.child_token());
+        let metrics = Arc::clone(&self.metrics);
+        match &self.redis {
+            None => start_model(model, &self.args, metrics, stops).await,
+            Some(client) => start_remote_model(model, client, &self.args, metrics, stops).await,
+        }
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -68,37 +118,21 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
     if keys.enabled() {
         tokio::spawn(crate::http::auth::reload_on_hangup(Arc::clone(&keys), Arc::clone(&metrics), shutdown.clone()));
     }
-    let batcher_stop = CancellationToken::new();
-    let redis_stop = CancellationToken::new();
-    let mut dirs = vec![args.model.model.clone()];
-    if let Some(root) = &args.models_dir {
-        dirs.extend(model_dirs(root)?);
-    }
-    let mut running = BTreeMap::new();
-    let mut default = None;
-    for dir in dirs {
-        let model = ModelDir::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
-        let name = model.spec.name.clone();
-        if running.contains_key(&name) {
-            continue;
-        }
-        default.get_or_insert_with(|| name.clone());
-        let r = match &redis {
-            None => start_model(model, &args, Arc::clone(&metrics), batcher_stop.clone()).await?,
-            Some(client) => {
-                let stops = (batcher_stop.clone(), redis_stop.clone());
-                start_remote_model(model, client, &args, Arc::clone(&metrics), stops).await?
-            }
-        };
-        running.insert(name, r);
-    }
-    let default = default.context("no model to serve")?;
-    let models = Arc::new(Models {
-        by_name: running.iter().map(|(n, r)| (n.clone(), Arc::clone(&r.predictor))).collect(),
-        default,
+    let launcher = Launcher {
+        args: args.clone(),
+        redis: redis.clone(),
+        metrics: Arc::clone(&metrics),
+        batcher_stop: CancellationToken::new(),
+        redis_stop: CancellationToken::new(),
+    };
+    let repository = Arc::new(Repository::start(launcher, &args.model.model, args.models_dir.clone()).await?);
+    let poller = args.poll_models.map(|secs| {
+        let every = Duration::from_secs_f64(secs.max(0.1));
+        tokio::spawn(Arc::clone(&repository).poll(every, shutdown.clone()))
     });
     let state = AppState {
-        models,
+        models: repository.models(),
+        repository: args.models_dir.is_some().then(|| Arc::clone(&repository) as Arc<dyn ModelRepository>),
         metrics,
         feedback,
         feedback_mirror: match &redis {
@@ -118,21 +152,10 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
     let stop = shutdown.clone();
     crate::http::serve(listener, state, async move { stop.cancelled().await }).await?;
     tracing::info!("stopped accepting; draining");
-    batcher_stop.cancel();
-    for r in running.values_mut() {
-        for task in r.batchers.drain(..) {
-            let _ = task.await;
-        }
+    if let Some(poller) = poller {
+        let _ = poller.await;
     }
-    redis_stop.cancel();
-    for (_, r) in running {
-        for task in r.redis_tasks {
-            let _ = task.await;
-        }
-        for pool in r.pools {
-            tokio::task::spawn_blocking(move || pool.shutdown()).await?;
-        }
-    }
+    repository.shutdown().await;
     tracing::info!("shut down");
     Ok(())
 }
@@ -189,7 +212,7 @@ async fn start_model(
     model: ModelDir,
     args: &ServeArgs,
     metrics: Arc<Metrics>,
-    stop: CancellationToken,
+    (batcher_stop, redis_stop): (CancellationToken, CancellationToken),
 ) -> anyhow::Result<Running> {
     let sessions = args.model.session_config();
     let slow = Duration::from_millis(args.debug_slow_ms);
@@ -203,8 +226,16 @@ async fn start_model(
         queue_capacity: args.queue_capacity,
         decode_threads: args.decode_threads.unwrap_or(sessions.sessions),
     };
-    let (predictor, batcher) = serve_locally(model_info(&model, runtime), Arc::clone(&pool), &local, metrics, stop);
-    Ok(Running { predictor, pools: vec![pool], batchers: vec![batcher], redis_tasks: Vec::new() })
+    let (predictor, batcher) =
+        serve_locally(model_info(&model, runtime), Arc::clone(&pool), &local, metrics, batcher_stop.clone());
+    Ok(Running {
+        predictor,
+        pools: vec![pool],
+        batchers: vec![batcher],
+        redis_tasks: Vec::new(),
+        batcher_stop,
+        redis_stop,
+    })
 }
 
 /// How an in-process model is served, besides its sessions.
@@ -244,7 +275,7 @@ async fn start_remote_model(
     (batcher_stop, redis_stop): (CancellationToken, CancellationToken),
 ) -> anyhow::Result<Running> {
     let depth = metrics.queue_depth(&model.spec.name);
-    let (queue, redis_tasks) = RedisQueue::start(client, &model.spec, args.queue_capacity, depth, redis_stop)
+    let (queue, redis_tasks) = RedisQueue::start(client, &model.spec, args.queue_capacity, depth, redis_stop.clone())
         .context("connecting to Redis")?;
     let ttl = if args.cache_entries == 0 { Duration::ZERO } else { Duration::from_secs(args.redis_cache_ttl_secs) };
     let shared_cache = queue.shared_cache(ttl).map(|c| Arc::new(c) as Arc<dyn SharedCache>);
@@ -279,11 +310,12 @@ async fn start_remote_model(
         )
         .with_shared_cache(shared_cache),
     );
-    let mut running = Running { predictor, pools: Vec::new(), batchers: Vec::new(), redis_tasks };
+    let mut running =
+        Running { predictor, pools: Vec::new(), batchers: Vec::new(), redis_tasks, batcher_stop, redis_stop };
     let cfg = WorkerConfig::new(client, &args.redis, &args.batch);
     for pool in pools {
         let worker = Worker::new(&model.spec, Arc::clone(&pool), cfg.clone(), Arc::clone(&metrics))?;
-        running.batchers.push(tokio::spawn(worker.run(batcher_stop.clone())));
+        running.batchers.push(tokio::spawn(worker.run(running.batcher_stop.clone())));
         running.pools.push(pool);
     }
     Ok(running)
@@ -300,16 +332,4 @@ fn predictor_config(args: &ServeArgs) -> PredictorConfig {
         cache_entries: args.cache_entries,
         max_pending: args.max_pending,
     }
-}
-
-/// Subfolders of `root` that hold a model.toml, sorted.
-fn model_dirs(root: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let mut dirs: Vec<_> = std::fs::read_dir(root)
-        .with_context(|| format!("reading {}", root.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("model.toml").is_file())
-        .collect();
-    dirs.sort();
-    Ok(dirs)
 }
