@@ -10,8 +10,8 @@ use clap::builder::RangedU64ValueParser;
 
 use crate::engine::{EngineOptions, SessionConfig, this_cpu_has_native_bf16};
 use crate::feedback::{ExportFormat, ReviewStatus};
-use crate::redis::conn::{self, ConfigError, PASSWORD_ENV, TlsFiles};
 use crate::model::{EngineChoice, ModelSpec, PrecisionChoice};
+use crate::redis::conn::{self, ConfigError, PASSWORD_ENV, TlsFiles};
 
 /// The cores this process may use.
 pub fn available_cores() -> usize {

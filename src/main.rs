@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP service: API, upload page, queue, batcher and model sessions.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a model worker that takes jobs from Redis (see `serve --redis`).
     Worker(WorkerArgs),
     /// Classify image files and folders offline.
@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            runtime.block_on(lens::serve::run(args))?;
+            runtime.block_on(lens::serve::run(*args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker(args) => {

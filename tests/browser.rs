@@ -306,7 +306,7 @@ fn the_review_page_works_with_and_without_javascript() {
     ensure_node_modules(&browser_dir);
     let data = tempfile::tempdir().unwrap();
     seed_reports(data.path());
-    let server = Server::start(data.path());
+    let server = Server::start(data.path(), &[]);
     let status = Command::new("node")
         .args(["--test", "--test-reporter=spec", "review.test.mjs"])
         .current_dir(&browser_dir)

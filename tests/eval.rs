@@ -330,7 +330,8 @@ impl Drop for Redis {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_from_redis_in_every_format() {
     let redis = Redis::start();
-    let mirror = lens::redis::feedback::FeedbackMirror::new(&redis.url()).unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mirror = lens::redis::feedback::FeedbackMirror::new(&client).unwrap();
     let dog = std::fs::read(fixture("dog.jpeg")).unwrap();
     let dog_name = format!("{}.jpeg", sha256_hex(&dog));
     let with_image = FeedbackRecord {

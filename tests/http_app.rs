@@ -13,8 +13,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use lens::batcher::BatchConfig;
-use lens::engine::{Classifier, EngineError, Scores};
+use lens::engine::{Classifier, Engine, EngineError, Precision, Runtime, Scores};
 use lens::feedback::{FeedbackStore, ImageStore};
+use lens::http::auth::ApiKeys;
+use lens::http::limits::{ClientLimits, LimitsConfig};
 use lens::http::{AppState, Limits, Models};
 use lens::job::ModelInput;
 use lens::metrics::Metrics;
@@ -90,17 +92,30 @@ fn app(tune: impl FnOnce(&mut PredictorConfig, &mut Limits)) -> App {
         queue_capacity: 16,
         decode_threads: 1,
     };
-    let model = ModelInfo { spec: spec(), labels: Arc::new(LABELS.iter().map(|l| l.to_string()).collect()) };
+    let runtime = Runtime { engine: Engine::OnnxRuntime, precision: Precision::Fp32 };
+    let model = ModelInfo { spec: spec(), labels: Arc::new(LABELS.iter().map(|l| l.to_string()).collect()), runtime };
     let metrics = Arc::new(Metrics::new());
     let stop = CancellationToken::new();
     let (predictor, _batcher) = serve_locally(model, Arc::new(pool), &settings, Arc::clone(&metrics), stop.clone());
     let state = AppState {
-        models: Arc::new(Models { by_name: [("fake".to_owned(), predictor)].into(), default: "fake".to_owned() }),
+        models: Arc::new(Models::new([("fake".to_owned(), predictor)].into(), "fake".to_owned())),
+        repository: None,
         metrics,
         feedback: Arc::new(FeedbackStore::open(&dir.path().join("feedback")).unwrap()),
         feedback_mirror: None,
         uploads: ImageStore::open(&dir.path().join("uploads")).unwrap(),
         limits,
+        keys: Arc::new(ApiKeys::new(&[], None, false).unwrap()),
+        client_limits: Arc::new(
+            ClientLimits::new(LimitsConfig {
+                rate_per_sec: None,
+                burst: None,
+                max_inflight: None,
+                max_clients: 1024,
+                trust_proxy: false,
+            })
+            .unwrap(),
+        ),
     };
     App { state, delay_ms, stop, _dir: dir }
 }

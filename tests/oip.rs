@@ -44,6 +44,8 @@ impl Lens {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("lens serve did not become ready; see {}", log.display());
     }
 }

@@ -68,7 +68,7 @@ impl ApiError {
             | ApiError::TooManyParts(_)
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                        ApiError::UnknownModel(_) | ApiError::UnknownVersion(..) => StatusCode::NOT_FOUND,
+            ApiError::UnknownModel(_) | ApiError::UnknownVersion(..) => StatusCode::NOT_FOUND,
             ApiError::Repository(e) => match e {
                 super::RepositoryError::NotFound(_) => StatusCode::NOT_FOUND,
                 super::RepositoryError::LoadFailed { .. } | super::RepositoryError::NoRepository => {
@@ -125,7 +125,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.respond(|message| json!({"success": false, "prediction": null, "score": null, "error": message}))
+        self.respond(|error| {
+            let body = ErrorBody { success: false, prediction: None, score: None, error };
+            serde_json::to_value(body).unwrap_or_default()
+        })
     }
 }
 
@@ -142,7 +145,7 @@ impl<E: Into<ApiError>> From<E> for OipError {
 
 impl IntoResponse for OipError {
     fn into_response(self) -> Response {
-        self.0.respond(|message| json!({"error": message}))
+        self.0.respond(|error| serde_json::json!({ "error": error }))
     }
 }
 
@@ -161,8 +164,7 @@ impl ApiError {
             }
             _ => self.to_string(),
         };
-        let body = ErrorBody { success: false, prediction: None, score: None, error: message };
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = (status, axum::Json(body(message))).into_response();
         response.extensions_mut().insert(Rejected(self.reason()));
         if let Some(secs) = self.retry_after() {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

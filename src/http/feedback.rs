@@ -100,11 +100,8 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
         Some(note) => format!("Thanks — report #{id} saved, but {note}"),
         None => format!("Thanks — report #{id} saved"),
     };
-    let view = PageView {
-        model: state.models.default_name(),
-        result: None,
-        message: Some((MessageKind::Info, &message)),
-    };
+    let view =
+        PageView { model: state.models.default_name(), result: None, message: Some((MessageKind::Info, &message)) };
     Ok(Html(render::render(&view)).into_response())
 }
 

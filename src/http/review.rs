@@ -56,7 +56,7 @@ async fn render(
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let view = ReviewView {
-        labels: &state.models.default_model().model.labels,
+        labels: &state.models.serving_default()?.model.labels,
         filters,
         reports: &reports,
         error: error.as_deref(),
@@ -102,7 +102,10 @@ pub async fn decide(
         return render(&state, &back, Some(format!("There is no report #{id}.")), StatusCode::NOT_FOUND).await;
     };
     // A label must be one the report's model knows, so exports stay usable for `lens eval`.
-    let model = state.models.get(&report.record.model).unwrap_or_else(|| state.models.default_model());
+    let model = match state.models.get(&report.record.model) {
+        Some(m) => m,
+        None => state.models.serving_default()?,
+    };
     let known = |l: &str| model.model.labels.iter().any(|k| k == l);
     let problem = match &decision {
         Decision::Relabel(l) if !known(l) => {

@@ -304,7 +304,10 @@ fn codec_seeds() -> Vec<Vec<u8>> {
     vec![
         lines(codec::job_fields(7, "lens:replies:api-x", 100, 90, &img)),
         lines(codec::job_fields(8, "lens:replies:api-x", 100, 90, &tensor)),
-        codec::encode_reply(7, &Ok(JobOutput { scores: vec![0.25; 5].into() })),
+        codec::encode_reply(
+            7,
+            &Ok(JobOutput { scores: vec![0.25; 5].into(), inference: std::time::Duration::from_millis(3) }),
+        ),
         codec::encode_reply(9, &Err(JobError::DeadLettered(3))),
         codec::encode_reply(9, &Err(JobError::Inference("boom".into()))),
         beat.as_bytes().to_vec(),

@@ -31,7 +31,8 @@ pub fn classify_all(
     bar: &ProgressBar,
 ) -> anyhow::Result<Vec<Outcome>> {
     let runtime = tokio::runtime::Builder::new_current_thread().build().context("starting the async runtime")?;
-    let pool = runtime.block_on(load_pool(model, args.ort_lib.clone(), args.session_config(), Duration::ZERO))?;
+    let engine = args.engine_options(&model.spec);
+    let pool = runtime.block_on(load_pool(model, &engine, args.session_config(), Duration::ZERO))?;
     let decoders = available_cores().min(paths.len()).max(1);
     // Decoded images wait here for a session; the bound keeps memory flat.
     let (tx, mut rx) = mpsc::channel::<(usize, Result<ModelInput, String>)>(2 * decoders);
