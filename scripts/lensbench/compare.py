@@ -1,0 +1,109 @@
+"""Interleaved closed-loop comparison of `lens serve` configurations.
+
+Each argument is ``NAME=COMMAND``; the command is run with ``--addr
+127.0.0.1:PORT --cache-entries 0`` appended. Rounds alternate the
+configurations; the summary gives each one's median images/s and p99, and
+every configuration's ratio to the first. Run from the repository root (the
+``scripts/bench-compare`` wrapper does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROUNDS = int(os.environ.get("ROUNDS", 3))
+SECONDS = float(os.environ.get("SECONDS", 20))
+CONCURRENCY = int(os.environ.get("CONCURRENCY", 32))
+IMAGES = Path(os.environ.get("IMAGES", "target/distinct-images"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, limit: float = 120.0) -> None:
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url + "/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("server did not become ready")
+
+
+def one_round(name: str, command: str) -> dict:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    data = tempfile.mkdtemp(prefix="lens-compare-")
+    argv = shlex.split(command) + ["--addr", f"127.0.0.1:{port}", "--cache-entries", "0", "--data-dir", data]
+    log = open(Path(data) / "server.log", "w")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(url, proc)
+        out = Path(data) / "result.json"
+        subprocess.run(
+            [sys.executable, "scripts/bench_openloop.py", "--url", url, "--concurrency", str(CONCURRENCY),
+             "--duration", str(SECONDS), "--images-dir", str(IMAGES), "--json", str(out)],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+        summary = json.loads(out.read_text())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return summary
+
+
+def main() -> None:
+    configs = []
+    for arg in sys.argv[1:]:
+        name, _, command = arg.partition("=")
+        if not command:
+            raise SystemExit(f"expected NAME=COMMAND, got {arg!r}")
+        configs.append((name, command))
+    if len(configs) < 1:
+        raise SystemExit(__doc__)
+    if not IMAGES.is_dir():
+        subprocess.run([sys.executable, "scripts/make_distinct_images.py"], check=True)
+    results: dict[str, list[tuple[float, float, int]]] = {n: [] for n, _ in configs}
+    for r in range(ROUNDS):
+        for name, command in configs:
+            s = one_round(name, command)
+            rate = float(s["ok_per_sec"])
+            p99 = float(s["ok_ms"]["p99"] or 0.0)
+            failed = int(s["requests"]) - int(s["ok"])
+            results[name].append((rate, p99, failed))
+            print(f"round {r + 1} {name}: {rate:.1f} img/s, p99 {p99:.0f} ms, failed {failed}", flush=True)
+    base = statistics.median(x[0] for x in results[configs[0][0]])
+    print(f"\n{CONCURRENCY} closed-loop clients, distinct photos, no cache, {SECONDS:.0f} s x {ROUNDS} rounds")
+    print("| configuration | median img/s | median p99 ms | failed | ratio to first |")
+    print("|---|---|---|---|---|")
+    for name, _ in configs:
+        rows = results[name]
+        med = statistics.median(x[0] for x in rows)
+        p99 = statistics.median(x[1] for x in rows)
+        failed = sum(x[2] for x in rows)
+        print(f"| {name} | {med:.1f} | {p99:.0f} | {failed} | {med / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
