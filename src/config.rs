@@ -42,7 +42,8 @@ pub struct ModelArgs {
 
     /// Precision inside the model: fp32, bf16 (OpenVINO only), or auto (bf16
     /// on OpenVINO when the CPU has avx512_bf16 or amx_bf16, else fp32).
-    /// Default: model.toml's `precision`, else auto.
+    /// Default: model.toml's `precision`, else fp32 (bf16 measured slower
+    /// than fp32 for the default model on this project's machines).
     #[arg(long, env = "LENS_PRECISION")]
     pub precision: Option<PrecisionChoice>,
 
@@ -74,7 +75,7 @@ impl ModelArgs {
     pub fn engine_options(&self, spec: &ModelSpec) -> EngineOptions {
         EngineOptions {
             engine: self.engine.or(spec.engine).unwrap_or_default(),
-            precision: self.precision.or(spec.precision).unwrap_or_default(),
+            precision: self.precision.or(spec.precision).unwrap_or(PrecisionChoice::Fp32),
             ort_lib: self.ort_lib.clone(),
             openvino_lib: self.openvino_lib.clone(),
             cpu_bf16: this_cpu_has_native_bf16(),
