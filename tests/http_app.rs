@@ -272,17 +272,33 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_answers()
         "GET /review",
         "GET /review/images/{name}",
         "POST /review/{id}",
+        "GET /v2",
+        "GET /v2/health/live",
+        "GET /v2/health/ready",
+        "GET /v2/models/stats",
+        "POST /v2/repository/index",
+        "POST /v2/repository/models/{name}/load",
+        "POST /v2/repository/models/{name}/unload",
     ];
+    for prefix in ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"] {
+        for (method, suffix) in
+            [("GET", ""), ("GET", "/ready"), ("GET", "/config"), ("GET", "/stats"), ("POST", "/infer")]
+        {
+            want.push(format!("{method} {prefix}{suffix}").leak());
+        }
+    }
     want.sort();
     assert_eq!(listed, want);
     // Each documented operation is served: the router knows the path and method.
     for entry in &listed {
         let (method, path) = entry.split_once(' ').unwrap();
-        let uri = path.replace("{name}", "app.js").replace("{id}", "1");
+        let uri = path.replace("{name}", "app.js").replace("{id}", "1").replace("{version}", "1");
         let req = Request::builder().method(method).uri(&uri).body(Body::empty()).unwrap();
         let (status, _, _) = app.call(req).await;
         assert!(status != StatusCode::METHOD_NOT_ALLOWED, "{entry} is documented but not routed");
-        if !uri.ends_with("/app.js") && !uri.starts_with("/review/1") {
+        // Routed paths that answer 404 for a name that does not exist.
+        let names_a_thing = uri.contains("app.js") || uri.starts_with("/review/1");
+        if !names_a_thing {
             assert!(status != StatusCode::NOT_FOUND, "{entry} is documented but not routed");
         }
     }

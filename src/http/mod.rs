@@ -189,6 +189,7 @@ pub struct AppState {
         (name = "page", description = "The upload page"),
         (name = "feedback", description = "Reporting incorrect answers"),
         (name = "operate", description = "Health, readiness, metrics, status"),
+        (name = "oip", description = "The Open Inference Protocol (KServe v2); its specification describes the bodies"),
     )
 )]
 struct ApiDoc;
@@ -214,12 +215,15 @@ fn documented_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the routes [`app`] serves, as `/openapi.json` does.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes().split_for_parts().1
+    let mut doc = documented_routes().split_for_parts().1;
+    v2::document(&mut doc);
+    doc
 }
 
 /// The whole API as a router, for `serve` and for in-process tests.
 pub fn app(state: AppState) -> Router {
-    let (router, api) = documented_routes().split_for_parts();
+    let (router, mut api) = documented_routes().split_for_parts();
+    v2::document(&mut api);
     let doc = Bytes::from(api.to_pretty_json().unwrap_or_default());
     let serve_doc = move || async move { ([(header::CONTENT_TYPE, "application/json")], doc.clone()) };
     router

@@ -23,10 +23,12 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+use utoipa::openapi::{OpenApi, Response as DocResponse};
 
 use super::AppState;
 use super::error::{ApiError, OipError};
@@ -37,24 +39,76 @@ use crate::predictor::Predictor;
 pub const EXTENSIONS: [&str; 5] =
     ["classification", "binary_tensor_data", "model_repository", "statistics", "model_configuration"];
 
-pub fn routes() -> Router<AppState> {
-    let mut router = Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(super::ops::live))
-        .route("/v2/health/ready", get(super::ops::ready))
-        .route("/v2/models/stats", get(stats::all_stats))
-        .route("/v2/repository/index", post(repository::index))
-        .route("/v2/repository/models/{name}/load", post(repository::load))
-        .route("/v2/repository/models/{name}/unload", post(repository::unload));
+/// One route of the protocol: method, path, what it does, and its handler.
+struct Route {
+    method: HttpMethod,
+    path: String,
+    summary: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+/// Every v2 route, in one table that both [`routes`] and [`document`] read,
+/// so the router and the API reference cannot drift. The model routes exist
+/// with and without `/versions/{version}`.
+fn table() -> Vec<Route> {
+    let route = |method, path: &str, summary, handler| Route { method, path: path.to_owned(), summary, handler };
+    let mut all = vec![
+        route(HttpMethod::Get, "/v2", "Server metadata and extensions", get(server_metadata)),
+        route(HttpMethod::Get, "/v2/health/live", "Server liveness", get(super::ops::live)),
+        route(HttpMethod::Get, "/v2/health/ready", "Server readiness", get(super::ops::ready)),
+        route(HttpMethod::Get, "/v2/models/stats", "Statistics of every model", get(stats::all_stats)),
+        route(HttpMethod::Post, "/v2/repository/index", "The model repository's index", post(repository::index)),
+        route(
+            HttpMethod::Post,
+            "/v2/repository/models/{name}/load",
+            "Load (or reload) a model; admin key",
+            post(repository::load),
+        ),
+        route(
+            HttpMethod::Post,
+            "/v2/repository/models/{name}/unload",
+            "Unload a model; admin key",
+            post(repository::unload),
+        ),
+    ];
     for prefix in ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"] {
-        router = router
-            .route(prefix, get(model_metadata))
-            .route(&format!("{prefix}/ready"), get(model_ready))
-            .route(&format!("{prefix}/config"), get(stats::config))
-            .route(&format!("{prefix}/stats"), get(stats::model_stats))
-            .route(&format!("{prefix}/infer"), post(infer::infer));
+        all.extend([
+            route(HttpMethod::Get, prefix, "Model metadata", get(model_metadata)),
+            route(HttpMethod::Get, &format!("{prefix}/ready"), "Model readiness", get(model_ready)),
+            route(
+                HttpMethod::Get,
+                &format!("{prefix}/config"),
+                "Model configuration (Triton's shape)",
+                get(stats::config),
+            ),
+            route(
+                HttpMethod::Get,
+                &format!("{prefix}/stats"),
+                "Model statistics (Triton's shape)",
+                get(stats::model_stats),
+            ),
+            route(
+                HttpMethod::Post,
+                &format!("{prefix}/infer"),
+                "Inference: JSON or binary tensors; BYTES images or FP32 tensors; classification",
+                post(infer::infer),
+            ),
+        ]);
     }
-    router
+    all
+}
+
+pub fn routes() -> Router<AppState> {
+    table().into_iter().fold(Router::new(), |router, r| router.route(&r.path, r.handler))
+}
+
+/// Adds every v2 route to `doc`, tagged `oip`; the request and answer bodies
+/// are the protocol's (its specification is their reference).
+pub fn document(doc: &mut OpenApi) {
+    for r in table() {
+        let op = OperationBuilder::new().summary(Some(r.summary)).tag("oip").response("200", DocResponse::new("OK"));
+        doc.paths.add_path_operation(&r.path, vec![r.method], op.build());
+    }
 }
 
 /// A model, and the version if the route names one.
