@@ -9,6 +9,8 @@
 //! Needs `node`, `npm` and `/usr/bin/chromium` (`make test-deps` installs
 //! them); it fails, never skips, when they are missing.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -20,10 +22,6 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// A small `--body-limit`, so the 413 test uploads only a few megabytes.
 const BODY_LIMIT: &str = "2000000";
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// A `lens serve` child, killed when dropped so a failing test leaves nothing behind.
 struct Server {
@@ -37,7 +35,7 @@ impl Server {
             .args(["serve", "--addr", "127.0.0.1:0", "--body-limit", BODY_LIMIT, "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .current_dir(root())
+            .current_dir(common::root())
             // Warnings only, unless the caller asks for more.
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
@@ -127,35 +125,6 @@ fn ensure_node_modules(dir: &Path) {
     assert!(status.success(), "`npm ci` in {} failed", dir.display());
 }
 
-/// Splits RFC 4180 CSV text into rows of fields.
-fn parse_csv(text: &str) -> Vec<Vec<String>> {
-    let (mut rows, mut row, mut field) = (Vec::new(), Vec::new(), String::new());
-    let (mut quoted, mut chars) = (false, text.chars().peekable());
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            (true, '"') => quoted = false,
-            (true, c) => field.push(c),
-            (false, '"') => quoted = true,
-            (false, ',') => row.push(std::mem::take(&mut field)),
-            (false, '\n') => {
-                row.push(std::mem::take(&mut field));
-                rows.push(std::mem::take(&mut row));
-            }
-            (false, '\r') => {}
-            (false, c) => field.push(c),
-        }
-    }
-    if !field.is_empty() || !row.is_empty() {
-        row.push(field);
-        rows.push(row);
-    }
-    rows
-}
-
 /// A report the browser says it sent, from `feedback.json`.
 struct SentReport {
     id: i64,
@@ -177,7 +146,7 @@ fn sent_reports(path: &Path) -> Vec<SentReport> {
 
 /// Checks that every sent report is a row of the export, with its image.
 fn assert_exported(export: &Path, sent: &[SentReport]) {
-    let rows = parse_csv(&std::fs::read_to_string(export.join("feedback.csv")).expect("feedback.csv"));
+    let rows = common::csv_rows(&std::fs::read_to_string(export.join("feedback.csv")).expect("feedback.csv"));
     let header = &rows[0];
     let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no {name} column"));
     let (id, predicted, correct, image) = (col("id"), col("predicted_label"), col("correct_label"), col("image_file"));
@@ -196,7 +165,7 @@ fn assert_exported(export: &Path, sent: &[SentReport]) {
 #[test]
 fn the_upload_page_works_in_a_real_browser() {
     let browser_dir = browser_dir();
-    let out: PathBuf = root().join("target/test-output");
+    let out: PathBuf = common::root().join("target/test-output");
     std::fs::create_dir_all(&out).unwrap();
     for stale in ["feedback.json", "result-page.png", "result-page-narrow.png", "result-page-nojs.png"] {
         let _ = std::fs::remove_file(out.join(stale));
@@ -223,7 +192,7 @@ fn the_upload_page_works_in_a_real_browser() {
         .arg(&export)
         .arg("--data-dir")
         .arg(data.path())
-        .current_dir(root())
+        .current_dir(common::root())
         .status()
         .expect("could not run `lens feedback export`");
     assert!(exported.success(), "`lens feedback export` failed");
@@ -238,7 +207,7 @@ fn browser_dir() -> PathBuf {
     require_tool("node", "--version");
     require_tool("npm", "--version");
     assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run `make test-deps`");
-    let dir = root().join("tests/browser");
+    let dir = common::root().join("tests/browser");
     ensure_node_modules(&dir);
     dir
 }
@@ -265,12 +234,6 @@ fn the_upload_page_works_behind_an_api_key_in_a_real_browser() {
     assert!(rows.iter().any(|(_, _, r)| r.correct_label.as_deref() == Some("malamute") && r.image_file.is_some()));
 }
 
-#[test]
-fn csv_parser_handles_quotes_commas_and_newlines() {
-    let rows = parse_csv("a,b\n1,\"x,\"\"y\"\"\nz\"\n2,\n");
-    assert_eq!(rows, vec![vec!["a", "b"], vec!["1", "x,\"y\"\nz"], vec!["2", ""]]);
-}
-
 /// Seeds three reports with real photos: #1 dog (reporter says Eskimo_dog),
 /// #2 coffee (predicted cup, reporter says coffee_mug), #3 a cat whose
 /// filename and label are XSS attempts.
@@ -278,7 +241,7 @@ fn seed_reports(data_dir: &Path) {
     use lens::feedback::{FeedbackRecord, FeedbackStore};
     let store = FeedbackStore::open(&data_dir.join("feedback")).unwrap();
     let seed = |fixture: &str, filename: &str, predicted: &str, correct: &str| {
-        let bytes = std::fs::read(root().join("tests/fixtures").join(fixture)).unwrap();
+        let bytes = std::fs::read(common::root().join("tests/fixtures").join(fixture)).unwrap();
         let ext = fixture.rsplit('.').next().unwrap();
         let record = FeedbackRecord {
             model: "efficientnet-lite0".into(),
@@ -302,7 +265,7 @@ fn the_review_page_works_with_and_without_javascript() {
     require_tool("node", "--version");
     require_tool("npm", "--version");
     assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run `make test-deps`");
-    let browser_dir = root().join("tests/browser");
+    let browser_dir = common::root().join("tests/browser");
     ensure_node_modules(&browser_dir);
     let data = tempfile::tempdir().unwrap();
     seed_reports(data.path());

@@ -205,6 +205,12 @@ async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, limit: Duration, mut ch
     }
 }
 
+/// `lens_queue_depth` as an API node's `/metrics` shows it.
+async fn queue_depth(client: &reqwest::Client, api: &str) -> f64 {
+    let text = client.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
+    common::metric_in(&text, "lens_queue_depth")
+}
+
 async fn ready_status(client: &reqwest::Client, api: &str) -> u16 {
     match client.get(format!("{api}/health/ready")).send().await {
         Ok(r) => r.status().as_u16(),
@@ -347,6 +353,12 @@ async fn jobs_of_a_killed_worker_are_reclaimed_by_the_survivor() {
         pending(&mut conn).await.iter().any(|(c, &n)| c.contains(&tag) && n > 0)
     })
     .await;
+    // The API node's queue_depth follows the stream's backlog (issue 9: it
+    // used to read 0 on Redis nodes).
+    wait_until("the API node reports the backlog", Duration::from_secs(10), async || {
+        queue_depth(&client, &api.url()).await > 0.0
+    })
+    .await;
     victim.child.kill().unwrap(); // SIGKILL: no chance to acknowledge anything
     victim.child.wait().unwrap();
 
@@ -356,6 +368,10 @@ async fn jobs_of_a_killed_worker_are_reclaimed_by_the_survivor() {
     }
     assert!(pending(&mut conn).await.values().all(|&n| n == 0), "nothing left pending");
     assert_eq!(xlen(&mut conn, JOBS).await, 0);
+    wait_until("queue_depth is back to 0", Duration::from_secs(5), async || {
+        queue_depth(&client, &api.url()).await == 0.0
+    })
+    .await;
     let survivor: u64 = beats(&mut conn).await.values().filter(|b| b.pid != victim.pid()).map(|b| b.processed).sum();
     assert!(survivor > 0);
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use lens::engine::{
@@ -19,20 +18,17 @@ use lens::ranking::ranked;
 
 const PHOTOS: [&str; 4] = ["dog.jpeg", "coffee.png", "chelsea.png", "grace_hopper.jpg"];
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn model() -> ModelDir {
-    ModelDir::load(&root().join("models/efficientnet-lite0")).expect("default model missing: run `make setup` first")
+    ModelDir::load(&common::root().join("models/efficientnet-lite0"))
+        .expect("default model missing: run `make setup` first")
 }
 
 fn refused_model() -> ModelDir {
-    ModelDir::load(&root().join("tests/fixtures/openvino-refused")).unwrap()
+    ModelDir::load(&common::root().join("tests/fixtures/openvino-refused")).unwrap()
 }
 
 fn prepared(model: &ModelDir, name: &str) -> ModelInput {
-    let bytes = std::fs::read(root().join("tests/fixtures").join(name)).unwrap();
+    let bytes = std::fs::read(common::root().join("tests/fixtures").join(name)).unwrap();
     ModelInput::Image(prepare(&bytes, &model.spec.resize_spec(), 40_000_000).unwrap())
 }
 
@@ -125,8 +121,8 @@ fn auto_engine_falls_back_to_onnxruntime_for_a_model_openvino_refuses() {
 fn the_fallback_is_logged_with_its_reason() {
     let out = Command::new(env!("CARGO_BIN_EXE_lens"))
         .args(["predict", "--json", "--engine", "auto", "--model"])
-        .arg(root().join("tests/fixtures/openvino-refused"))
-        .arg(root().join("tests/fixtures/coffee.png"))
+        .arg(common::root().join("tests/fixtures/openvino-refused"))
+        .arg(common::root().join("tests/fixtures/coffee.png"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -178,8 +174,8 @@ fn a_missing_openvino_library_is_a_clear_error_and_auto_falls_back() {
     // Run in a child process: the library is loaded once per process.
     let out = Command::new(env!("CARGO_BIN_EXE_lens"))
         .args(["predict", "--json", "--engine", "auto", "--openvino-lib", "/nonexistent/libopenvino_c.so", "--model"])
-        .arg(root().join("models/efficientnet-lite0"))
-        .arg(root().join("tests/fixtures/dog.jpeg"))
+        .arg(common::root().join("models/efficientnet-lite0"))
+        .arg(common::root().join("tests/fixtures/dog.jpeg"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -189,8 +185,8 @@ fn a_missing_openvino_library_is_a_clear_error_and_auto_falls_back() {
     assert_eq!(line["prediction"], "Eskimo_dog");
     let explicit = Command::new(env!("CARGO_BIN_EXE_lens"))
         .args(["predict", "--engine", "openvino", "--openvino-lib", "/nonexistent/libopenvino_c.so", "--model"])
-        .arg(root().join("models/efficientnet-lite0"))
-        .arg(root().join("tests/fixtures/dog.jpeg"))
+        .arg(common::root().join("models/efficientnet-lite0"))
+        .arg(common::root().join("tests/fixtures/dog.jpeg"))
         .output()
         .unwrap();
     assert!(!explicit.status.success(), "an explicit engine that cannot load is an error");

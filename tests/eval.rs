@@ -2,6 +2,8 @@
 //! and the feedback exports it reads: an ImageFolder export of the local
 //! store evaluated end to end, and exports from a real `redis-server`.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,21 +12,13 @@ use std::time::{Duration, Instant};
 use lens::feedback::{Decision, FeedbackRecord, FeedbackStore, sha256_hex};
 use serde_json::{Value, json};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures").join(name)
-}
-
 fn model_dir() -> PathBuf {
-    root().join("models/efficientnet-lite0")
+    common::root().join("models/efficientnet-lite0")
 }
 
 /// Runs `lens ARGS` (stdout piped, so never a progress bar); returns stdout, panics on failure.
 fn lens(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_lens")).args(args).current_dir(root()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lens")).args(args).current_dir(common::root()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "lens {args:?} failed: {stderr}");
     // No bar characters, no carriage-return redraws when piped.
@@ -41,7 +35,7 @@ fn eval_json(args: &[&str]) -> Value {
 /// Copies `fixture` to `dir/class/name`.
 fn place(dir: &Path, class: &str, fixture_name: &str, name: &str) {
     std::fs::create_dir_all(dir.join(class)).unwrap();
-    std::fs::copy(fixture(fixture_name), dir.join(class).join(name)).unwrap();
+    std::fs::copy(common::fixture_path(fixture_name), dir.join(class).join(name)).unwrap();
 }
 
 /// The labelled tree: what the model predicts for each photo (see `lens
@@ -148,7 +142,7 @@ fn variant_model(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
 fn predictions(model: &Path, files: &[PathBuf]) -> BTreeMap<PathBuf, String> {
     let mut args = vec!["predict".to_owned(), "--json".into(), "--model".into(), model.display().to_string()];
     args.extend(files.iter().map(|f| f.display().to_string()));
-    let out = Command::new(env!("CARGO_BIN_EXE_lens")).args(&args).current_dir(root()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lens")).args(&args).current_dir(common::root()).output().unwrap();
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -221,7 +215,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn reviewed_store(data_dir: &Path) {
     let store = FeedbackStore::open(&data_dir.join("feedback")).unwrap();
     let report = |name: &str, predicted: &str, correct: &str| {
-        let bytes = std::fs::read(fixture(name)).unwrap();
+        let bytes = std::fs::read(common::fixture_path(name)).unwrap();
         let ext = name.rsplit('.').next().unwrap();
         FeedbackRecord {
             model: "efficientnet-lite0".into(),
@@ -283,7 +277,7 @@ fn an_imagefolder_export_is_ready_for_eval() {
     ]);
     let v = eval_json(&[approved.to_str().unwrap()]);
     assert_eq!(v["images"], 2, "{v}");
-    let dog = std::fs::read(fixture("dog.jpeg")).unwrap();
+    let dog = std::fs::read(common::fixture_path("dog.jpeg")).unwrap();
     assert!(approved.join("Eskimo_dog").join(format!("{}.jpeg", sha256_hex(&dog))).is_file());
 }
 
@@ -332,7 +326,7 @@ async fn exports_from_redis_in_every_format() {
     let redis = Redis::start();
     let client = redis::Client::open(redis.url()).unwrap();
     let mirror = lens::redis::feedback::FeedbackMirror::new(&client).unwrap();
-    let dog = std::fs::read(fixture("dog.jpeg")).unwrap();
+    let dog = std::fs::read(common::fixture_path("dog.jpeg")).unwrap();
     let dog_name = format!("{}.jpeg", sha256_hex(&dog));
     let with_image = FeedbackRecord {
         model: "efficientnet-lite0".into(),

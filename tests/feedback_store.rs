@@ -1,6 +1,8 @@
 //! The feedback store on a real file system: concurrent image writes, surviving
 //! a restart, review decisions, the three export formats, and input limits.
 
+mod common;
+
 use std::fs;
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -92,7 +94,7 @@ fn export_writes_csv_that_parses_back_and_copies_images() {
     assert_eq!(summary, ExportSummary { written: records.len(), skipped: 0 });
 
     let csv = fs::read_to_string(out.join("feedback.csv")).unwrap();
-    let rows = parse_csv(&csv);
+    let rows = common::csv_rows(&csv);
     assert_eq!(
         rows[0],
         [
@@ -237,30 +239,4 @@ fn over_long_or_malformed_fields_are_rejected() {
     let at_limit = FeedbackRecord { correct_label: Some("x".repeat(1024)), report: Some("é".repeat(4096)), ..base };
     store.record(&at_limit).unwrap();
     assert_eq!(store.count().unwrap(), 1);
-}
-
-/// A minimal RFC 4180 reader, independent of the writer under test.
-fn parse_csv(text: &str) -> Vec<Vec<String>> {
-    let (mut rows, mut row, mut field) = (Vec::new(), Vec::new(), String::new());
-    let (mut quoted, mut chars) = (false, text.chars().peekable());
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            (true, '"') => quoted = false,
-            (true, c) => field.push(c),
-            (false, '"') => quoted = true,
-            (false, ',') => row.push(std::mem::take(&mut field)),
-            (false, '\r') if chars.peek() == Some(&'\n') => {}
-            (false, '\n') => {
-                row.push(std::mem::take(&mut field));
-                rows.push(std::mem::take(&mut row));
-            }
-            (false, c) => field.push(c),
-        }
-    }
-    assert!(!quoted && field.is_empty() && row.is_empty(), "CSV does not end with a full row");
-    rows
 }

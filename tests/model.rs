@@ -1,7 +1,8 @@
 //! The real model on real photos: expected labels, agreement with the
 //! onnxruntime-Python reference, batch consistency and the `lens predict` CLI.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 
 use lens::engine::{Classifier, OrtClassifier};
@@ -10,20 +11,13 @@ use lens::model::ModelDir;
 use lens::preprocess::prepare;
 use lens::ranking::ranked;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures").join(name)
-}
-
 fn model() -> ModelDir {
-    ModelDir::load(&root().join("models/efficientnet-lite0")).expect("default model missing: run `make setup` first")
+    ModelDir::load(&common::root().join("models/efficientnet-lite0"))
+        .expect("default model missing: run `make setup` first")
 }
 
 fn prepared(model: &ModelDir, name: &str) -> ModelInput {
-    let bytes = std::fs::read(fixture(name)).unwrap();
+    let bytes = std::fs::read(common::fixture_path(name)).unwrap();
     ModelInput::Image(prepare(&bytes, &model.spec.resize_spec(), 40_000_000).unwrap())
 }
 
@@ -71,11 +65,11 @@ fn a_batch_gives_the_same_scores_as_single_images() {
 #[test]
 fn rust_pipeline_agrees_with_the_python_reference() {
     let model = model();
-    let python = root().join(".venv/bin/python");
+    let python = common::root().join(".venv/bin/python");
     let out = Command::new(&python)
-        .arg(root().join("tools/reference_predict.py"))
+        .arg(common::root().join("tools/reference_predict.py"))
         .arg(&model.dir)
-        .args(PHOTOS.iter().map(|n| fixture(n)))
+        .args(PHOTOS.iter().map(|n| common::fixture_path(n)))
         .output()
         .expect("run the reference script");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -100,10 +94,10 @@ fn predict_cli_prints_json_and_fails_on_bad_files() {
     std::fs::write(&bad, b"this is not a picture").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_lens"))
         .args(["predict", "--json", "--model"])
-        .arg(root().join("models/efficientnet-lite0"))
-        .arg(fixture("dog.jpeg"))
+        .arg(common::root().join("models/efficientnet-lite0"))
+        .arg(common::fixture_path("dog.jpeg"))
         .arg(&bad)
-        .arg(fixture("coffee.png"))
+        .arg(common::fixture_path("coffee.png"))
         .output()
         .unwrap();
     assert!(!out.status.success(), "a bad file must give a non-zero exit code");

@@ -6,8 +6,9 @@
 //! Fixtures under `tests/fixtures/generated/` were written once by
 //! `make_fixtures.py` there (Pillow); everything else is built in the test.
 
+mod common;
+
 use std::io::Cursor;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, Rgba};
@@ -24,11 +25,6 @@ fn spec(size: u32) -> ResizeSpec {
         crop_fraction: 0.875,
         interpolation: Interpolation::Bicubic,
     }
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn prepare_ok(bytes: &[u8], spec: &ResizeSpec) -> Prepared {
@@ -50,7 +46,7 @@ fn assert_near(actual: [u8; 3], expected: [u8; 3], tolerance: u8, what: &str) {
 
 /// Mean and max absolute difference against a Pillow reference PNG.
 fn diff_to_reference(out: &Prepared, reference: &str) -> (f64, u8) {
-    let reference = image::load_from_memory(&fixture(reference)).expect("reference png").to_rgb8();
+    let reference = image::load_from_memory(&common::fixture(reference)).expect("reference png").to_rgb8();
     assert_eq!(reference.dimensions(), (out.width, out.height));
     let diffs: Vec<u8> = out.rgb.iter().zip(reference.as_raw()).map(|(&a, &b)| a.abs_diff(b)).collect();
     let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
@@ -81,7 +77,7 @@ impl Lcg {
 #[test]
 fn real_fixtures_prepare_to_224() {
     for name in ["dog.jpeg", "grace_hopper.jpg", "coffee.png", "chelsea.png"] {
-        let bytes = fixture(name);
+        let bytes = common::fixture(name);
         prepare_ok(&bytes, &spec(224));
         let squash = ResizeSpec { kind: ResizeKind::Squash, width: 300, height: 200, ..spec(224) };
         prepare_ok(&bytes, &squash);
@@ -93,7 +89,7 @@ fn jpeg_output_matches_pillow_reference() {
     for (name, reference) in
         [("dog.jpeg", "generated/dog.pillow224.png"), ("grace_hopper.jpg", "generated/grace_hopper.pillow224.png")]
     {
-        let out = prepare_ok(&fixture(name), &spec(224));
+        let out = prepare_ok(&common::fixture(name), &spec(224));
         let (mean, max) = diff_to_reference(&out, reference);
         assert!(mean < 0.75 && max <= 16, "{name}: mean {mean:.3}, max {max}");
     }
@@ -105,7 +101,7 @@ fn dct_scaled_jpeg_decode_stays_close_to_pillow() {
     // for a 40px one (the scaled crop stays >= 2x the output). Measured:
     // mean 0.23 / max 6 and mean 0.50 / max 15 levels.
     for (size, reference) in [(64, "generated/dog.pillow64.png"), (40, "generated/dog.pillow40.png")] {
-        let out = prepare_ok(&fixture("dog.jpeg"), &spec(size));
+        let out = prepare_ok(&common::fixture("dog.jpeg"), &spec(size));
         let (mean, max) = diff_to_reference(&out, reference);
         assert!(mean < 1.0 && max <= 24, "{size}px: mean {mean:.3}, max {max}");
     }
@@ -113,8 +109,8 @@ fn dct_scaled_jpeg_decode_stays_close_to_pillow() {
 
 #[test]
 fn sniffing_ignores_names_and_reads_magic_bytes() {
-    assert_eq!(sniff_format(&fixture("dog.jpeg")), Some(Format::Jpeg));
-    assert_eq!(sniff_format(&fixture("coffee.png")), Some(Format::Png));
+    assert_eq!(sniff_format(&common::fixture("dog.jpeg")), Some(Format::Jpeg));
+    assert_eq!(sniff_format(&common::fixture("coffee.png")), Some(Format::Png));
     assert_eq!(sniff_format(b"hello"), None);
 }
 
@@ -140,7 +136,7 @@ fn gif_bmp_webp_and_png_decode() {
 #[test]
 fn grayscale_and_cmyk_jpegs_match_pillow() {
     for name in ["gray", "cmyk_adobe", "cmyk_plain"] {
-        let out = prepare_ok(&fixture(&format!("generated/{name}.jpg")), &spec(32));
+        let out = prepare_ok(&common::fixture(&format!("generated/{name}.jpg")), &spec(32));
         let (mean, max) = diff_to_reference(&out, &format!("generated/{name}.pillow32.png"));
         assert!(mean < 1.5 && max <= 12, "{name}: mean {mean:.3}, max {max}");
         if name == "gray" {
@@ -207,7 +203,7 @@ fn exif_orientation_is_applied_for_all_eight_values() {
         (7, [y, g, b, r]),
         (8, [g, y, r, b]),
     ];
-    let quadrants = fixture("generated/quadrants.jpg");
+    let quadrants = common::fixture("generated/quadrants.jpg");
     for (orientation, [tl, tr, bl, br]) in expected {
         let out = prepare_ok(&with_orientation(&quadrants, orientation), &spec(64));
         let what = format!("orientation {orientation}");
@@ -233,10 +229,10 @@ fn png_exif_orientation_is_applied() {
 #[test]
 fn exif_rotation_swaps_a_non_square_output() {
     // dog.jpeg is landscape; with orientation 6 the upright picture is portrait.
-    let rotated = with_orientation(&fixture("dog.jpeg"), 6);
+    let rotated = with_orientation(&common::fixture("dog.jpeg"), 6);
     let squash = ResizeSpec { kind: ResizeKind::Squash, width: 30, height: 50, ..spec(1) };
     let out = prepare_ok(&rotated, &squash);
-    let plain = prepare_ok(&fixture("dog.jpeg"), &ResizeSpec { width: 50, height: 30, ..squash });
+    let plain = prepare_ok(&common::fixture("dog.jpeg"), &ResizeSpec { width: 50, height: 30, ..squash });
     // Upright (x, y) of the rotated output is stored (y, 29 - x) of the plain one.
     for (x, y) in [(0, 0), (29, 0), (7, 41), (29, 49)] {
         assert_eq!(pixel(&out, x, y), pixel(&plain, y, 29 - x), "at {x},{y}");
@@ -262,7 +258,7 @@ fn random_bytes_and_text_are_not_images() {
 
 #[test]
 fn truncated_jpeg_is_corrupt() {
-    let dog = fixture("dog.jpeg");
+    let dog = common::fixture("dog.jpeg");
     for cut in [dog.len() / 2, dog.len() - 100, 300, 4] {
         let result = prepare(&dog[..cut], &spec(224), MAX_PIXELS);
         assert!(matches!(result, Err(ImageError::Corrupt(_))), "cut at {cut}: {result:?}");
@@ -271,14 +267,14 @@ fn truncated_jpeg_is_corrupt() {
 
 #[test]
 fn truncated_png_is_corrupt() {
-    let png = fixture("chelsea.png");
+    let png = common::fixture("chelsea.png");
     let result = prepare(&png[..png.len() / 2], &spec(224), MAX_PIXELS);
     assert!(matches!(result, Err(ImageError::Corrupt(_))), "{result:?}");
 }
 
 #[test]
 fn real_image_over_the_pixel_limit_is_too_large() {
-    let result = prepare(&fixture("dog.jpeg"), &spec(224), 729 * 486 - 1);
+    let result = prepare(&common::fixture("dog.jpeg"), &spec(224), 729 * 486 - 1);
     assert_eq!(result, Err(ImageError::TooLarge { width: 729, height: 486, max_pixels: 729 * 486 - 1 }));
 }
 
@@ -386,7 +382,7 @@ fn fuzz(original: &[u8], seed: u64, rounds: usize) {
 
 #[test]
 fn fuzzed_jpeg_never_panics() {
-    fuzz(&fixture("dog.jpeg"), 1, 200);
+    fuzz(&common::fixture("dog.jpeg"), 1, 200);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! decodes. References are Pillow 13 outputs written by
 //! `tests/fixtures/generated/make_fixtures.py`.
 
-use std::path::Path;
+mod common;
 
 use lens::model::{Interpolation, ResizeKind, ResizeSpec};
 use lens::preprocess::{Prepared, decode_bytes, prepare};
@@ -21,14 +21,9 @@ fn spec(size: u32) -> ResizeSpec {
     }
 }
 
-fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// Mean and max absolute difference against a Pillow reference PNG.
 fn diff_to_pillow(out: &Prepared, reference: &str) -> (f64, u8) {
-    let reference = image::load_from_memory(&fixture(reference)).expect("reference png").to_rgb8();
+    let reference = image::load_from_memory(&common::fixture(reference)).expect("reference png").to_rgb8();
     assert_eq!(reference.dimensions(), (out.width, out.height));
     let diffs: Vec<u8> = out.rgb.iter().zip(reference.as_raw()).map(|(&a, &b)| a.abs_diff(b)).collect();
     let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
@@ -43,7 +38,7 @@ fn test_photos_are_within_half_a_level_of_pillow() {
             .into_iter()
             .find(|n| n.starts_with(stem))
             .unwrap();
-        let out = prepare(&fixture(name), &spec(224), MAX_PIXELS).unwrap();
+        let out = prepare(&common::fixture(name), &spec(224), MAX_PIXELS).unwrap();
         let (mean, max) = diff_to_pillow(&out, &format!("generated/{stem}.pillow224.png"));
         println!("{name}: mean |diff| {mean:.3}, max {max}");
         assert!(mean < 0.5, "{name}: mean {mean:.3} (max {max})");
@@ -56,7 +51,7 @@ fn test_photos_are_within_half_a_level_of_pillow() {
 #[test]
 fn gray_cmyk_and_progressive_jpegs_decode_like_pillow() {
     for name in ["gray", "cmyk_adobe", "cmyk_plain", "progressive"] {
-        let out = prepare(&fixture(&format!("generated/{name}.jpg")), &spec(32), MAX_PIXELS).unwrap();
+        let out = prepare(&common::fixture(&format!("generated/{name}.jpg")), &spec(32), MAX_PIXELS).unwrap();
         let (mean, max) = diff_to_pillow(&out, &format!("generated/{name}.pillow32.png"));
         println!("{name}: mean |diff| {mean:.3}, max {max}");
         assert!(mean < 0.5 && max <= 4, "{name}: mean {mean:.3}, max {max}");
@@ -95,7 +90,7 @@ fn stored_of_upright(orientation: u16, x: u32, y: u32, size: u32) -> (u32, u32) 
 fn exif_orientation_is_applied_on_dct_scaled_decodes() {
     // 3000x2000 with a 224 output is decoded at a reduced scale: the decode
     // needs a fraction of the full-size RGB buffer.
-    let large = fixture("generated/large_3000x2000.jpg");
+    let large = common::fixture("generated/large_3000x2000.jpg");
     let full_rgb = 3000 * 2000 * 3;
     let needed = decode_bytes(&large, &spec(224)).unwrap();
     assert!(needed <= full_rgb / 4, "decode needs {needed} bytes");

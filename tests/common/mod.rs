@@ -20,7 +20,23 @@ pub fn root() -> &'static Path {
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(root().join("tests/fixtures").join(name)).unwrap()
+    let path = fixture_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// The rows of a CSV text, header included, read with the `csv` crate
+/// (independent of the writer under test, which it only shares a format with).
+pub fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(text.as_bytes())
+        .records()
+        .map(|r| r.expect("well-formed CSV").iter().map(str::to_owned).collect())
+        .collect()
 }
 
 /// A server running in this process. Dropping it does not stop it; call `stop`.
