@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -197,11 +197,11 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let id = limits.client_id(req.extensions().get::<Caller>(), peer, req.headers());
     if let Err(secs) = limits.check_rate(&id) {
-        return ApiError::RateLimited(secs).into_response();
+        return super::auth::refuse(req, ApiError::RateLimited(secs), state.limits.body_bytes).await;
     }
     let _slot = match limits.enter(id) {
         Ok(slot) => slot,
-        Err(cap) => return ApiError::ClientBusy(cap).into_response(),
+        Err(cap) => return super::auth::refuse(req, ApiError::ClientBusy(cap), state.limits.body_bytes).await,
     };
     state.metrics.tracked_clients.set(limits.tracked() as i64);
     next.run(req).await
