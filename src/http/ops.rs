@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::render;
+use crate::feedback::ImageStore;
 
 /// `GET /health/live`: the process is up.
 #[utoipa::path(get, path = "/health/live", tag = "operate", responses((status = 200, description = "The process is up.")))]
@@ -74,7 +75,14 @@ pub async fn asset(Path(name): Path<String>) -> Response {
 /// store accepts only content-addressed names, so no path can escape it.
 #[utoipa::path(get, path = "/uploads/{name}", tag = "page", params(("name" = String, Path, description = "`<sha256>.<ext>`")), responses((status = 200, description = "An image uploaded through the page."), (status = 404, description = "Not stored (or not a content-addressed name).")))]
 pub async fn upload(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let Some(path) = state.uploads.path_of(&name) else {
+    stored_image(&state.uploads, &name, "private, max-age=3600").await
+}
+
+/// A content-addressed image from `store`, with its media type; 404 unless
+/// `name` is a stored `<sha256>.<ext>`. Shared by the page's uploads and the
+/// review page's reported images.
+pub(super) async fn stored_image(store: &ImageStore, name: &str, cache_control: &'static str) -> Response {
+    let Some(path) = store.path_of(name) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let content_type = match name.rsplit('.').next() {
@@ -85,7 +93,9 @@ pub async fn upload(State(state): State<AppState>, Path(name): Path<String>) -> 
         _ => "image/jpeg",
     };
     match tokio::fs::read(path).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
+        Ok(bytes) => {
+            ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, cache_control)], bytes).into_response()
+        }
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
 }

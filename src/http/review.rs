@@ -7,7 +7,7 @@
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use super::AppState;
@@ -143,21 +143,7 @@ pub async fn decide(
     params(("name" = String, Path, description = "`<sha256>.<ext>`")),
     responses((status = 200, description = "A reported image."), (status = 404, description = "Not stored.")))]
 pub async fn image(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    let Some(path) = state.feedback.images().path_of(&name) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let content_type = match name.rsplit('.').next() {
-        Some("png") => "image/png",
-        Some("gif") => "image/gif",
-        Some("webp") => "image/webp",
-        Some("bmp") => "image/bmp",
-        _ => "image/jpeg",
-    };
-    match tokio::fs::read(path).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "private, max-age=3600")], bytes)
-            .into_response(),
-        Err(_) => StatusCode::NOT_FOUND.into_response(),
-    }
+    super::ops::stored_image(state.feedback.images(), &name, "private, max-age=3600").await
 }
 
 #[cfg(test)]
