@@ -153,6 +153,13 @@ pub struct ServeArgs {
     #[arg(long, env = "LENS_DECODE_THREADS", value_parser = at_least_one())]
     pub decode_threads: Option<usize>,
 
+    /// Memory in MiB that concurrent decodes may hold together. Each decode
+    /// reserves what its header says it needs (a 12 MP JPEG, DCT-scaled:
+    /// about 2 MiB; a 40 MP PNG: 160 MiB) and waits while the budget is spent;
+    /// one larger than the budget runs alone.
+    #[arg(long, env = "LENS_DECODE_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 128)]
+    pub decode_memory_mb: u64,
+
     /// Largest request body in bytes (413 beyond).
     #[arg(long, env = "LENS_BODY_LIMIT", default_value_t = 10 * 1024 * 1024)]
     pub body_limit: usize,

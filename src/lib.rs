@@ -37,6 +37,7 @@
 //! - [`feedback`]: durable feedback (SQLite), content-addressed images, review
 //!   decisions and the CSV / JSON Lines / ImageFolder exports.
 //! - [`disk`]: byte caps, LRU eviction and full-disk detection for the image stores.
+//! - [`memory_budget`]: the bytes that concurrent decodes may hold together.
 //! - [`ranking`]: probabilities to ranked, labelled answers.
 //! - [`job`]: a job, its input and its answer, whatever queue carries it.
 //! - [`preprocess`]: hostile-input-safe decode, EXIF orientation, crop and resize.
@@ -53,6 +54,7 @@ pub mod engine;
 pub mod feedback;
 pub mod http;
 pub mod job;
+pub mod memory_budget;
 pub mod metrics;
 pub mod model;
 pub mod predictor;

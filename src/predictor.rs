@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use crate::cache::{Coalescer, Key, ResultCache, Role, SharedCache};
 use crate::engine::Runtime;
 use crate::job::{JobError, JobOutput, ModelInput};
+use crate::memory_budget::MemoryBudget;
 use crate::metrics::{self, Metrics, ModelStats};
 use crate::model::{ModelSpec, ResizeSpec};
-use crate::preprocess::{ImageError, prepare};
+use crate::preprocess::{ImageError, decode_bytes, prepare};
 use crate::queue::{Capacity, JobQueue, SubmitError};
 
 /// Why a prediction failed. `Clone`, so coalesced requests share it.
@@ -77,6 +78,8 @@ pub struct PredictorConfig {
     pub cache_entries: usize,
     /// Requests admitted at once (decoding, queued or running); beyond it, 429.
     pub max_pending: usize,
+    /// Bytes that concurrent decodes may hold together (see [`MemoryBudget`]).
+    pub decode_memory: u64,
 }
 
 /// The model facts the prediction path needs.
@@ -104,6 +107,8 @@ pub struct Predictor {
     coalescer: Coalescer<Shared>,
     /// Bounded CPU pool for decoding: one permit per decode thread.
     decode_slots: Arc<Semaphore>,
+    /// Bounded memory for decoding: a decode reserves what its header needs.
+    decode_memory: MemoryBudget,
     /// Admission control: a request holds a permit until it is answered.
     admission: Arc<Semaphore>,
     /// Exponential moving average of seconds per image of inference, as f64 bits.
@@ -127,6 +132,7 @@ impl Predictor {
             shared_cache: None,
             coalescer: Coalescer::default(),
             decode_slots: Arc::new(Semaphore::new(decode_threads)),
+            decode_memory: MemoryBudget::new(config.decode_memory),
             admission: Arc::new(Semaphore::new(config.max_pending)),
             per_image_secs: AtomicU64::new(0.02f64.to_bits()),
             ready: queue.ready(),
@@ -324,6 +330,11 @@ impl Predictor {
     async fn decode(&self, bytes: Bytes) -> Result<ModelInput, PredictError> {
         let (resize, max_pixels) = (self.resize, self.config.max_pixels);
         let started = Instant::now();
+        // The header alone says what the decode will hold (microseconds); a
+        // file that `prepare` refuses before decoding reserves nothing.
+        let need = decode_bytes(&bytes, &resize, max_pixels).unwrap_or(0);
+        let _memory =
+            self.decode_memory.reserve(need).await.map_err(|_| PredictError::Unavailable("shutting down".into()))?;
         let result = self.on_decode_pool(move || prepare(&bytes, &resize, max_pixels)).await?;
         self.metrics.stage(metrics::DECODE, started.elapsed());
         Ok(ModelInput::Image(result?))

@@ -172,14 +172,14 @@ pub fn prepare(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Result<Prepa
 
 /// Peak bytes that decoding `bytes` for `spec` needs (decoded pixels and the
 /// decoder's whole-image buffers, not the input), read from the header alone,
-/// so a caller can bound concurrent decodes by memory. `None` when the header
-/// cannot be read; [`prepare`] then refuses the file without decoding it.
-pub fn decode_bytes(bytes: &[u8], spec: &ResizeSpec) -> Option<u64> {
-    let source = shielded(|| Source::open(bytes, sniff_format(bytes).ok_or(ImageError::NotAnImage)?, u64::MAX)).ok()?;
+/// so a caller can bound concurrent decodes by memory. `None` when [`prepare`]
+/// with the same `max_pixels` refuses the file before decoding it: the header
+/// cannot be read, or declares no pixels or more than `max_pixels`.
+pub fn decode_bytes(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Option<u64> {
+    let source =
+        shielded(|| Source::open(bytes, sniff_format(bytes).ok_or(ImageError::NotAnImage)?, max_pixels)).ok()?;
     let Header { width, height, orientation } = source.header();
-    if width == 0 || height == 0 {
-        return None;
-    }
+    check_size(width, height, max_pixels).ok()?;
     Some(source.decode_bytes(Plan::new(width, height, orientation, spec).dct_denominator()))
 }
 

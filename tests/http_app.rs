@@ -82,8 +82,13 @@ fn app(tune: impl FnOnce(&mut PredictorConfig, &mut Limits)) -> App {
     let dir = tempfile::tempdir().unwrap();
     let delay_ms = Arc::new(AtomicU64::new(0));
     let pool = SessionPool::start(vec![Box::new(Fake { delay_ms: Arc::clone(&delay_ms) })], None).unwrap();
-    let mut predictor =
-        PredictorConfig { deadline: Duration::from_secs(5), max_pixels: 40_000_000, cache_entries: 0, max_pending: 64 };
+    let mut predictor = PredictorConfig {
+        deadline: Duration::from_secs(5),
+        max_pixels: 40_000_000,
+        cache_entries: 0,
+        max_pending: 64,
+        decode_memory: 64 << 20,
+    };
     let mut limits = Limits { body_bytes: 1 << 20, max_parts: 4, request_timeout: Duration::from_secs(10) };
     tune(&mut predictor, &mut limits);
     let settings = LocalSettings {

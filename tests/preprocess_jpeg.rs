@@ -92,14 +92,15 @@ fn exif_orientation_is_applied_on_dct_scaled_decodes() {
     // needs a fraction of the full-size RGB buffer.
     let large = common::fixture("generated/large_3000x2000.jpg");
     let full_rgb = 3000 * 2000 * 3;
-    let needed = decode_bytes(&large, &spec(224)).unwrap();
+    let needed = decode_bytes(&large, &spec(224), MAX_PIXELS).unwrap();
+    assert_eq!(decode_bytes(&large, &spec(224), 3000 * 2000 - 1), None, "over max_pixels: refused, nothing to reserve");
     assert!(needed <= full_rgb / 4, "decode needs {needed} bytes");
 
     let size = 224;
     let plain = prepare(&large, &spec(size), MAX_PIXELS).unwrap();
     for orientation in 1..=8u16 {
         let rotated = with_orientation(&large, orientation);
-        assert_eq!(decode_bytes(&rotated, &spec(size)), Some(needed));
+        assert_eq!(decode_bytes(&rotated, &spec(size), MAX_PIXELS), Some(needed));
         let out = prepare(&rotated, &spec(size), MAX_PIXELS).unwrap();
         for (x, y) in [(0, 0), (223, 0), (17, 150), (223, 223), (100, 7)] {
             let (sx, sy) = stored_of_upright(orientation, x, y, size);

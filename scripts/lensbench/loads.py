@@ -54,8 +54,9 @@ def run_asyncio(row: Row, url: str, rowdir: Path, args) -> tuple[subprocess.Pope
         argv += ["--rate", f"{row.rate:g}"]
     else:
         argv += ["--concurrency", str(row.users)]
-    if args.images_dir:
-        argv += ["--images-dir", str(args.images_dir)]
+    images = args.phone_dir if row.scenario == "phone" else args.images_dir
+    if images:
+        argv += ["--images-dir", str(images)]
     return _spawn(argv, rowdir), argv
 
 

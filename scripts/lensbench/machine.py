@@ -72,18 +72,19 @@ def open_fds(pid: int) -> tuple[int, int]:
 
 
 def disk_usage(path: Path) -> dict[str, int]:
-    """Bytes allocated on disk (like ``du``) under ``path``, as {"": total, top-level entry: its share}."""
+    """Bytes allocated on disk (like ``du``) under ``path``, as {"": total, entry: its share} for every
+    top-level entry and every folder two levels down ("feedback", "feedback/images")."""
     usage = {"": 0}
     for folder, _, files in os.walk(path):
-        top = os.path.relpath(folder, path).split(os.sep)[0]
+        parts = [] if folder == str(path) else os.path.relpath(folder, path).split(os.sep)
         for name in files:
             try:
                 size = os.lstat(os.path.join(folder, name)).st_blocks * 512
             except OSError:
                 continue  # deleted meanwhile
             usage[""] += size
-            key = name if top == "." else top
-            usage[key] = usage.get(key, 0) + size
+            for key in ["/".join(parts[:depth]) for depth in (1, 2) if len(parts) >= depth] or [name]:
+                usage[key] = usage.get(key, 0) + size
     return usage
 
 

@@ -55,6 +55,10 @@ from .rows import SCENARIOS, TOPOLOGIES, Row, best_closed, build_matrix, judge
 from .server import DEFAULT_LENS, Topology, private_copy, redis_unavailable, warm_up
 
 
+PHONE_DIR = ROOT / "target" / "phone-photos"
+PHONE_PER_SOURCE = 6  # 24 photos from the four test photos: about 60 MB, read from the page cache
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -180,6 +184,15 @@ def ceiling(lens: Path, extra: list[str], timeout: float) -> dict:
     return out
 
 
+def make_phone_photos(folder: Path) -> None:
+    """The phone rows' 12 MP photos: tools/phone_photos.py, once (it writes manifest.json last)."""
+    if (folder / "manifest.json").exists():
+        return
+    log(f"making 12 MP phone photos in {folder} (tools/phone_photos.py, a few seconds each)")
+    subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "tools" / "phone_photos.py"), "make",
+                    "--per-source", str(PHONE_PER_SOURCE), str(folder)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
 def csv_ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x.strip()]
 
@@ -204,7 +217,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="reduced matrix: in-process and Redis, 50 and 200 users, 15 s rows")
     ap.add_argument("--scenarios", type=csv_words(SCENARIOS), help=f"rows to run, from {','.join(SCENARIOS)} (default all)")
     ap.add_argument("--topologies", type=csv_words(tuple(TOPOLOGIES)), help="from inproc,redis1,redis2 (default all)")
-    ap.add_argument("--users", type=csv_ints, help="locust users for original/distinct rows (default 200,600,1000; quick 50,200)")
+    ap.add_argument("--users", type=csv_ints, help="locust users for the distinct rows (default 200,600,1000; quick 50,200)")
+    ap.add_argument("--original-users", type=csv_ints,
+                    help="locust users for the original rows (default 200,600,1000,5000; quick 50,200)")
     ap.add_argument("--generators", type=csv_words(("locust", "asyncio")), default=["locust", "asyncio"], help="closed-loop generators (default both)")
     ap.add_argument("--only", help="regular expression on row ids (e.g. 'inproc-original'); see --list")
     ap.add_argument("--list", action="store_true", help="print the row ids and exit")
@@ -224,6 +239,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ceiling-timeout", type=float, default=600, help="seconds per `lens bench` run (default 600)")
     ap.add_argument("--images-dir", type=Path, help="photos for the distinct rows (default: generated into target/distinct-images)")
     ap.add_argument("--images", type=int, default=2000, help="distinct photos to generate (default 2000)")
+    ap.add_argument("--phone-dir", type=Path, default=PHONE_DIR,
+                    help=f"12 MP photos for the phone rows (default {PHONE_DIR.relative_to(ROOT)}, made by tools/phone_photos.py)")
     ap.add_argument("--idle-wait", type=float, help="wait up to this many seconds before each row for other work on the machine to calm down (default 30; quick 10; 0: never)")
     ap.add_argument("--lens", type=Path, default=DEFAULT_LENS, help="the lens binary (copied aside for the run)")
     ap.add_argument("--out", type=Path, help="report path (default docs/benchmarks.md; quick: next to results.json)")
@@ -238,6 +255,7 @@ def settle(ap: argparse.ArgumentParser, args) -> None:
     args.scenarios = args.scenarios or list(SCENARIOS)
     args.topologies = args.topologies or list(TOPOLOGIES)
     args.users = args.users or ([50, 200] if q else [200, 600, 1000])
+    args.original_users = args.original_users or ([50, 200] if q else [200, 600, 1000, 5000])
     args.run_time = args.run_time or (15 if q else 60)
     args.closed_time = args.closed_time or (12 if q else 45)
     args.open_time = args.open_time or (12 if q else 45)
@@ -249,8 +267,8 @@ def settle(ap: argparse.ArgumentParser, args) -> None:
     for t in (args.run_time, args.closed_time, args.open_time):
         if not 1 <= t <= 600:
             ap.error("row times must be within 1..600 s")
-    if any(u < 1 or u > 5000 for u in args.users):
-        ap.error("--users must be within 1..5000")
+    if any(u < 1 or u > 5000 for u in args.users + args.original_users):
+        ap.error("--users and --original-users must be within 1..5000")
 
 
 def run_meta(args, outdir: Path, lens: Path, n_images: int) -> dict:
@@ -267,6 +285,7 @@ def run_meta(args, outdir: Path, lens: Path, n_images: int) -> dict:
         "locust_version": locust_version[0] if locust_version else "?",
         "locust_processes": args.locust_processes,
         "distinct_images": n_images,
+        "phone_photos": sum(1 for p in args.phone_dir.glob("*.jpg")) if args.phone_dir.exists() else 0,
         "outdir": os.path.relpath(outdir, ROOT),
         "argv": sys.argv[1:],
     }
@@ -314,6 +333,8 @@ def main() -> None:
         from .distinct_photos import make
 
         make(DEFAULT_DIR, args.images, DEFAULT_SEED, FIXTURES)
+    if any(r.scenario == "phone" for r in rows):
+        make_phone_photos(args.phone_dir)
     images_dir = args.images_dir or DEFAULT_DIR
     n_images = sum(1 for p in images_dir.iterdir() if p.suffix.lower() in SUFFIXES) if images_dir.exists() else 0
 

@@ -178,6 +178,7 @@ def report(data: dict, md_path: Path, png_path: Path) -> str:
         locust_version=meta["locust_version"],
         locust_processes=f"{procs} process{'es' if procs > 1 else ''}",
         distinct_images=meta["distinct_images"],
+        phone_photos=meta.get("phone_photos", 0),
         queue_note=meta["queue_note"],
         deadline_s=f"{meta['deadline_s']:g}",
         outdir=meta["outdir"],

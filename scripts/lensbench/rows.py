@@ -10,7 +10,7 @@ from .machine import CORES
 # Topology name -> `lens worker` processes behind a Redis (0: in-process).
 TOPOLOGIES = {"inproc": 0, "redis1": 1, "redis2": 2}
 TOPOLOGY_NAMES = {"inproc": "in-process", "redis1": "Redis, 1 worker", "redis2": "Redis, 2 workers"}
-SCENARIOS = ("original", "distinct", "closed", "open")
+SCENARIOS = ("original", "distinct", "closed", "phone", "open")
 
 # Machine-size thresholds, as fractions of the core count: the machine is
 # CPU-bound at 90% of its cores, and other work is worth a note from 15% of
@@ -22,7 +22,7 @@ OTHER_WORK_NOTE = 0.15
 @dataclass
 class Row:
     id: str
-    scenario: str  # original | distinct | closed | open
+    scenario: str  # original | distinct | closed | phone | open
     generator: str  # locust | asyncio
     topology: str
     users: int = 0  # locust users or asyncio concurrency
@@ -39,6 +39,8 @@ class Row:
             return f"{self.rate:.0f}/s open loop{frac}"
         if self.scenario == "closed":
             return f"{self.users} {'users' if self.generator == 'locust' else 'clients'}, no wait"
+        if self.scenario == "phone":
+            return f"{self.users} clients, 12 MP photos, no wait"
         return f"{self.users} users"
 
     @property
@@ -53,6 +55,8 @@ def build_matrix(args) -> list[Row]:
             for gen in ("locust", "asyncio"):
                 if gen in args.generators:
                     rows.append(Row(f"{topo}-closed-{gen}", "closed", gen, topo, users=args.closed_users, run_time=args.closed_time))
+        if "phone" in args.scenarios and "asyncio" in args.generators:
+            rows.append(Row(f"{topo}-phone-asyncio", "phone", "asyncio", topo, users=args.closed_users, run_time=args.closed_time))
         if "open" in args.scenarios:
             if args.open_rates:
                 for r in args.open_rates:
@@ -60,9 +64,9 @@ def build_matrix(args) -> list[Row]:
             else:
                 for f in args.open_fractions:
                     rows.append(Row(f"{topo}-open-{round(f * 100)}pct", "open", "asyncio", topo, rate_fraction=f, run_time=args.open_time))
-        for sc in ("original", "distinct"):
+        for sc, users in (("original", args.original_users), ("distinct", args.users)):
             if sc in args.scenarios and "locust" in args.generators:
-                for u in args.users:
+                for u in users:
                     rows.append(Row(f"{topo}-{sc}-{u}", sc, "locust", topo, users=u, run_time=args.run_time))
     if args.only:
         rx = re.compile(args.only)
@@ -117,7 +121,7 @@ def judge(row: Row, locust_processes: int, cores: int = CORES) -> None:
             limit = "offered load (Lens keeps up)"
         else:
             limit = f"Lens (saturated: {offered:.0f}/s asked)"
-    elif row.scenario == "closed":
+    elif row.scenario in ("closed", "phone"):
         limit = "generator (locust CPU)" if gen_limited else "Lens"
     elif gen_limited:
         limit = "generator"

@@ -47,7 +47,7 @@ from .machine import CORES, ROOT, disk_usage, open_fds, proc_cpu_s, proc_status
 from .openloop import Bodies, Pool, Recorder, closed_loop, open_loop, percentile, predict_fire
 from .photos import PhotoStream, distinct_folder
 from .server import DEFAULT_LENS, Topology, http_get, private_copy, serve_flags, warm_up
-from .soak_report import CAPPED_STORES, write_report
+from .soak_report import CAPPED_STORES, STORE_PATHS, write_report
 from .soak_traffic import KINDS, Traffic, big_photos
 
 SAMPLE_EVERY_S = 10.0
@@ -125,8 +125,9 @@ class Sampler:
             # what is left is Lens's own (listener, files, pipes, leaked sockets).
             "fds_own": fds - self.pool.open_now,
             "disk_mb": round(disk[""] / 2**20, 2),
-            # The stores the caps are for: <data-dir>/uploads and <data-dir>/feedback.
-            **{f"{store}_mb": round(disk.get(store, 0) / 2**20, 2) for store in CAPPED_STORES.values()},
+            # The stores the caps are for: <data-dir>/uploads and <data-dir>/feedback/images.
+            **{f"{store}_mb": round(disk.get(STORE_PATHS[store], 0) / 2**20, 2) for store in CAPPED_STORES.values()},
+            "feedback_db_mb": round((disk.get("feedback", 0) - disk.get("feedback/images", 0)) / 2**20, 2),
             "cpu_cores": round((cpu - self.last_cpu) / (now - self.last_t), 2) if now > self.last_t else 0.0,
             "window_s": round(now - self.last_t, 1),
             **self.traffic.outcomes.take_window(),

@@ -22,7 +22,10 @@ P99_RATIO, P99_SLACK_MS = 1.5, 10.0
 MIN_WINDOW_ANSWERS = 20  # fewer (the drain after the last arrival) make no p99 worth comparing
 # `lens serve` cap flag -> the store under --data-dir it bounds.
 CAPPED_STORES = {"--uploads-max-bytes": "uploads", "--feedback-max-bytes": "feedback"}
-CAP_MARGIN, CAP_SLACK_MB = 1.1, 1.0  # 10% and 1 MiB: the SQLite file, directory blocks, a file being replaced
+# What each cap bounds under --data-dir: page uploads, and the images kept with
+# feedback (feedback/ also holds the SQLite database, which no cap covers).
+STORE_PATHS = {"uploads": "uploads", "feedback": "feedback/images"}
+CAP_MARGIN, CAP_SLACK_MB = 1.1, 1.0  # 10% and 1 MiB: allocation rounding, directory blocks, a file being replaced
 
 
 def caps_from(serve_args: list[str]) -> dict[str, int]:
@@ -88,7 +91,7 @@ def verdicts(run: SoakRun) -> list[list[str]]:
 
 def disk_verdict(samples: list[dict], caps: dict[str, int]) -> tuple[str, str]:
     """Each capped store's peak against its cap."""
-    total = f"all of --data-dir: peak {max(s['disk_mb'] for s in samples):.1f} MB, last {samples[-1]['disk_mb']:.1f} MB"
+    total = f"all of --data-dir: peak {max(s['disk_mb'] for s in samples):.1f} MiB, last {samples[-1]['disk_mb']:.1f} MiB"
     if not caps:
         return "n/a", f"no cap given to lens serve (this build has none of {', '.join(CAPPED_STORES)}?); {total}"
     parts, ok = [], True
@@ -97,8 +100,9 @@ def disk_verdict(samples: list[dict], caps: dict[str, int]) -> tuple[str, str]:
         peak = max(s.get(f"{store}_mb", 0) for s in samples)
         budget = cap / 2**20 * CAP_MARGIN + CAP_SLACK_MB
         ok &= peak <= budget
-        parts.append(f"{store}/ peak {peak:.1f} MB against {flag} {cap / 2**20:.1f} MiB")
-    return ("PASS" if ok else "FAIL"), "; ".join(parts) + f"; {total}"
+        parts.append(f"{STORE_PATHS[store]}/ peak {peak:.1f} MiB against {flag} {cap / 2**20:.1f} MiB")
+    db = max(s.get("feedback_db_mb", 0) for s in samples)
+    return ("PASS" if ok else "FAIL"), "; ".join(parts) + f"; the feedback database (uncapped) peak {db:.1f} MiB; {total}"
 
 
 def p99_verdict(samples: list[dict]) -> tuple[str, str]:
@@ -112,11 +116,11 @@ def p99_verdict(samples: list[dict]) -> tuple[str, str]:
 
 
 def samples_table(samples: list[dict]) -> str:
-    hdr = ["t", "RSS MB", "threads", "FDs (sockets)", "own FDs", "disk MB (uploads / feedback)", "CPU", "answered", "2xx", "4xx (429)",
+    hdr = ["t", "RSS MB", "threads", "FDs (sockets)", "own FDs", "disk MB (uploads / feedback images / feedback db)", "CPU", "answered", "2xx", "4xx (429)",
            "5xx", "no answer", "p50 ms", "p99 ms"]
     rows = [[
         f"{int(s['t_s'] // 60)}:{int(s['t_s'] % 60):02d}", f"{s['rss_mb']:.1f}", str(s["threads"]), f"{s['fds']} ({s['sockets']})", str(s["fds_own"]),
-        f"{s['disk_mb']:.1f} ({s['uploads_mb']:.1f} / {s['feedback_mb']:.1f})", f"{s['cpu_cores']:.2f}", str(s["answered"]), str(s["2xx"]), f"{s['4xx']} ({s['429']})",
+        f"{s['disk_mb']:.1f} ({s['uploads_mb']:.1f} / {s['feedback_mb']:.1f} / {s.get('feedback_db_mb', 0):.1f})", f"{s['cpu_cores']:.2f}", str(s["answered"]), str(s["2xx"]), f"{s['4xx']} ({s['429']})",
         str(s["5xx"]), str(s["no_answer"]), fmt_ms(s["p50_ms"]), fmt_ms(s["p99_ms"]),
     ] for s in samples]
     return md_table(hdr, rows)
@@ -149,7 +153,7 @@ def plot(samples: list[dict], caps: dict[str, int], path: Path, title: str) -> N
     ax_fd.set(title="descriptors and threads", ylabel="count")
     ax_disk.plot(t, [s["disk_mb"] for s in samples], marker=".", color="black", label="all of --data-dir")
     for (flag, store), color in zip(CAPPED_STORES.items(), ("tab:blue", "tab:orange")):
-        ax_disk.plot(t, [s[f"{store}_mb"] for s in samples], marker=".", color=color, label=f"{store}/")
+        ax_disk.plot(t, [s[f"{store}_mb"] for s in samples], marker=".", color=color, label=f"{STORE_PATHS[store]}/")
         if flag in caps:
             ax_disk.axhline(caps[flag] / 2**20, color=color, ls="--", lw=1, label=flag)
     ax_disk.set(title="disk", ylabel="MB")

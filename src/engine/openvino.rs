@@ -3,7 +3,8 @@
 //! the `openvino` crate's run-time linking. It reads the same `model.onnx`.
 //!
 //! A pool of N sessions is one compiled model with N CPU streams, and one
-//! infer request per session thread. OpenVINO runs each stream on its own
+//! infer request per session thread (batch 1 has a static-shape compilation
+//! of its own; see [`Compiled`]). OpenVINO runs each stream on its own
 //! thread(s), so N blocking `infer` calls from N session threads run in
 //! parallel, as N ONNX Runtime sessions do, while the weights are compiled
 //! and held once instead of N times (less memory, one compilation).
@@ -13,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ::openvino::{
-    CompiledModel, Core, DeviceType, ElementType, InferRequest, PropertyKey, RwPropertyKey, Shape, Tensor,
+    CompiledModel, Core, DeviceType, ElementType, InferRequest, Model, PartialShape, PropertyKey, RwPropertyKey, Shape,
+    Tensor,
 };
 
 use super::{Classifier, Engine, EngineError, Precision, Scores, assemble, find_in_venv, softmax};
@@ -46,11 +48,14 @@ pub fn find_library() -> Option<PathBuf> {
     find_in_venv("openvino/libs", "libopenvino_c.so")
 }
 
-/// One session: an infer request on the shared compiled model.
+/// One session: infer requests on the pool's shared compiled models.
 pub struct OvClassifier {
-    request: InferRequest,
-    /// Keeps the compiled model (and its streams) alive while requests run.
-    _compiled: Arc<Mutex<CompiledModel>>,
+    /// Runs batches of one, on the batch-1 model.
+    single: InferRequest,
+    /// Runs larger batches, on the dynamic-batch model; made on first use.
+    batched: Option<InferRequest>,
+    /// The compiled models (and their streams), alive while requests run.
+    compiled: Arc<Mutex<Compiled>>,
     spec: ModelSpec,
     classes: usize,
     /// Reused between batches to avoid an allocation per call.
@@ -59,7 +64,48 @@ pub struct OvClassifier {
     input: Option<(usize, Tensor)>,
 }
 
-/// Compiles `model` once for `sessions` parallel streams of `intra_threads`
+/// What the sessions of one pool share. A model whose input shape is static
+/// runs about 17% faster in OpenVINO than the same model with a dynamic batch
+/// dimension (measured here, fp32, one thread: 113 against 96 img/s), and the
+/// default `--max-batch` is 1, so batch 1 gets a static-shape compilation of
+/// its own. Batches larger than 1 are compiled, once, when the first arrives.
+struct Compiled {
+    core: Core,
+    /// The batch-1 model (static when the model could be reshaped).
+    single: CompiledModel,
+    /// The model as read, with its dynamic batch, until it is compiled;
+    /// `None` when `single` itself is the dynamic one.
+    dynamic_source: Option<Model>,
+    dynamic: Option<CompiledModel>,
+}
+
+impl Compiled {
+    /// An infer request for batches larger than 1.
+    fn batched_request(&mut self) -> Result<InferRequest, EngineError> {
+        let Some(source) = &self.dynamic_source else { return self.single.create_infer_request().map_err(inference) };
+        let compiled = match &mut self.dynamic {
+            Some(compiled) => compiled,
+            None => {
+                tracing::info!("OpenVINO: compiling the model for batches larger than 1");
+                self.dynamic.insert(self.core.compile_model(source, DeviceType::CPU).map_err(inference)?)
+            }
+        };
+        compiled.create_infer_request().map_err(inference)
+    }
+}
+
+/// Fixes the model's batch dimension at 1, keeping the rest of its input shape.
+fn reshape_to_batch_one(model: &mut Model, spec: &ModelSpec) -> Result<(), String> {
+    let (w, h) = (i64::from(spec.input.width), i64::from(spec.input.height));
+    let dims = match spec.input.layout {
+        Layout::Nchw => [1, 3, h, w],
+        Layout::Nhwc => [1, h, w, 3],
+    };
+    let shape = PartialShape::new_static(4, &dims).map_err(|e| e.to_string())?;
+    model.reshape_input_by_name(&spec.input.name, &shape).map_err(|e| e.to_string())
+}
+
+/// Compiles `model` for `sessions` parallel streams of `intra_threads`
 /// threads each, asking for `precision`. Returns one classifier per stream
 /// and the precision OpenVINO actually compiled for (read back from the
 /// compiled model, so the report is never only the wish).
@@ -75,7 +121,6 @@ pub fn load_sessions(
     let err = |e: &dyn Display| EngineError::Load { path: path.clone(), message: e.to_string() };
     let onnx = path.to_str().ok_or_else(|| err(&"the model path is not UTF-8"))?;
     let mut core = Core::new().map_err(|e| err(&e))?;
-    let ov_model = core.read_model_from_file(onnx, "").map_err(|e| err(&e))?;
     let hint = match precision {
         Precision::Fp32 => "f32",
         Precision::Bf16 => "bf16",
@@ -92,19 +137,25 @@ pub fn load_sessions(
         (RwPropertyKey::HintEnableCpuPinning, "NO"),
     ];
     core.set_properties(&DeviceType::CPU, properties).map_err(|e| err(&e))?;
-    let mut compiled = core.compile_model(&ov_model, DeviceType::CPU).map_err(|e| err(&e))?;
-    if compiled.get_input_by_name(&model.spec.input.name).is_err() {
+    let mut single_model = core.read_model_from_file(onnx, "").map_err(|e| err(&e))?;
+    let dynamic_source = match reshape_to_batch_one(&mut single_model, &model.spec) {
+        Ok(()) => Some(core.read_model_from_file(onnx, "").map_err(|e| err(&e))?),
+        Err(why) => {
+            tracing::debug!(model = %model.spec.name, %why, "OpenVINO: the input keeps its dynamic shape");
+            None
+        }
+    };
+    let mut single = core.compile_model(&single_model, DeviceType::CPU).map_err(|e| err(&e))?;
+    if single.get_input_by_name(&model.spec.input.name).is_err() {
         let name = &model.spec.input.name;
         return Err(err(&format!("model has no input named {name:?} (model.toml [input] name)")));
     }
-    if compiled.get_output_by_name(&model.spec.output.name).is_err() {
+    if single.get_output_by_name(&model.spec.output.name).is_err() {
         let name = &model.spec.output.name;
         return Err(err(&format!("model has no output named {name:?} (model.toml [output] name)")));
     }
-    let actual = compiled
-        .get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision))
-        .map_err(|e| err(&e))?
-        .into_owned();
+    let actual =
+        single.get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision)).map_err(|e| err(&e))?.into_owned();
     let actual = match actual.as_str() {
         "bf16" => Precision::Bf16,
         "f32" => Precision::Fp32,
@@ -112,14 +163,15 @@ pub fn load_sessions(
     };
     let mut requests = Vec::with_capacity(streams);
     for _ in 0..streams {
-        requests.push(compiled.create_infer_request().map_err(|e| err(&e))?);
+        requests.push(single.create_infer_request().map_err(|e| err(&e))?);
     }
-    let compiled = Arc::new(Mutex::new(compiled));
+    let compiled = Arc::new(Mutex::new(Compiled { core, single, dynamic_source, dynamic: None }));
     let classifiers = requests
         .into_iter()
         .map(|request| OvClassifier {
-            request,
-            _compiled: Arc::clone(&compiled),
+            single: request,
+            batched: None,
+            compiled: Arc::clone(&compiled),
             spec: model.spec.clone(),
             classes: model.labels.len(),
             scratch: Vec::new(),
@@ -134,6 +186,15 @@ fn inference(e: impl Display) -> EngineError {
 }
 
 impl OvClassifier {
+    /// Makes the infer request for batches larger than 1, once.
+    fn make_batched(&mut self) -> Result<(), EngineError> {
+        if self.batched.is_none() {
+            let mut compiled = self.compiled.lock().map_err(|_| inference("a session panicked while compiling"))?;
+            self.batched = Some(compiled.batched_request()?);
+        }
+        Ok(())
+    }
+
     /// The input tensor for a batch of `n`, allocated when the size changes.
     fn input_tensor(&mut self, n: usize) -> Result<&mut Tensor, EngineError> {
         if self.input.as_ref().is_none_or(|(size, _)| *size != n) {
@@ -163,10 +224,17 @@ impl Classifier for OvClassifier {
         });
         self.scratch = scratch;
         filled?;
+        if images.len() > 1 {
+            self.make_batched()?;
+        }
+        let request = match &mut self.batched {
+            Some(batched) if images.len() > 1 => batched,
+            _ => &mut self.single,
+        };
         let Some((_, tensor)) = self.input.as_ref() else { return Err(inference("no input tensor")) };
-        self.request.set_tensor(&self.spec.input.name, tensor).map_err(inference)?;
-        self.request.infer().map_err(inference)?;
-        let output = self.request.get_tensor(&self.spec.output.name).map_err(inference)?;
+        request.set_tensor(&self.spec.input.name, tensor).map_err(inference)?;
+        request.infer().map_err(inference)?;
+        let output = request.get_tensor(&self.spec.output.name).map_err(inference)?;
         let dims = output.get_shape().map_err(inference)?.get_dimensions().to_vec();
         if dims.len() != 2 || dims[0] != images.len() as i64 || dims[1] as usize != self.classes {
             return Err(EngineError::OutputShape { shape: dims, batch: images.len(), classes: self.classes });

@@ -331,5 +331,6 @@ fn predictor_config(args: &ServeArgs) -> PredictorConfig {
         max_pixels: args.model.max_pixels,
         cache_entries: args.cache_entries,
         max_pending: args.max_pending,
+        decode_memory: args.decode_memory_mb * 1024 * 1024,
     }
 }
