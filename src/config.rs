@@ -164,6 +164,13 @@ pub struct ServeArgs {
     #[arg(long, env = "LENS_BODY_LIMIT", default_value_t = 10 * 1024 * 1024)]
     pub body_limit: usize,
 
+    /// Memory in MiB that request bodies being read or waiting to be decoded
+    /// may hold together. A request reserves its Content-Length (at most
+    /// --body-limit) before its body is read, and waits, its body unread,
+    /// while the budget is spent; one larger than the budget runs alone.
+    #[arg(long, env = "LENS_BODY_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 64)]
+    pub body_memory_mb: u64,
+
     /// Most multipart parts accepted in one request.
     #[arg(long, env = "LENS_MAX_PARTS", value_parser = at_least_one(), default_value_t = 16)]
     pub max_parts: usize,

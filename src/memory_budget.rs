@@ -1,7 +1,9 @@
-//! Bounds the memory that concurrent decodes hold, as the decode pool bounds
-//! their threads. Each decode reserves what its header says it will need
-//! (`preprocess::decode_bytes`) before it starts, and waits while the budget
-//! is spent. A decode larger than the whole budget reserves all of it, so it
+//! Bounds the memory that concurrent work holds, as a thread pool bounds its
+//! threads. Two budgets use it: request bodies (each reserves its
+//! Content-Length before it is read, `http::limits::reserve_body`) and
+//! decodes (each reserves what its header says it will need,
+//! `preprocess::decode_bytes`, before it starts). Work waits while its budget
+//! is spent; work larger than the whole budget reserves all of it, so it
 //! still runs, alone.
 
 use std::sync::Arc;

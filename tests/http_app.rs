@@ -19,6 +19,7 @@ use lens::http::auth::ApiKeys;
 use lens::http::limits::{ClientLimits, LimitsConfig};
 use lens::http::{AppState, Limits, Models};
 use lens::job::ModelInput;
+use lens::memory_budget::MemoryBudget;
 use lens::metrics::Metrics;
 use lens::model::ModelSpec;
 use lens::predictor::{ModelInfo, PredictorConfig};
@@ -89,7 +90,12 @@ fn app(tune: impl FnOnce(&mut PredictorConfig, &mut Limits)) -> App {
         max_pending: 64,
         decode_memory: 64 << 20,
     };
-    let mut limits = Limits { body_bytes: 1 << 20, max_parts: 4, request_timeout: Duration::from_secs(10) };
+    let mut limits = Limits {
+        body_bytes: 1 << 20,
+        max_parts: 4,
+        request_timeout: Duration::from_secs(10),
+        bodies: MemoryBudget::new(4 << 20),
+    };
     tune(&mut predictor, &mut limits);
     let settings = LocalSettings {
         predictor,
@@ -313,4 +319,33 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_answers()
     assert_eq!(headers[header::CONTENT_TYPE], "application/json");
     assert_eq!(body["paths"].as_object().unwrap().len(), doc.paths.paths.len());
     assert!(body["components"]["schemas"]["Prediction"].is_object(), "the /predict answer has a schema");
+}
+
+/// A multipart upload of `bytes` that declares its Content-Length, as a real client's does.
+fn sized_upload(bytes: &[u8]) -> Request<Body> {
+    let body = multipart(&[("file", "dog.jpeg", bytes)]);
+    let mut req = post("/predict", body.clone());
+    req.headers_mut().insert(header::CONTENT_LENGTH, body.len().into());
+    req
+}
+
+#[tokio::test]
+async fn bodies_wait_for_the_body_memory_budget_and_give_it_back() {
+    let dog = common::fixture("dog.jpeg");
+    let server = app(|_, l| l.bodies = MemoryBudget::new(dog.len() as u64 * 2));
+    let budget = server.state.limits.bodies.clone();
+
+    // The budget is spent elsewhere: the upload waits, its body unread.
+    let held = budget.reserve(budget.total_bytes()).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(300), server.call(sized_upload(&dog))).await;
+    assert!(waited.is_err(), "an upload must wait while the body budget is spent");
+    drop(held);
+    let (status, _, _) = server.call(sized_upload(&dog)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(budget.reserved_bytes(), 0, "an answered request gives its reservation back");
+
+    // A body larger than the whole budget still runs, alone.
+    let small = app(|_, l| l.bodies = MemoryBudget::new(1024));
+    let (status, _, _) = small.call(sized_upload(&dog)).await;
+    assert_eq!(status, StatusCode::OK);
 }

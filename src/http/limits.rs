@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
+use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use axum::middleware::Next;
+use axum::response::IntoResponse;
 use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -29,6 +31,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use super::AppState;
 use super::auth::{Caller, is_open_path};
 use super::error::ApiError;
+use crate::predictor::PredictError;
 
 /// Who a request is counted against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -205,6 +208,30 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     };
     state.metrics.tracked_clients.set(limits.tracked() as i64);
     next.run(req).await
+}
+
+/// Holds the request's declared body size (`Content-Length`, at most
+/// `--body-limit`; the whole limit for a chunked body) of the
+/// `--body-memory-mb` budget while it is handled, so the bodies buffered at
+/// once stay bounded: 32 clients sending 3 MB phone photos to a server that
+/// decodes two at a time would otherwise hold all 32 in memory. A request
+/// waits here with its body still unread in the socket while the budget is
+/// spent; one larger than the budget runs alone. Bodiless requests pass.
+pub async fn reserve_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let need = match declared {
+        Some(n) => n.min(state.limits.body_bytes as u64),
+        None if headers.contains_key(TRANSFER_ENCODING) => state.limits.body_bytes as u64,
+        None => 0,
+    };
+    if need == 0 {
+        return next.run(req).await;
+    }
+    match state.limits.bodies.reserve(need).await {
+        Ok(_held) => next.run(req).await,
+        Err(_) => ApiError::Predict(PredictError::Unavailable("shutting down".into())).into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -49,16 +49,19 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::feedback::{FeedbackStore, ImageStore};
+use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::predictor::Predictor;
 use error::Rejected;
 
 /// Request limits enforced before any decoding.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub body_bytes: usize,
     pub max_parts: usize,
     pub request_timeout: Duration,
+    /// Request bodies held in memory at once (see [`limits::reserve_body`]).
+    pub bodies: MemoryBudget,
 }
 
 /// The served models by name, one serving version each, and which one
@@ -230,6 +233,7 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(serve_doc))
         .merge(v2::routes())
         .layer(DefaultBodyLimit::max(state.limits.body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), limits::reserve_body))
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), observe))

@@ -31,6 +31,7 @@ use crate::feedback::{FeedbackStore, ImageStore};
 use crate::http::auth::ApiKeys;
 use crate::http::limits::{ClientLimits, LimitsConfig};
 use crate::http::{AppState, Limits, ModelRepository};
+use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::model::ModelDir;
 use crate::predictor::{ModelInfo, Predictor, PredictorConfig};
@@ -144,6 +145,7 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
             body_bytes: args.body_limit,
             max_parts: args.max_parts,
             request_timeout: Duration::from_secs_f64(args.request_timeout_secs),
+            bodies: MemoryBudget::new(args.body_memory_mb * 1024 * 1024),
         },
         keys,
         client_limits,

@@ -13,6 +13,7 @@ use lens::http::Limits;
 use lens::http::form::{check_upload, read_form};
 use lens::http::v2::infer::{ModelFacts, Payload, parse_request};
 use lens::job::{JobError, JobOutput, ModelInput};
+use lens::memory_budget::MemoryBudget;
 use lens::model::{ChannelOrder, InputSpec, Interpolation, Layout, ModelSpec, ResizeKind, ResizeSpec};
 use lens::preprocess::{Prepared, prepare, sniff_format};
 use lens::redis::codec;
@@ -61,7 +62,12 @@ fn form(data: &[u8]) -> String {
         .header(axum::http::header::CONTENT_TYPE, content_type)
         .body(axum::body::Body::from(body.to_vec()))
         .expect("a request from valid parts");
-    let limits = Limits { body_bytes: 64 * 1024, max_parts: 16, request_timeout: Duration::from_secs(5) };
+    let limits = Limits {
+        body_bytes: 64 * 1024,
+        max_parts: 16,
+        request_timeout: Duration::from_secs(5),
+        bodies: MemoryBudget::new(1 << 20),
+    };
     runtime().block_on(async move {
         let multipart = match Multipart::from_request(request, &()).await {
             Ok(m) => m,
