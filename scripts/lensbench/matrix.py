@@ -154,6 +154,21 @@ def last_json_with(stdout: str, key: str) -> dict | None:
     return None
 
 
+def engine_rows(stdout: str) -> list[dict]:
+    """`lens bench --model-only`'s per engine and precision lines: its best, or why it was skipped."""
+    rows = []
+    for line in stdout.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if "best_of" in obj:
+            rows.append({"runtime": obj["best_of"], **obj["best"]})
+        elif "skipped" in obj:
+            rows.append({"runtime": f"{obj.get('engine')}-{obj.get('precision')}", "skipped": obj["skipped"]})
+    return rows
+
+
 def ceiling(lens: Path, extra: list[str], timeout: float) -> dict:
     """`lens bench --model-only` and `--pipeline`, with the CPU other work took meanwhile."""
     try:
@@ -178,6 +193,9 @@ def ceiling(lens: Path, extra: list[str], timeout: float) -> dict:
         other = max(0.0, sys_cpu()[0] - b0 - own) / el if el else 0.0
         found = last_json_with(r.stdout, "images_per_sec")
         out[key] = found or {"error": f"no JSON line with images_per_sec (exit {r.returncode})", "stderr": r.stderr[-500:]}
+        if found and key == "model-only":
+            # The best row of each engine and precision, measured in this same run.
+            out[key]["engines"] = engine_rows(r.stdout)
         # The ceiling is only as good as the machine was quiet while it ran.
         out[key]["bench_cpu_cores"] = round(own / el, 2) if el else None
         out[key]["other_cpu_cores"] = round(other, 2)

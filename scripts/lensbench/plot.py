@@ -44,9 +44,15 @@ def _users_axes(ax_rps, ax_p99, ax_rss, done: list[Row]) -> None:
 def _ceiling_axis(ax, done: list[Row], ceil: dict, cores: int) -> None:
     """Distinct-photo throughput of every closed and open row, next to `lens bench`'s figures."""
     labels, vals, cols, rss_txt = [], [], [], []
+    engines = [e for e in (ceil.get("model-only") or {}).get("engines") or [] if "images_per_sec" in e]
+    for e in engines:  # each engine and precision's model-only ceiling
+        labels.append("model only\n" + e["runtime"].replace("-", "\n"))
+        vals.append(e["images_per_sec"])
+        cols.append("tab:gray")
+        rss_txt.append("")
     for key, lab in (("model-only", "model only"), ("pipeline", "pipeline\n(no HTTP)")):
         v = (ceil.get(key) or {}).get("images_per_sec")
-        if v:
+        if v and not (key == "model-only" and engines):
             labels.append(lab)
             vals.append(v)
             cols.append("tab:gray")

@@ -132,7 +132,21 @@ def ceiling_section(rows: list[Row], ceil: dict, cores: int) -> str:
         if ips and best > ips:
             extra += "; the service beat this figure, so it is no ceiling for the service's configuration"
         crow.append([f"`lens bench --{key}`", f"{ips:.1f}" if ips else "n/a", frac, extra or "-"])
-    return md_table(["ceiling", "img/s", f"service closed loop ({best:.1f} img/s, {who}) as a fraction", "details"], crow)
+    table = md_table(["ceiling", "img/s", f"service closed loop ({best:.1f} img/s, {who}) as a fraction", "details"], crow)
+    engines = (ceil.get("model-only") or {}).get("engines") or []
+    if not engines:
+        return table
+    base = next((e["images_per_sec"] for e in engines if e["runtime"] == "onnxruntime-fp32" and "images_per_sec" in e), None)
+    erows = []
+    for e in engines:
+        if "skipped" in e:
+            erows.append([e["runtime"], "-", "-", f"skipped: {e['skipped']}"])
+            continue
+        ratio = f"{e['images_per_sec'] / base:.2f}" if base else "-"
+        erows.append([e["runtime"], f"{e['images_per_sec']:.1f}", ratio,
+                      f"best of sessions x threads x batch: {e['sessions']} x {e['threads']}, batch {e['batch']}"])
+    return table + "\n\nEach engine and precision, from the same `lens bench --model-only` run:\n\n" + md_table(
+        ["engine-precision", "img/s", "vs onnxruntime-fp32", "configuration"], erows)
 
 
 def yardstick_table(rows: list[Row]) -> str:
