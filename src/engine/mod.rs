@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub use self::openvino::{OvClassifier, find_library as find_openvino_library};
 pub use crate::job::ModelInput;
-use crate::model::{ChannelOrder, Layout, ModelSpec};
+use crate::model::{ChannelOrder, Layout, ModelSpec, OutputKind};
 pub use onnxruntime::{OrtClassifier, find_runtime_library, runtime};
 pub use select::{
     EngineOptions, choose_precision, cpu_has_native_bf16, expected_runtime, load_sessions, this_cpu_has_native_bf16,
@@ -220,6 +220,28 @@ pub fn assemble(inputs: &[&ModelInput], spec: &ModelSpec, out: &mut Vec<f32>) ->
     Ok(())
 }
 
+/// One row of scores per image from a model's `[batch, classes]` f32
+/// output, as probabilities: the shape both engines must check, then
+/// softmax for logits.
+pub fn scores_from_output(
+    dims: Vec<i64>,
+    values: &[f32],
+    batch: usize,
+    classes: usize,
+    kind: OutputKind,
+) -> Result<Vec<Scores>, EngineError> {
+    if dims.len() != 2 || dims[0] != batch as i64 || dims[1] as usize != classes || values.len() != batch * classes {
+        return Err(EngineError::OutputShape { shape: dims, batch, classes });
+    }
+    Ok(values
+        .chunks_exact(classes)
+        .map(|row| match kind {
+            OutputKind::Logits => softmax(row),
+            OutputKind::Probabilities => row.to_vec(),
+        })
+        .collect())
+}
+
 /// Numerically stable softmax.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -233,6 +255,16 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn output_rows_are_checked_then_made_probabilities() {
+        let rows = scores_from_output(vec![2, 2], &[0.0, 0.0, 0.3, 0.7], 2, 2, OutputKind::Logits).unwrap();
+        assert_eq!(rows[0], vec![0.5, 0.5], "logits go through softmax");
+        let rows = scores_from_output(vec![2, 2], &[0.0, 1.0, 0.3, 0.7], 2, 2, OutputKind::Probabilities).unwrap();
+        assert_eq!(rows[1], vec![0.3, 0.7], "probabilities pass as they are");
+        let wrong = scores_from_output(vec![1, 2], &[0.0, 1.0], 2, 2, OutputKind::Logits);
+        assert!(matches!(wrong, Err(EngineError::OutputShape { batch: 2, classes: 2, .. })), "one row for two images");
+    }
     use crate::preprocess::Prepared;
 
     #[test]

@@ -7,9 +7,9 @@ use std::sync::OnceLock;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::{Classifier, Engine, EngineError, Scores, assemble, find_in_venv, softmax};
+use super::{Classifier, Engine, EngineError, Scores, assemble, find_in_venv, scores_from_output};
 use crate::job::ModelInput;
-use crate::model::{Layout, ModelDir, ModelSpec, OutputKind};
+use crate::model::{Layout, ModelDir, ModelSpec};
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, EngineError>> = OnceLock::new();
 
@@ -98,17 +98,6 @@ impl Classifier for OrtClassifier {
         let output =
             outputs.get(&self.spec.output.name).ok_or_else(|| EngineError::Inference("missing output".into()))?;
         let (shape, values) = output.try_extract_tensor::<f32>().map_err(|e| EngineError::Inference(e.to_string()))?;
-        let dims: Vec<i64> = shape.iter().copied().collect();
-        if dims.len() != 2 || dims[0] != n || dims[1] as usize != self.classes {
-            return Err(EngineError::OutputShape { shape: dims, batch: images.len(), classes: self.classes });
-        }
-        let kind = self.spec.output.kind;
-        Ok(values
-            .chunks_exact(self.classes)
-            .map(|row| match kind {
-                OutputKind::Logits => softmax(row),
-                OutputKind::Probabilities => row.to_vec(),
-            })
-            .collect())
+        scores_from_output(shape.iter().copied().collect(), values, images.len(), self.classes, self.spec.output.kind)
     }
 }

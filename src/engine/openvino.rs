@@ -18,9 +18,9 @@ use ::openvino::{
     Tensor,
 };
 
-use super::{Classifier, Engine, EngineError, Precision, Scores, assemble, find_in_venv, softmax};
+use super::{Classifier, Engine, EngineError, Precision, Scores, assemble, find_in_venv, scores_from_output};
 use crate::job::ModelInput;
-use crate::model::{Layout, ModelDir, ModelSpec, OutputKind};
+use crate::model::{Layout, ModelDir, ModelSpec};
 
 static LIBRARY: OnceLock<Result<PathBuf, EngineError>> = OnceLock::new();
 
@@ -236,20 +236,10 @@ impl Classifier for OvClassifier {
         request.infer().map_err(inference)?;
         let output = request.get_tensor(&self.spec.output.name).map_err(inference)?;
         let dims = output.get_shape().map_err(inference)?.get_dimensions().to_vec();
-        if dims.len() != 2 || dims[0] != images.len() as i64 || dims[1] as usize != self.classes {
-            return Err(EngineError::OutputShape { shape: dims, batch: images.len(), classes: self.classes });
-        }
         if output.get_element_type().map_err(inference)? != ElementType::F32 {
             return Err(inference("the model output is not f32"));
         }
         let values = output.get_data::<f32>().map_err(inference)?;
-        let kind = self.spec.output.kind;
-        Ok(values
-            .chunks_exact(self.classes)
-            .map(|row| match kind {
-                OutputKind::Logits => softmax(row),
-                OutputKind::Probabilities => row.to_vec(),
-            })
-            .collect())
+        scores_from_output(dims, values, images.len(), self.classes, self.spec.output.kind)
     }
 }
