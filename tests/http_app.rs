@@ -349,3 +349,42 @@ async fn bodies_wait_for_the_body_memory_budget_and_give_it_back() {
     let (status, _, _) = small.call(sized_upload(&dog)).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_socket_reads_bodies_past_the_read_buffer_and_refuses_oversized_heads() {
+    let server = app(|_, _| {});
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let serving = tokio::spawn(lens::http::serve(listener, server.state.clone(), async move {
+        stopped.cancelled().await;
+    }));
+    let client = reqwest::Client::new();
+
+    // coffee.png is many times the per-connection read buffer: it arrives in
+    // several reads and must still be classified.
+    let coffee = common::fixture("coffee.png");
+    assert!(coffee.len() > 8 * lens::http::server::READ_BUFFER_BYTES);
+    let form =
+        reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(coffee).file_name("coffee.png"));
+    let res = client.post(format!("{url}/predict")).multipart(form).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap()["prediction"], "dog");
+
+    // A request head that does not fit the buffer is refused, and the server
+    // goes on answering.
+    let huge = "a".repeat(2 * lens::http::server::READ_BUFFER_BYTES);
+    let res = client.get(format!("{url}/health/ready")).header("x-padding", huge).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let res = client.get(format!("{url}/health/ready")).send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+
+    // Shutdown closes the kept-alive connections and returns.
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("serve returns after shutdown")
+        .unwrap()
+        .unwrap();
+}

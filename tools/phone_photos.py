@@ -103,7 +103,7 @@ def make(args: argparse.Namespace) -> int:
     return 0
 
 
-def dct_scaled_input(path: Path, cfg: dict, oversampling: int) -> np.ndarray:
+def dct_scaled_input(path: Path, cfg: dict, oversampling: float) -> np.ndarray:
     """Lens's geometry with DCT scaling, done in Pillow: the largest 1/d (d in 8, 4, 2) that
     leaves the centre crop at least `oversampling` times the model input, then a fractional
     crop box and BICUBIC."""
@@ -115,7 +115,7 @@ def dct_scaled_input(path: Path, cfg: dict, oversampling: int) -> np.ndarray:
         swap = orientation in (5, 6, 7, 8)
         up_w, up_h = (stored_h, stored_w) if swap else (stored_w, stored_h)
         side = int(float(pre["crop_fraction"]) * min(up_w, up_h))
-        d = next((d for d in (8, 4, 2) if side // d >= oversampling * max(out_w, out_h)), 1)
+        d = dct_denominator(path, cfg, oversampling)
         if d > 1:
             # draft picks the largest 1/d that keeps the image at least this size.
             im.draft("RGB", (stored_w // d, stored_h // d))
@@ -125,6 +125,18 @@ def dct_scaled_input(path: Path, cfg: dict, oversampling: int) -> np.ndarray:
     left, top = (up_w - side) // 2, (up_h - side) // 2
     box = (left * scale, top * scale, (left + side) * scale, (top + side) * scale)
     return np.asarray(img.resize((out_w, out_h), Image.Resampling.BICUBIC, box=box))
+
+
+def dct_denominator(path: Path, cfg: dict, oversampling: float) -> int:
+    """The largest 1/d (d in 8, 4, 2) that leaves the centre crop at least `oversampling` times
+    the model input on both axes; 1 for files that are not JPEG."""
+    with Image.open(path) as im:
+        if im.format != "JPEG":
+            return 1
+        w, h = im.size
+    side = int(float(cfg["preprocess"]["crop_fraction"]) * min(w, h))
+    out = max(int(cfg["input"]["width"]), int(cfg["input"]["height"]))
+    return next((d for d in (8, 4, 2) if side // d >= oversampling * out), 1)
 
 
 def normalise(x: np.ndarray, cfg: dict) -> np.ndarray:
@@ -166,36 +178,48 @@ def measure(args: argparse.Namespace) -> int:
         logits = sess.run([cfg["output"]["name"]], {cfg["input"]["name"]: normalise(x, cfg)})[0][0]
         return labels[int(np.argmax(logits))]
 
-    manifest = {m["file"]: m for m in json.loads((folder / "manifest.json").read_text())}
-    files = sorted(p for p in folder.iterdir() if p.name in manifest)
+    listed = folder / "manifest.json"
+    listed = json.loads(listed.read_text()) if listed.exists() else None
+    # phone_photos.py make writes a list of files; other folders (such as the distinct photos) are
+    # measured without source labels.
+    manifest = {m["file"]: m for m in listed} if isinstance(listed, list) else {}
+    files = sorted(p for p in folder.iterdir() if p.name in manifest or (not manifest and p.suffix.lower() in (".jpg", ".jpeg")))
+    files = files[: args.limit] if args.limit else files
     truth = {}
     for src in {m["source"] for m in manifest.values()}:
         candidates = [ROOT / "tests/fixtures" / src, *map(Path, args.sources)]
         path = next((p for p in candidates if p.name == src and p.exists()), None)
         truth[src] = top1(reference_input(path, cfg)) if path else None
 
-    lens = lens_top1(Path(args.lens), model_dir, files)
-    rows = {"reference": [], "lens": [], "draft@1x": [], "draft@2x": []}
-    diffs = {"draft@1x": [], "draft@2x": []}
+    lens = lens_top1(Path(args.lens), model_dir, files) if args.lens else {}
+    rules = {f"draft@{m:g}x": m for m in args.factors}
+    rows = {"reference": [], **({"lens": []} if lens else {}), **{rule: [] for rule in rules}}
+    diffs = {rule: [] for rule in rules}
     for path in files:
         ref_x = reference_input(path, cfg)
         ref = top1(ref_x)
         rows["reference"].append((path.name, ref, ref))
-        rows["lens"].append((path.name, lens.get(path.name, "missing"), ref))
-        for rule, m in (("draft@1x", 1), ("draft@2x", 2)):
+        if lens:
+            rows["lens"].append((path.name, lens.get(path.name, "missing"), ref))
+        for rule, m in rules.items():
             x = dct_scaled_input(path, cfg, m)
             diffs[rule].append(float(np.abs(x.astype(np.int16) - ref_x.astype(np.int16)).mean()))
             rows[rule].append((path.name, top1(x), ref))
-        src = manifest[path.name]["source"]
-        print(f"{path.name}: reference {ref}, lens {lens.get(path.name)}, truth {truth[src]}", flush=True)
+        src = manifest[path.name]["source"] if manifest else None
+        print(f"{path.name}: reference {ref}, lens {lens.get(path.name)}, truth {truth.get(src)}", flush=True)
 
     print(f"\n{len(files)} photos")
     for rule, results in rows.items():
         agree = sum(ours == ref for _, ours, ref in results)
-        correct = sum(ours == truth[manifest[name]["source"]] for name, ours, _ in results)
-        extra = f", mean |diff| {np.mean(diffs[rule]):.2f} (max {np.max(diffs[rule]):.2f})" if rule in diffs else ""
-        print(f"{rule:>10}: top-1 agreement {agree}/{len(results)} ({100 * agree / len(results):.1f}%), "
-              f"source-label accuracy {correct}/{len(results)}{extra}")
+        line = f"{rule:>10}: top-1 agreement {agree}/{len(results)} ({100 * agree / len(results):.1f}%)"
+        if manifest:
+            correct = sum(ours == truth[manifest[name]["source"]] for name, ours, _ in results)
+            line += f", source-label accuracy {correct}/{len(results)}"
+        if rule in diffs:
+            scaled = [diff for diff, path in zip(diffs[rule], files) if dct_denominator(path, cfg, rules[rule]) > 1]
+            line += f", mean |diff| {np.mean(diffs[rule]):.2f} (max {np.max(diffs[rule]):.2f})"
+            line += f"; {len(scaled)} DCT-scaled" + (f", their mean |diff| {np.mean(scaled):.2f}" if scaled else "")
+        print(line)
     return 0
 
 
@@ -212,7 +236,10 @@ def main() -> int:
     p.add_argument("model_dir")
     p.add_argument("dir")
     p.add_argument("sources", nargs="*", help="the source photos, if not the test photos")
-    p.add_argument("--lens", default=str(ROOT / "target/release/lens"))
+    p.add_argument("--lens", default=str(ROOT / "target/release/lens"), help="'' to skip Lens itself")
+    p.add_argument("--factors", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 2.0],
+                   help="DCT-scaling rules to simulate: minimum oversampling of the scaled crop (default 1,2)")
+    p.add_argument("--limit", type=int, help="only the first N photos")
     p.set_defaults(run=measure)
     args = parser.parse_args()
     return args.run(args)

@@ -27,11 +27,11 @@ pub mod predict;
 pub mod render;
 pub mod review;
 pub mod review_html;
+pub mod server;
 pub mod v2;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -252,9 +252,8 @@ pub async fn serve(
     let router = app(state)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(axum::http::StatusCode::GATEWAY_TIMEOUT, timeout));
     // The peer address is what per-client limits count by when keys are off.
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    server::serve(listener, router, shutdown).await;
+    Ok(())
 }
 
 /// Stage timings a handler attaches to its response, for the request log.

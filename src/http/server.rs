@@ -1,0 +1,86 @@
+//! The HTTP/1.1 accept loop: `axum::serve` with one setting it hides.
+//!
+//! hyper lets each connection's read buffer grow to about 400 KB while it
+//! reads a body, and the connection keeps that capacity for its whole life.
+//! With many keep-alive clients uploading photos this was the largest single
+//! use of memory (about 110 KB per connection, so 1000 clients held 110 MB of
+//! empty buffers). Here every connection's buffer is capped at
+//! [`READ_BUFFER_BYTES`]: a large body is simply read in more, smaller reads.
+//! The cap also bounds a request's head (line and headers); past it hyper
+//! answers 431.
+//!
+//! Otherwise this does what `axum::serve(..).with_graceful_shutdown(..)` did:
+//! the peer address goes into each request as `ConnectInfo<SocketAddr>`; on
+//! shutdown the listener closes, idle connections close, and requests in
+//! flight finish before this returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// The most a connection's read buffer may hold (hyper's floor is 8 KiB).
+pub const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// How long to back off when `accept` fails (typically out of file
+/// descriptors), so the loop does not spin while connections close.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops
+/// accepting, lets each connection finish its request in flight, and returns.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let (stop, stopped) = watch::channel(());
+    let connections = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed; retrying");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = router.clone().map_request(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.map(Body::new)
+        });
+        let mut stopped = stopped.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.max_buf_size(READ_BUFFER_BYTES);
+            let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => log_end(result, peer),
+                _ = stopped.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    log_end(connection.await, peer);
+                }
+            }
+        });
+    }
+    drop(listener);
+    drop(stop);
+    connections.close();
+    connections.wait().await;
+}
+
+fn log_end(result: Result<(), hyper::Error>, peer: SocketAddr) {
+    if let Err(e) = result {
+        tracing::trace!(%peer, error = %e, "connection ended with an error");
+    }
+}
