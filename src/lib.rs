@@ -23,7 +23,8 @@
 //! - [`cli`]: the offline subcommands: `lens predict`, `lens eval`, `lens bench`,
 //!   `lens feedback export`.
 //! - [`config`]: command-line and `LENS_*` environment settings.
-//! - [`http`]: routes, handlers, the upload and review pages, errors to responses.
+//! - [`http`]: routes, handlers, the upload and review pages, errors to
+//!   responses, the accept loop.
 //! - [`redis`]: the Redis side: [`redis::RedisQueue`], [`redis::RedisCache`],
 //!   the feedback mirror, and the wire codec, keys and timings workers share.
 //! - [`predictor`]: the prediction path every endpoint shares (admission,
@@ -37,7 +38,8 @@
 //! - [`feedback`]: durable feedback (SQLite), content-addressed images, review
 //!   decisions and the CSV / JSON Lines / ImageFolder exports.
 //! - [`disk`]: byte caps, LRU eviction and full-disk detection for the image stores.
-//! - [`memory_budget`]: the bytes that concurrent decodes may hold together.
+//! - [`memory_budget`]: the bytes that concurrent decodes (and, separately,
+//!   request bodies) may hold together.
 //! - [`ranking`]: probabilities to ranked, labelled answers.
 //! - [`job`]: a job, its input and its answer, whatever queue carries it.
 //! - [`preprocess`]: hostile-input-safe decode, EXIF orientation, crop and resize.

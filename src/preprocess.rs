@@ -164,7 +164,7 @@ pub fn prepare(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Result<Prepa
     check_size(width, height, max_pixels)?;
 
     let plan = Plan::new(width, height, orientation, spec);
-    let decoded = shielded(|| source.decode(plan.dct_denominator()))?;
+    let decoded = shielded(|| source.decode(plan.dct_denominator(), plan.region))?;
     let prepared = finish(&decoded, &plan, spec);
     scratch::recycle(decoded.pixels.data);
     prepared
@@ -187,9 +187,10 @@ pub fn decode_bytes(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Option<
 fn finish(decoded: &Decoded, plan: &Plan, spec: &ResizeSpec) -> Result<Prepared, ImageError> {
     let scale = f64::from(decoded.denominator);
     let region = plan.region;
+    let (origin_x, origin_y) = decoded.origin;
     let crop = CropBox {
-        left: f64::from(region.left) / scale,
-        top: f64::from(region.top) / scale,
+        left: f64::from(region.left) / scale - f64::from(origin_x),
+        top: f64::from(region.top) / scale - f64::from(origin_y),
         width: f64::from(region.width) / scale,
         height: f64::from(region.height) / scale,
     };
@@ -218,10 +219,13 @@ struct Header {
     orientation: Orientation,
 }
 
-/// Decoded pixels, possibly reduced by `denominator` relative to the header.
+/// Decoded pixels, possibly reduced by `denominator` relative to the header,
+/// and possibly only a box of the frame whose top-left corner is `origin` (in
+/// the reduced frame's pixels).
 struct Decoded {
     pixels: Pixels,
     denominator: u32,
+    origin: (u32, u32),
 }
 
 /// A file whose header has been read by the decoder for its format.
@@ -253,10 +257,11 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// Decodes; only JPEG honours `denominator` (others decode at full size).
-    fn decode(self, denominator: u32) -> Result<Decoded, ImageError> {
+    /// Decodes; only JPEG honours `denominator` and decodes just the part
+    /// that covers `region` (others decode the whole frame at full size).
+    fn decode(self, denominator: u32, region: geometry::Rect) -> Result<Decoded, ImageError> {
         match self {
-            Source::Jpeg(jpeg) => jpeg.decode(denominator),
+            Source::Jpeg(jpeg) => jpeg.decode(denominator, Some(region)),
             Source::Raster(raster) => raster.decode(),
         }
     }
@@ -280,6 +285,7 @@ fn shielded<T>(decoder_call: impl FnOnce() -> Result<T, ImageError>) -> Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Interpolation, ResizeKind};
 
     #[test]
     fn sniffs_formats_by_magic_bytes() {
@@ -295,6 +301,80 @@ mod tests {
         assert_eq!(sniff_format(b"RIFF\0\0\0\0WAVEfmt "), None);
         assert_eq!(sniff_format(b"\xFF\xD8"), None);
         assert_eq!(sniff_format(b""), None);
+    }
+
+    /// The model input from a whole-frame decode at the plan's scale, for
+    /// comparison with [`prepare`]'s cropped decode.
+    fn prepare_from_whole_frame(bytes: &[u8], spec: &ResizeSpec) -> Prepared {
+        let source = JpegSource::open(bytes).unwrap();
+        let Header { width, height, orientation } = source.header();
+        let plan = Plan::new(width, height, orientation, spec);
+        let decoded = source.decode(plan.dct_denominator(), None).unwrap();
+        finish(&decoded, &plan, spec).unwrap()
+    }
+
+    /// A 643x481 picture with smooth gradients and fine detail, as a JPEG
+    /// with `subsamp` chroma subsampling.
+    fn synthetic_jpeg(subsamp: turbojpeg::Subsamp) -> Vec<u8> {
+        let (w, h) = (643usize, 481usize);
+        let pixels: Vec<u8> = (0..h)
+            .flat_map(|y| {
+                (0..w).flat_map(move |x| [(x * 255 / w) as u8, ((x ^ y) * 7) as u8, ((x * y / 97) % 256) as u8])
+            })
+            .collect();
+        let image = turbojpeg::Image {
+            pixels: pixels.as_slice(),
+            width: w,
+            pitch: w * 3,
+            height: h,
+            format: turbojpeg::PixelFormat::RGB,
+        };
+        turbojpeg::compress(image, 90, subsamp).unwrap().to_vec()
+    }
+
+    #[test]
+    fn cropped_jpeg_decodes_give_exactly_the_whole_frame_result() {
+        use turbojpeg::Subsamp;
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut jpegs: Vec<(String, Vec<u8>)> = [
+            "dog.jpeg",
+            "grace_hopper.jpg",
+            "generated/gray.jpg",
+            "generated/progressive.jpg",
+            "generated/cmyk_adobe.jpg",
+            "generated/large_3000x2000.jpg",
+        ]
+        .iter()
+        .map(|name| (name.to_string(), std::fs::read(fixtures.join(name)).unwrap()))
+        .collect();
+        for subsamp in
+            [Subsamp::None, Subsamp::Sub2x1, Subsamp::Sub2x2, Subsamp::Sub1x2, Subsamp::Sub4x1, Subsamp::Gray]
+        {
+            jpegs.push((format!("synthetic {subsamp:?}"), synthetic_jpeg(subsamp)));
+        }
+        for (name, bytes) in &jpegs {
+            // Output sizes that make the rule pick each of 1/1, 1/2, 1/4 and 1/8 somewhere.
+            for size in [224, 120, 60, 24] {
+                let spec = ResizeSpec {
+                    width: size,
+                    height: size,
+                    kind: ResizeKind::CenterCrop,
+                    crop_fraction: 0.875,
+                    interpolation: Interpolation::Bicubic,
+                };
+                let cropped = prepare(bytes, &spec, 40_000_000).unwrap();
+                assert_eq!(cropped, prepare_from_whole_frame(bytes, &spec), "{name} at {size}x{size}");
+            }
+        }
+
+        // And the crop is real: the 3000x2000 photo's centre crop at full
+        // scale decodes a box, not the frame.
+        let (_, large) = &jpegs[5];
+        let source = JpegSource::open(large).unwrap();
+        let region = geometry::Rect { left: 500, top: 0, width: 2000, height: 2000 };
+        let decoded = source.decode(1, Some(region)).unwrap();
+        assert!(decoded.pixels.width < 3000 && decoded.pixels.width >= 2000, "{}", decoded.pixels.width);
+        assert_eq!(decoded.origin.0 % 16, 0, "the left edge is aligned to the iMCU");
     }
 
     #[test]

@@ -10,11 +10,12 @@
 //! - [`render`]: the server-rendered HTML and its embedded assets;
 //!   [`review_html`] the review page's.
 //! - [`auth`]: API keys, and which paths need an admin key.
-//! - [`limits`]: per-client rate and in-flight limits.
+//! - [`limits`]: per-client rate and in-flight limits, the body memory budget.
+//! - [`server`]: the accept loop, with each connection's read buffer capped.
 //! - [`error`]: the one mapping from errors to HTTP responses.
 //!
 //! Middleware, outermost first: security headers, the request log and
-//! metrics, API keys, per-client limits, the body limit.
+//! metrics, API keys, per-client limits, the body memory budget, the body limit.
 
 pub mod auth;
 pub mod error;

@@ -49,7 +49,7 @@ impl<'a> RasterSource<'a> {
     /// Decodes the whole image (or the first frame) at full size.
     pub fn decode(self) -> Result<Decoded, ImageError> {
         let image = DynamicImage::from_decoder(self.decoder).map_err(image_error)?;
-        Ok(Decoded { pixels: to_pixels(image), denominator: 1 })
+        Ok(Decoded { pixels: to_pixels(image), denominator: 1, origin: (0, 0) })
     }
 }
 

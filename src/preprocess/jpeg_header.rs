@@ -27,6 +27,9 @@ pub(crate) struct JpegHeader {
     /// coefficients while it reads the scans.
     pub progressive: bool,
     pub orientation: Orientation,
+    /// Offset just past the first SOS marker, where the entropy-coded data
+    /// starts (the data's length when there is no scan).
+    pub scan_start: usize,
 }
 
 /// Walks the markers of `bytes` (which start with SOI) up to the first SOS or
@@ -37,9 +40,11 @@ pub(crate) fn read(bytes: &[u8]) -> Result<JpegHeader, ImageError> {
     let mut frame: Option<Frame> = None;
     let mut orientation: Option<Orientation> = None;
     let mut at = 2; // after SOI
+    let mut scan_start = bytes.len();
     while let Some(marker) = next_marker(bytes, &mut at) {
         if marker == 0xDA {
-            break; // SOS: the entropy-coded data starts
+            scan_start = at; // SOS: the entropy-coded data starts
+            break;
         }
         if standalone(marker) {
             continue;
@@ -62,7 +67,7 @@ pub(crate) fn read(bytes: &[u8]) -> Result<JpegHeader, ImageError> {
     }
     let Frame { width, height, components, lossless, progressive } = frame.ok_or_else(truncated)?;
     let orientation = orientation.unwrap_or(Orientation::NoTransforms);
-    Ok(JpegHeader { width, height, components, lossless, progressive, orientation })
+    Ok(JpegHeader { width, height, components, lossless, progressive, orientation, scan_start })
 }
 
 /// Finds the next marker at or after `*at`, skipping fill bytes (0xFF runs),
