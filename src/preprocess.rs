@@ -36,7 +36,9 @@
 //! at least twice the output on both axes, so the bicubic filter still does a
 //! real reduction and the result stays within a fraction of a level of
 //! Pillow's full-resolution path). The crop box is carried over with
-//! fractional coordinates, so the geometry is unchanged. The crop is resized
+//! fractional coordinates, so the geometry is unchanged. Only the box of the
+//! scaled frame that covers the crop is decoded (`jpeg`: libjpeg-turbo skips
+//! the rest), with pixels identical to a whole-frame decode. The crop is resized
 //! in the stored orientation and only the small output is rotated; grayscale
 //! is resized as one channel and widened at the end. Decoded pixels go into a
 //! per-thread buffer that is reused from one image to the next (`scratch`).
@@ -45,7 +47,8 @@
 //!
 //! - [`geometry`]: crop box, orientation maps, DCT-scale rule (pure).
 //! - `jpeg_header`: the JPEG marker walk (frame size, EXIF) before any decoding.
-//! - `jpeg`: libjpeg-turbo (`turbojpeg`) with DCT-domain scaling; CMYK/YCCK.
+//! - `jpeg`: libjpeg-turbo (TurboJPEG's C API) with DCT-domain scaling and
+//!   cropped decoding; CMYK/YCCK.
 //! - `image_rs`: PNG, GIF, WebP, BMP through the `image` crate under limits.
 //! - `pixels`: colour conversions (CMYK, alpha on white, 16-bit).
 //! - `resize`: crop + resample with `fast_image_resize`.
