@@ -255,6 +255,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::preprocess::Prepared;
 
     #[test]
     fn output_rows_are_checked_then_made_probabilities() {
@@ -265,7 +266,6 @@ mod tests {
         let wrong = scores_from_output(vec![1, 2], &[0.0, 1.0], 2, 2, OutputKind::Logits);
         assert!(matches!(wrong, Err(EngineError::OutputShape { batch: 2, classes: 2, .. })), "one row for two images");
     }
-    use crate::preprocess::Prepared;
 
     #[test]
     fn softmax_is_stable_and_sums_to_one() {

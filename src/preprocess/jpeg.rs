@@ -42,7 +42,7 @@
 use std::cell::RefCell;
 use std::ffi::CStr;
 
-use turbojpeg::libc::{c_int, c_uchar};
+use libc::{c_int, c_uchar};
 use turbojpeg::raw;
 
 use super::geometry::Rect;
