@@ -149,7 +149,8 @@ pub struct ServeArgs {
     #[arg(long, env = "LENS_CACHE_ENTRIES", default_value_t = 4096)]
     pub cache_entries: usize,
 
-    /// Threads decoding and resizing images; default: one per core.
+    /// Threads decoding and resizing images; default: one per model session
+    /// (so one per core), or one per core on an API node with --redis.
     #[arg(long, env = "LENS_DECODE_THREADS", value_parser = at_least_one())]
     pub decode_threads: Option<usize>,
 
@@ -481,7 +482,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub batch_sizes: Vec<usize>,
 
-    /// Photos to use; the first is the --model-only input.
+    /// Photos to use, or directories of them (their JPEG and PNG files);
+    /// the first is the --model-only input.
     #[arg(
         long,
         value_delimiter = ',',

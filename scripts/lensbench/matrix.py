@@ -19,8 +19,11 @@ serve --redis`` plus 1 or 2 ``lens worker --redis``, a private redis-server
 on a free loopback port); Redis rows are skipped with a note when ``lens
 worker --help`` fails or redis-server is missing.
 
-The ceiling: ``lens bench --model-only`` and ``lens bench --pipeline`` when
-``lens bench --help`` works ("n/a" otherwise).
+The ceiling: ``lens bench --model-only``, and ``lens bench --pipeline`` on the
+distinct photos and (with phone rows) on the 12 MP photos, when ``lens bench
+--help`` works ("n/a" otherwise). The pipeline runs decode and inference of the
+rows' own photos with no HTTP, so the report can say how much of the gap to the
+ceiling is decoding and how much is the service.
 
 Everything a run produces goes to target/bench/<time>/ (results.json, per-row
 logs and locust CSVs); the report and plot go to docs/ (full run) or next to
@@ -169,8 +172,10 @@ def engine_rows(stdout: str) -> list[dict]:
     return rows
 
 
-def ceiling(lens: Path, extra: list[str], timeout: float) -> dict:
-    """`lens bench --model-only` and `--pipeline`, with the CPU other work took meanwhile."""
+def ceiling(lens: Path, extra: list[str], timeout: float, photos: dict[str, Path]) -> dict:
+    """`lens bench --model-only`, and `--pipeline` on each folder of `photos`
+    (key "pipeline" for the distinct photos, "pipeline-phone" for the 12 MP
+    ones), with the CPU other work took meanwhile."""
     try:
         h = subprocess.run([str(lens), "bench", "--help"], cwd=ROOT, capture_output=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -178,9 +183,13 @@ def ceiling(lens: Path, extra: list[str], timeout: float) -> dict:
     if h.returncode != 0:
         return {"available": False, "why": "`lens bench --help` failed: this build has no `lens bench`"}
     out: dict = {"available": True}
-    for mode in ("--model-only", "--pipeline"):
-        key = mode.lstrip("-")
-        argv = [str(lens), "bench", mode, *extra]
+    runs = [("model-only", ["--model-only"])]
+    # A build whose `--images` takes no folder runs the pipeline on its own default photos.
+    folders = b"directories" in h.stdout
+    for key, folder in photos.items():
+        runs.append((key, ["--pipeline", *(["--images", str(folder)] if folders else [])]))
+    for key, mode in runs:
+        argv = [str(lens), "bench", *mode, *extra]
         log(f"ceiling: {' '.join(argv[1:])}")
         b0, c0, t0 = sys_cpu()[0], children_cpu_s(), time.monotonic()
         try:
@@ -196,6 +205,8 @@ def ceiling(lens: Path, extra: list[str], timeout: float) -> dict:
         if found and key == "model-only":
             # The best row of each engine and precision, measured in this same run.
             out[key]["engines"] = engine_rows(r.stdout)
+        if found and key != "model-only":
+            out[key]["photos_dir"] = str(photos[key].relative_to(ROOT) if photos[key].is_relative_to(ROOT) else photos[key])
         # The ceiling is only as good as the machine was quiet while it ran.
         out[key]["bench_cpu_cores"] = round(own / el, 2) if el else None
         out[key]["other_cpu_cores"] = round(other, 2)
@@ -370,7 +381,10 @@ def main() -> None:
     if not args.no_ceiling:
         if args.idle_wait:
             wait_idle(args.idle_wait)
-        ceil = ceiling(lens, shlex.split(args.bench_args), args.ceiling_timeout)
+        photos = {"pipeline": images_dir}
+        if any(r.scenario == "phone" for r in rows):
+            photos["pipeline-phone"] = args.phone_dir
+        ceil = ceiling(lens, shlex.split(args.bench_args), args.ceiling_timeout, photos)
         log(f"ceiling: {json.dumps(ceil)[:300]}")
 
     def save() -> dict:

@@ -50,7 +50,8 @@ def _ceiling_axis(ax, done: list[Row], ceil: dict, cores: int) -> None:
         vals.append(e["images_per_sec"])
         cols.append("tab:gray")
         rss_txt.append("")
-    for key, lab in (("model-only", "model only"), ("pipeline", "pipeline\n(no HTTP)")):
+    for key, lab in (("model-only", "model only"), ("pipeline", "pipeline\n(no HTTP)"),
+                     ("pipeline-phone", "pipeline\n12 MP\n(no HTTP)")):
         v = (ceil.get(key) or {}).get("images_per_sec")
         if v and not (key == "model-only" and engines):
             labels.append(lab)
