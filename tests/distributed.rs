@@ -9,12 +9,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use common::processes::{LensProcess as Lens, RedisServer as Redis, signal};
 
 use lens::job::JobError;
 use lens::redis::codec::{self, WorkerBeat};
@@ -38,10 +38,6 @@ fn log_dir(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// What `lens predict` (the in-process path) answers for each photo.
@@ -70,51 +66,8 @@ fn expected() -> &'static HashMap<String, (String, f64)> {
     })
 }
 
-/// A `redis-server` of our own, killed on drop.
-struct Redis {
-    port: u16,
-    dir: tempfile::TempDir,
-    appendonly: bool,
-    child: Option<Child>,
-}
-
+/// The tests' own `redis-server`, with a connection for checking its keys.
 impl Redis {
-    fn start(appendonly: bool) -> Redis {
-        let mut r = Redis { port: free_port(), dir: tempfile::tempdir().unwrap(), appendonly, child: None };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: run `scripts/system-deps test`");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Graceful stop (SIGTERM: Redis flushes its append-only file).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, "TERM");
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
     async fn conn(&self) -> redis::aio::MultiplexedConnection {
         // No response timeout: tests block on BLPOP for seconds.
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
@@ -122,50 +75,8 @@ impl Redis {
     }
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn signal(child: &Child, name: &str) {
-    let ok = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().unwrap();
-    assert!(ok.success());
-}
-
-/// A `lens` process, killed on drop.
-struct Lens {
-    child: Child,
-    /// The first stdout line: where it listens, or that the worker serves.
-    banner: String,
-}
-
+/// API nodes and workers of the tests' model on `redis`.
 impl Lens {
-    fn spawn(logs: &Path, name: &str, args: &[&str]) -> Lens {
-        let log = std::fs::File::create(logs.join(format!("{name}.log"))).unwrap();
-        let mut child =
-            Command::new(env!("CARGO_BIN_EXE_lens")).args(args).stdout(Stdio::piped()).stderr(log).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let want = |l: &String| l.starts_with("listening on http://") || l.starts_with("worker ");
-        let banner = loop {
-            match rx.recv_timeout(Duration::from_secs(90)) {
-                Ok(line) if want(&line) => break line,
-                Ok(_) => continue,
-                Err(e) => panic!("{name} did not start ({e}); see {}", logs.join(format!("{name}.log")).display()),
-            }
-        };
-        Lens { child, banner }
-    }
-
     fn api(logs: &Path, name: &str, redis: &Redis, extra: &[&str]) -> Lens {
         let (url, model, data) = (redis.url(), model_dir(), logs.join(format!("{name}-data")));
         let mut args = vec!["serve", "--redis", &url, "--addr", "127.0.0.1:0"];
@@ -179,21 +90,6 @@ impl Lens {
         let mut args = vec!["worker", "--redis", &url, "--model", model.to_str().unwrap(), "--sessions", "1"];
         args.extend(extra);
         Lens::spawn(logs, name, &args)
-    }
-
-    fn url(&self) -> String {
-        self.banner.trim_start_matches("listening on ").to_owned()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Lens {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -297,7 +193,7 @@ async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize 
 async fn two_workers_share_a_mixed_load_and_answer_it_correctly() {
     let _serial = SERIAL.lock().await;
     let logs = log_dir("mixed_load");
-    let redis = Redis::start(false);
+    let redis = Redis::plain(false);
     let api = Lens::api(&logs, "api", &redis, &[]);
     let _w1 = Lens::worker(&logs, "worker-1", &redis, &[]);
     let _w2 = Lens::worker(&logs, "worker-2", &redis, &[]);
@@ -334,7 +230,7 @@ async fn two_workers_share_a_mixed_load_and_answer_it_correctly() {
 async fn jobs_of_a_killed_worker_are_reclaimed_by_the_survivor() {
     let _serial = SERIAL.lock().await;
     let logs = log_dir("kill_worker");
-    let redis = Redis::start(false);
+    let redis = Redis::plain(false);
     let deadline_secs = 20.0;
     let api = Lens::api(&logs, "api", &redis, &["--deadline-secs", "20"]);
     let slow = ["--debug-slow-ms", "400", "--visibility-timeout-ms", "1000", "--max-batch", "4"];
@@ -380,7 +276,7 @@ async fn jobs_of_a_killed_worker_are_reclaimed_by_the_survivor() {
 async fn the_service_answers_503_while_redis_is_down_and_recovers_by_itself() {
     let _serial = SERIAL.lock().await;
     let logs = log_dir("redis_restart");
-    let mut redis = Redis::start(true);
+    let mut redis = Redis::plain(true);
     let api = Lens::api(&logs, "api", &redis, &["--deadline-secs", "10"]);
     let _worker = Lens::worker(&logs, "worker", &redis, &["--visibility-timeout-ms", "1000"]);
     let client = reqwest::Client::new();
@@ -415,7 +311,7 @@ async fn the_service_answers_503_while_redis_is_down_and_recovers_by_itself() {
     assert_eq!(status, 503, "{body}");
     assert!(took < Duration::from_secs(1), "a 503 while Redis is down is immediate, took {took:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    redis.spawn();
+    redis.restart();
     wait_until("the node is ready again", Duration::from_secs(30), async || {
         ready_status(&client, &api.url()).await == 200
     })
@@ -450,7 +346,7 @@ type Answered = (&'static str, u16, serde_json::Value, Option<String>, Instant, 
 async fn a_redis_restart_without_persistence_costs_time_not_requests() {
     let _serial = SERIAL.lock().await;
     let logs = log_dir("restart_without_persistence");
-    let mut redis = Redis::start(false);
+    let mut redis = Redis::plain(false);
     let api = Lens::api(&logs, "api", &redis, &[]);
     let _worker = Lens::worker(&logs, "worker", &redis, &[]);
     let client = reqwest::Client::new();
@@ -489,7 +385,7 @@ async fn a_redis_restart_without_persistence_costs_time_not_requests() {
     let down = Instant::now();
     redis.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    redis.spawn();
+    redis.restart();
     let up = Instant::now();
     wait_until("the node is ready again", Duration::from_secs(30), async || {
         ready_status(&client, &api.url()).await == 200
@@ -535,7 +431,7 @@ async fn a_redis_restart_without_persistence_costs_time_not_requests() {
 async fn poison_jobs_go_to_the_dead_letter_stream_and_workers_keep_serving() {
     let _serial = SERIAL.lock().await;
     let logs = log_dir("poison");
-    let redis = Redis::start(false);
+    let redis = Redis::plain(false);
     let api = Lens::api(&logs, "api", &redis, &[]);
     let _worker = Lens::worker(&logs, "worker", &redis, &["--visibility-timeout-ms", "1000", "--max-deliveries", "3"]);
     let client = reqwest::Client::new();
@@ -623,7 +519,7 @@ async fn poison_jobs_go_to_the_dead_letter_stream_and_workers_keep_serving() {
 async fn two_api_nodes_each_get_their_own_replies_and_share_the_cache() {
     let _serial = SERIAL.lock().await;
     let logs = log_dir("two_api_nodes");
-    let redis = Redis::start(false);
+    let redis = Redis::plain(false);
     let a = Lens::api(&logs, "api-a", &redis, &[]);
     let b = Lens::api(&logs, "api-b", &redis, &[]);
     let _worker = Lens::worker(&logs, "worker", &redis, &[]);
@@ -693,7 +589,7 @@ async fn two_api_nodes_each_get_their_own_replies_and_share_the_cache() {
 async fn sigterm_lets_a_worker_finish_and_acknowledge_its_batch() {
     let _serial = SERIAL.lock().await;
     let logs = log_dir("sigterm");
-    let redis = Redis::start(false);
+    let redis = Redis::plain(false);
     let api = Lens::api(&logs, "api", &redis, &["--deadline-secs", "30"]);
     let mut worker = Lens::worker(&logs, "worker", &redis, &["--debug-slow-ms", "1500", "--max-batch", "4"]);
     let client = reqwest::Client::new();
@@ -822,7 +718,7 @@ async fn infer_v2(client: &reqwest::Client, api: &str, i: usize) -> (u16, String
 async fn a_rolling_update_of_the_workers_to_a_new_version_loses_no_job() {
     let _serial = SERIAL.lock().await;
     let logs = log_dir("rolling_update");
-    let redis = Redis::start(false);
+    let redis = Redis::plain(false);
     let repo = tempfile::tempdir().unwrap();
     let version = |v: &str| repo.path().join("efficientnet-lite0").join(v);
     std::fs::create_dir_all(repo.path().join("efficientnet-lite0")).unwrap();

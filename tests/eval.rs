@@ -6,9 +6,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use common::processes::RedisServer;
 use lens::feedback::{Decision, FeedbackRecord, FeedbackStore, sha256_hex};
 use serde_json::{Value, json};
 
@@ -281,49 +281,9 @@ fn an_imagefolder_export_is_ready_for_eval() {
     assert!(approved.join("Eskimo_dog").join(format!("{}.jpeg", sha256_hex(&dog))).is_file());
 }
 
-/// A `redis-server` of our own on a free port, killed on drop.
-struct Redis {
-    port: u16,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: run `scripts/system-deps test`");
-        let redis = Redis { port, child, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_from_redis_in_every_format() {
-    let redis = Redis::start();
+    let redis = RedisServer::plain(false);
     let client = redis::Client::open(redis.url()).unwrap();
     let mirror = lens::redis::feedback::FeedbackMirror::new(&client).unwrap();
     let dog = std::fs::read(common::fixture_path("dog.jpeg")).unwrap();

@@ -11,21 +11,12 @@ mod common;
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
+use common::center_crop_spec as spec;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, Rgba};
-use lens::model::{Interpolation, ResizeKind, ResizeSpec};
+use lens::model::{ResizeKind, ResizeSpec};
 use lens::preprocess::{Format, ImageError, Prepared, prepare, sniff_format};
 
 const MAX_PIXELS: u64 = 40_000_000;
-
-fn spec(size: u32) -> ResizeSpec {
-    ResizeSpec {
-        width: size,
-        height: size,
-        kind: ResizeKind::CenterCrop,
-        crop_fraction: 0.875,
-        interpolation: Interpolation::Bicubic,
-    }
-}
 
 fn prepare_ok(bytes: &[u8], spec: &ResizeSpec) -> Prepared {
     let out = prepare(bytes, spec, MAX_PIXELS).expect("prepare");

@@ -6,20 +6,10 @@
 
 mod common;
 
-use lens::model::{Interpolation, ResizeKind, ResizeSpec};
+use common::center_crop_spec as spec;
 use lens::preprocess::{Prepared, decode_bytes, prepare};
 
 const MAX_PIXELS: u64 = 40_000_000;
-
-fn spec(size: u32) -> ResizeSpec {
-    ResizeSpec {
-        width: size,
-        height: size,
-        kind: ResizeKind::CenterCrop,
-        crop_fraction: 0.875,
-        interpolation: Interpolation::Bicubic,
-    }
-}
 
 /// Mean and max absolute difference against a Pillow reference PNG.
 fn diff_to_pillow(out: &Prepared, reference: &str) -> (f64, u8) {

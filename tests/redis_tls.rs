@@ -7,11 +7,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::processes::{LensProcess, RedisServer, free_port};
 
 use lens::redis::conn::{self, TlsFiles};
 
@@ -26,10 +26,6 @@ fn log_dir(test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -139,91 +135,38 @@ impl Pki {
 }
 
 /// A `redis-server` listening only on TLS, with ACL user `lens` and the
-/// default user disabled; client certificates optional. Killed on drop.
-struct TlsRedis {
-    port: u16,
-    child: Child,
-}
+/// default user disabled; client certificates optional.
+struct TlsRedis(RedisServer);
 
 impl TlsRedis {
     fn start(pki: &Pki, logs: &Path) -> TlsRedis {
         let port = free_port();
-        let log = std::fs::File::create(logs.join("redis.log")).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--tls-cert-file", &pki.arg("server.crt"), "--tls-key-file", &pki.arg("server.key")])
-            .args(["--tls-ca-cert-file", &pki.arg("ca.crt"), "--tls-auth-clients", "optional"])
-            .args(["--save", "", "--appendonly", "no", "--dir", &logs.display().to_string()])
-            .args(["--user", USER, "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"])
-            .args(["--user", "default", "off"])
-            .stdout(log)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: run `scripts/system-deps test`");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start; see {}", logs.join("redis.log").display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        TlsRedis { port, child }
+        let mut args: Vec<String> = vec!["--port".into(), "0".into(), "--tls-port".into(), port.to_string()];
+        args.extend(["--bind", "127.0.0.1"].map(String::from));
+        args.extend(["--tls-cert-file".into(), pki.arg("server.crt"), "--tls-key-file".into(), pki.arg("server.key")]);
+        args.extend(["--tls-ca-cert-file".into(), pki.arg("ca.crt"), "--tls-auth-clients".into(), "optional".into()]);
+        args.extend(["--save", "", "--appendonly", "no", "--dir"].map(String::from));
+        args.push(logs.display().to_string());
+        args.extend(["--user", USER, "on", &format!(">{PASSWORD}"), "~*", "&*", "+@all"].map(String::from));
+        args.extend(["--user", "default", "off"].map(String::from));
+        TlsRedis(RedisServer::start(port, args, Some(logs.join("redis.log"))))
     }
 
     /// `rediss://` with the user, and the password unless `None`.
     fn url(&self, password: Option<&str>) -> String {
         match password {
-            Some(p) => format!("rediss://{USER}:{p}@127.0.0.1:{}", self.port),
-            None => format!("rediss://{USER}@127.0.0.1:{}", self.port),
+            Some(p) => format!("rediss://{USER}:{p}@127.0.0.1:{}", self.0.port),
+            None => format!("rediss://{USER}@127.0.0.1:{}", self.0.port),
         }
     }
 }
 
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `lens` process, killed on drop.
-struct Lens {
-    child: Child,
-    banner: String,
-}
-
-impl Lens {
-    fn spawn(logs: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Lens {
-        let log = std::fs::File::create(logs.join(format!("{name}.log"))).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lens"));
-        cmd.args(args).env_remove(conn::PASSWORD_ENV).envs(env.iter().copied());
-        let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let want = |l: &String| l.starts_with("listening on http://") || l.starts_with("worker ");
-        let banner = loop {
-            match rx.recv_timeout(Duration::from_secs(90)) {
-                Ok(line) if want(&line) => break line,
-                Ok(_) => continue,
-                Err(e) => panic!("{name} did not start ({e}); see {}", logs.join(format!("{name}.log")).display()),
-            }
-        };
-        Lens { child, banner }
-    }
-
-    fn url(&self) -> String {
-        self.banner.trim_start_matches("listening on ").to_owned()
-    }
-}
-
-impl Drop for Lens {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `lens args`, with no Redis password from this test's own environment,
+/// only what `env` gives.
+fn spawn_lens(logs: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> LensProcess {
+    LensProcess::spawn_with(logs, name, args, |cmd| {
+        cmd.env_remove(conn::PASSWORD_ENV).envs(env.iter().copied());
+    })
 }
 
 fn model() -> String {
@@ -240,7 +183,7 @@ async fn an_api_node_and_a_worker_round_trip_over_tls_as_an_acl_user() {
     let url = redis.url(Some(PASSWORD));
     let (ca, cert, key, model, data) =
         (pki.arg("ca.crt"), pki.arg("client.crt"), pki.arg("client.key"), model(), logs.join("api-data"));
-    let api = Lens::spawn(
+    let api = spawn_lens(
         &logs,
         "api",
         &[
@@ -264,7 +207,7 @@ async fn an_api_node_and_a_worker_round_trip_over_tls_as_an_acl_user() {
     );
     // The worker: server verification only, password from the environment.
     let worker_url = redis.url(None);
-    let _worker = Lens::spawn(
+    let _worker = spawn_lens(
         &logs,
         "worker",
         &["worker", "--redis", &worker_url, "--redis-ca-file", &ca, "--model", &model, "--sessions", "1"],
@@ -339,7 +282,7 @@ async fn a_server_certificate_from_another_ca_or_a_wrong_password_is_refused() {
     let err = ping(wrong).await.unwrap_err().to_string();
     assert!(!err.contains("not-the-password"), "{err}");
     // Plain TCP to a TLS-only port gets nowhere.
-    let plain = redis::Client::open(format!("redis://{USER}:{PASSWORD}@127.0.0.1:{}", redis.port)).unwrap();
+    let plain = redis::Client::open(format!("redis://{USER}:{PASSWORD}@127.0.0.1:{}", redis.0.port)).unwrap();
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)));

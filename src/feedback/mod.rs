@@ -262,21 +262,24 @@ impl FeedbackStore {
                     predicted_label, score, correct_label, report
              FROM feedback ORDER BY id",
         )?;
-        let rows = stmt.query_map([], |row| {
-            let record = FeedbackRecord {
-                model: row.get(2)?,
-                image_sha256: row.get(3)?,
-                image_file: row.get(4)?,
-                filename: row.get(5)?,
-                predicted_label: row.get(6)?,
-                score: row.get(7)?,
-                correct_label: row.get(8)?,
-                report: row.get(9)?,
-            };
-            Ok((row.get(0)?, row.get(1)?, record))
-        })?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, record_from_row(row)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The report of a row whose columns are `id, created_at`, then the
+/// record's eight in the table's order (every query of this module).
+fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<FeedbackRecord> {
+    Ok(FeedbackRecord {
+        model: row.get(2)?,
+        image_sha256: row.get(3)?,
+        image_file: row.get(4)?,
+        filename: row.get(5)?,
+        predicted_label: row.get(6)?,
+        score: row.get(7)?,
+        correct_label: row.get(8)?,
+        report: row.get(9)?,
+    })
 }
 
 /// Seconds since the Unix epoch, as stored in `created_at` and `decided_at`.

@@ -4,7 +4,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{FeedbackError, FeedbackRecord, FeedbackStore, MAX_FIELD_CHARS, invalid, now_secs};
+use super::{FeedbackError, FeedbackRecord, FeedbackStore, MAX_FIELD_CHARS, invalid, now_secs, record_from_row};
 
 /// Where a report stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
@@ -99,16 +99,7 @@ const SELECT: &str = "SELECT f.id, f.created_at, f.model, f.image_sha256, f.imag
     FROM feedback f LEFT JOIN review r ON r.feedback_id = f.id";
 
 fn report_from_row(row: &rusqlite::Row) -> rusqlite::Result<Report> {
-    let record = FeedbackRecord {
-        model: row.get(2)?,
-        image_sha256: row.get(3)?,
-        image_file: row.get(4)?,
-        filename: row.get(5)?,
-        predicted_label: row.get(6)?,
-        score: row.get(7)?,
-        correct_label: row.get(8)?,
-        report: row.get(9)?,
-    };
+    let record = record_from_row(row)?;
     let status: Option<String> = row.get(10)?;
     // The CHECK constraint admits only the three decided statuses.
     let review = status.and_then(|s| ReviewStatus::parse(&s)).map(|status| Review {

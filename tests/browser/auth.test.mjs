@@ -9,52 +9,19 @@
 
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { closeContexts, openContext, openPage } from './harness.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const DOG = path.join(HERE, '..', 'fixtures', 'dog.jpeg');
 const BASE = process.env.LENS_URL;
 const KEY = process.env.LENS_API_KEY;
-const CHROMIUM = process.env.LENS_CHROMIUM || '/usr/bin/chromium';
 const WAIT = { timeout: 20_000 };
 
 if (!BASE || !KEY) throw new Error('set LENS_URL and LENS_API_KEY');
 
-const opened = [];
-
-/** A fresh browser profile; `options` go to the context (credentials, JS). */
-async function openContext(options = {}) {
-  const profile = await mkdtemp(path.join(tmpdir(), 'lens-chromium-auth-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    ...options,
-  });
-  opened.push({ context, profile });
-  return context;
-}
-
-/** A page that fails its test on an uncaught script error. */
-async function openPage(context) {
-  const page = await context.newPage();
-  const problems = [];
-  page.on('pageerror', (e) => problems.push(`uncaught error: ${e.message}`));
-  page.assertClean = () => assert.deepEqual(problems, [], 'the page misbehaved');
-  return page;
-}
-
-after(async () => {
-  for (const { context, profile } of opened) {
-    await context.close().catch(() => {});
-    await rm(profile, { recursive: true, force: true }).catch(() => {});
-  }
-});
+after(closeContexts);
 
 describe('behind an API key', { timeout: 120_000 }, () => {
   test('without credentials the page is refused with a Basic challenge', async () => {

@@ -10,17 +10,16 @@
 
 import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import * as harness from './harness.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const DOG = path.join(HERE, '..', 'fixtures', 'dog.jpeg');
 const BASE = process.env.LENS_URL;
 const OUT = process.env.LENS_TEST_OUTPUT || path.join(tmpdir(), 'lens-test-output');
-const CHROMIUM = process.env.LENS_CHROMIUM || '/usr/bin/chromium';
 const WAIT = { timeout: 20_000 };
 // The server's --body-limit; the wrapper passes it, 10 MiB is the default.
 const BODY_LIMIT = Number(process.env.LENS_BODY_LIMIT || 10 * 1024 * 1024);
@@ -30,45 +29,18 @@ if (!BASE) throw new Error('set LENS_URL to the base URL of a running `lens serv
 
 /** Reports sent during the run, for the Rust wrapper to find in the export. */
 const feedback = [];
-const contexts = [];
 let dogBytes;
 
-/** A browser with a fresh profile directory; `options` go to the context. */
-async function openContext(options = {}) {
-  const profile = await mkdtemp(path.join(tmpdir(), 'lens-chromium-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-    viewport: { width: 1000, height: 900 },
-    ...options,
-  });
-  contexts.push({ context, profile });
-  return context;
-}
+/** A browser of the upload page's own size; `options` go to the context. */
+const openContext = (options = {}) => harness.openContext({ viewport: { width: 1000, height: 900 }, ...options });
 
 /** Pages opened by the running test, closed after it. */
 const openPages = [];
 
-/** A new page that records dialogs, script errors and CSP violations. */
+/** A new page (see harness.mjs), closed after the running test. */
 async function openPage(context) {
-  const page = await context.newPage();
+  const page = await harness.openPage(context);
   openPages.push(page);
-  const problems = [];
-  page.on('dialog', (d) => {
-    problems.push(`dialog fired: ${d.type()} ${JSON.stringify(d.message())}`);
-    d.dismiss().catch(() => {});
-  });
-  page.on('pageerror', (e) => problems.push(`uncaught error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text())) {
-      problems.push(`CSP violation: ${m.text()}`);
-    }
-  });
-  page.assertClean = () => assert.deepEqual(problems, [], 'the page misbehaved');
   return page;
 }
 
@@ -111,10 +83,7 @@ afterEach(async () => {
 
 after(async () => {
   await writeFile(path.join(OUT, 'feedback.json'), `${JSON.stringify(feedback, null, 2)}\n`);
-  for (const { context, profile } of contexts) {
-    await context.close().catch(() => {});
-    await rm(profile, { recursive: true, force: true }).catch(() => {});
-  }
+  await harness.closeContexts();
 });
 
 describe('with JavaScript', { timeout: 180_000 }, () => {

@@ -10,48 +10,17 @@
 
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { chromium } from 'playwright-core';
+import * as harness from './harness.mjs';
 
 const BASE = process.env.LENS_URL;
-const CHROMIUM = process.env.LENS_CHROMIUM || '/usr/bin/chromium';
 if (!BASE) throw new Error('set LENS_URL to the base URL of a running `lens serve`');
 
-const contexts = [];
-
+/** A fresh browser's page (see harness.mjs), with JavaScript on or off. */
 async function openPage(javaScriptEnabled) {
-  const profile = await mkdtemp(path.join(tmpdir(), 'lens-review-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    javaScriptEnabled,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
-  contexts.push({ context, profile });
-  const page = await context.newPage();
-  const problems = [];
-  page.on('dialog', (d) => {
-    problems.push(`dialog fired: ${d.type()} ${JSON.stringify(d.message())}`);
-    d.dismiss().catch(() => {});
-  });
-  page.on('pageerror', (e) => problems.push(`uncaught error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text())) {
-      problems.push(`CSP violation: ${m.text()}`);
-    }
-  });
-  page.assertClean = () => assert.deepEqual(problems, [], 'the page misbehaved');
-  return page;
+  return harness.openPage(await harness.openContext({ javaScriptEnabled }));
 }
 
-after(async () => {
-  for (const { context, profile } of contexts) {
-    await context.close().catch(() => {});
-    await rm(profile, { recursive: true, force: true });
-  }
-});
+after(harness.closeContexts);
 
 /** Ids of the listed reports, in page order. */
 const listedIds = (page) => page.$$eval('li.report', (items) => items.map((li) => li.id));

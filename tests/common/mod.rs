@@ -2,6 +2,8 @@
 //! port 0 with the real model, and helpers to build uploads.
 #![allow(dead_code)]
 
+pub mod processes;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +19,19 @@ struct Wrapper {
 
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The default model's input rule at `size` x `size`: a 0.875 centre crop,
+/// then Pillow's bicubic.
+pub fn center_crop_spec(size: u32) -> lens::model::ResizeSpec {
+    use lens::model::{Interpolation, ResizeKind, ResizeSpec};
+    ResizeSpec {
+        width: size,
+        height: size,
+        kind: ResizeKind::CenterCrop,
+        crop_fraction: 0.875,
+        interpolation: Interpolation::Bicubic,
+    }
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {

@@ -1,0 +1,157 @@
+//! Child processes of the multi-process tests, each killed on drop: a
+//! `redis-server` of the test's own, and `lens` binaries.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A loopback port that nothing listened on when asked.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sends the signal `name` (e.g. `TERM`) to `child`.
+pub fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().unwrap();
+    assert!(ok.success());
+}
+
+/// A `redis-server` on loopback, run with the flags it was started with.
+pub struct RedisServer {
+    pub port: u16,
+    args: Vec<String>,
+    /// Where its stdout goes (appended across restarts); none: discarded.
+    log: Option<PathBuf>,
+    child: Option<Child>,
+    /// The working directory of [`RedisServer::plain`]: its append-only file
+    /// outlives a restart.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl RedisServer {
+    /// A plain server on a free port with no snapshots; with `appendonly`,
+    /// every write goes to an append-only file in a directory of its own.
+    pub fn plain(appendonly: bool) -> RedisServer {
+        let (port, dir) = (free_port(), tempfile::tempdir().unwrap());
+        let mut args: Vec<String> =
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""].map(String::from).into();
+        args.extend(["--appendonly", if appendonly { "yes" } else { "no" }].map(String::from));
+        args.extend(["--dir".to_owned(), dir.path().display().to_string()]);
+        let mut redis = RedisServer::start(port, args, None);
+        redis._dir = Some(dir);
+        redis
+    }
+
+    /// Runs `redis-server` with `args`, which must make it listen on `port`
+    /// (plain or TLS), its stdout appended to `log`; returns once the port
+    /// accepts connections.
+    pub fn start(port: u16, args: Vec<String>, log: Option<PathBuf>) -> RedisServer {
+        let mut redis = RedisServer { port, args, log, child: None, _dir: None };
+        redis.restart();
+        redis
+    }
+
+    /// Starts it again with the same flags, after [`RedisServer::stop`].
+    pub fn restart(&mut self) {
+        let stdout = match &self.log {
+            Some(path) => Stdio::from(OpenOptions::new().create(true).append(true).open(path).unwrap()),
+            None => Stdio::null(),
+        };
+        let child = Command::new("redis-server")
+            .args(&self.args)
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run `scripts/system-deps test`");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let see = self.log.as_ref().map(|p| format!("; see {}", p.display())).unwrap_or_default();
+            assert!(Instant::now() < deadline, "redis-server did not start{see}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Graceful stop: SIGTERM, on which Redis flushes its append-only file.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`, for a server without TLS.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `lens` process.
+pub struct LensProcess {
+    pub child: Child,
+    /// The first stdout line: where it listens, or that the worker serves.
+    pub banner: String,
+}
+
+impl LensProcess {
+    /// Runs `lens args`, its stderr to `logs/NAME.log`; returns once it
+    /// prints its banner.
+    pub fn spawn(logs: &Path, name: &str, args: &[&str]) -> LensProcess {
+        LensProcess::spawn_with(logs, name, args, |_| {})
+    }
+
+    /// [`LensProcess::spawn`], with `setup` adjusting the command first (its
+    /// environment, say).
+    pub fn spawn_with(logs: &Path, name: &str, args: &[&str], setup: impl FnOnce(&mut Command)) -> LensProcess {
+        let log_path = logs.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lens"));
+        cmd.args(args);
+        setup(&mut cmd);
+        let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let want = |l: &String| l.starts_with("listening on http://") || l.starts_with("worker ");
+        let banner = loop {
+            match rx.recv_timeout(Duration::from_secs(90)) {
+                Ok(line) if want(&line) => break line,
+                Ok(_) => continue,
+                Err(e) => panic!("{name} did not start ({e}); see {}", log_path.display()),
+            }
+        };
+        LensProcess { child, banner }
+    }
+
+    /// The base URL an API node printed.
+    pub fn url(&self) -> String {
+        self.banner.trim_start_matches("listening on ").to_owned()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for LensProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
