@@ -133,6 +133,9 @@ pub struct ServeArgs {
 
     /// Jobs that may wait for a model session; beyond it, 429. With --redis,
     /// the cap on the model's shared job stream (all API nodes together).
+    /// It also caps the cache misses one node works on at once (decoding,
+    /// queued or running): a miss beyond it gets its 429 before its image is
+    /// decoded, so overload does not spend the CPU on decodes it then refuses.
     #[arg(long, env = "LENS_QUEUE_CAPACITY", value_parser = at_least_one(), default_value_t = 256)]
     pub queue_capacity: usize,
 

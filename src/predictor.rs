@@ -78,6 +78,10 @@ pub struct PredictorConfig {
     pub cache_entries: usize,
     /// Requests admitted at once (decoding, queued or running); beyond it, 429.
     pub max_pending: usize,
+    /// Cache misses this node works on at once (hashed, decoding, queued or
+    /// running): `--queue-capacity`. A miss beyond it is refused with 429
+    /// before its image is decoded, so overload costs a hash, not a decode.
+    pub queue_capacity: usize,
     /// Bytes that concurrent decodes may hold together (see [`MemoryBudget`]).
     pub decode_memory: u64,
 }
@@ -111,6 +115,9 @@ pub struct Predictor {
     decode_memory: MemoryBudget,
     /// Admission control: a request holds a permit until it is answered.
     admission: Arc<Semaphore>,
+    /// Places for cache misses: a computation holds one from before its
+    /// decode until its answer.
+    places: Arc<Semaphore>,
     /// Exponential moving average of seconds per image of inference, as f64 bits.
     per_image_secs: AtomicU64,
     metrics: Arc<Metrics>,
@@ -134,6 +141,7 @@ impl Predictor {
             decode_slots: Arc::new(Semaphore::new(decode_threads)),
             decode_memory: MemoryBudget::new(config.decode_memory),
             admission: Arc::new(Semaphore::new(config.max_pending)),
+            places: Arc::new(Semaphore::new(config.queue_capacity.max(1))),
             per_image_secs: AtomicU64::new(0.02f64.to_bits()),
             ready: queue.ready(),
             model,
@@ -231,11 +239,17 @@ impl Predictor {
                 rx
             }
             Role::Leader => {
+                let Ok(place) = Arc::clone(&self.places).try_acquire_owned() else {
+                    let full = PredictError::Overloaded { retry_after_secs: self.retry_after_secs() };
+                    self.coalescer.finish(&key, &Err(full.clone()));
+                    return Err(full);
+                };
                 // The computation runs in its own task so that followers get
                 // their answer even if the leader's client goes away.
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let this = Arc::clone(self);
                 tokio::spawn(async move {
+                    let _place = place;
                     let shared = match &this.shared_cache {
                         Some(c) => c.get(&key).await,
                         None => None,
@@ -287,6 +301,11 @@ impl Predictor {
             return Err(overloaded(wait.as_secs_f64() - self.config.deadline.as_secs_f64()));
         }
         Arc::clone(&self.admission).try_acquire_owned().map_err(|_| overloaded(wait.as_secs_f64()))
+    }
+
+    /// The Retry-After of a refusal now: the queue's estimated wait, at least 1 s.
+    fn retry_after_secs(&self) -> u64 {
+        self.estimated_wait().as_secs_f64().ceil().max(1.0) as u64
     }
 
     /// How long a job queued now would wait for a session.

@@ -88,6 +88,7 @@ fn app(tune: impl FnOnce(&mut PredictorConfig, &mut Limits)) -> App {
         max_pixels: 40_000_000,
         cache_entries: 0,
         max_pending: 64,
+        queue_capacity: 16,
         decode_memory: 64 << 20,
     };
     let mut limits = Limits {
@@ -229,6 +230,39 @@ async fn admission_refuses_with_429_and_retry_after_while_full() {
     assert_eq!(s2, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(headers.get(header::RETRY_AFTER).is_some(), "429 carries Retry-After");
     assert_error_shape(&body);
+}
+
+#[tokio::test]
+async fn misses_beyond_the_queue_capacity_are_refused_before_they_are_decoded() {
+    let app = app(|p, _| p.queue_capacity = 2);
+    app.delay_ms.store(300, Ordering::SeqCst);
+    let dog = common::fixture("dog.jpeg");
+    // Eight different photos at once: two places, so six refusals.
+    let mut uploads = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (state, request) = (app.state.clone(), upload("dog.jpeg", &common::variant(&dog, i)));
+        uploads.spawn(async move {
+            let res = lens::http::app(state).oneshot(request).await.unwrap();
+            let (parts, body) = res.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            (parts.status, parts.headers, serde_json::from_slice::<Value>(&body).unwrap())
+        });
+    }
+    let answers = uploads.join_all().await;
+    let codes: Vec<u16> = answers.iter().map(|(s, _, _)| s.as_u16()).collect();
+    let answered = codes.iter().filter(|&&c| c == 200).count();
+    assert_eq!(answered, 2, "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 429).count(), 6, "{codes:?}");
+    for (status, headers, body) in answers.iter().filter(|(s, _, _)| *s == StatusCode::TOO_MANY_REQUESTS) {
+        assert!(headers.get(header::RETRY_AFTER).is_some(), "{status}: 429 carries Retry-After");
+        assert_error_shape(body);
+    }
+    let metrics = app.state.metrics.render();
+    let decoded = common::metric_in(&metrics, "lens_stage_duration_seconds_count{stage=\"decode\"}");
+    assert_eq!(decoded, answered as f64, "only admitted misses are decoded");
+    // The places come back: the next photo is answered.
+    let (status, _, body) = app.json(upload("dog.jpeg", &common::variant(&dog, 99))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]

@@ -333,6 +333,7 @@ fn predictor_config(args: &ServeArgs) -> PredictorConfig {
         max_pixels: args.model.max_pixels,
         cache_entries: args.cache_entries,
         max_pending: args.max_pending,
+        queue_capacity: args.queue_capacity,
         decode_memory: args.decode_memory_mb * 1024 * 1024,
     }
 }
