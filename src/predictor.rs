@@ -1,5 +1,6 @@
 //! The prediction path shared by every endpoint: admission, cache and
-//! coalescing, decode on the bounded CPU pool, the job queue, the deadline.
+//! coalescing, a place among the misses in flight (429 without one, before
+//! any decode), decode on the bounded CPU pool, the job queue, the deadline.
 //!
 //! One [`Predictor`] serves one model. Its `predict` is what `/predict`, the
 //! upload page and the v2 `infer` endpoint all call.

@@ -43,6 +43,20 @@ def original_goal(done: list[Row]) -> list[str]:
     return [what, verdict, detail]
 
 
+def served_ceiling(rows: list[Row], ceil: dict) -> tuple[float | None, str]:
+    """The model-only ceiling of the engine and precision the in-process rows
+    served with (the goals' denominator), and its name; the best of every
+    engine when the rows do not say which they ran."""
+    mo = ceil.get("model-only") or {}
+    ran = {r.result.get("runtime") for r in rows if r.ran and r.topology == "inproc"} - {None}
+    if len(ran) == 1:
+        runtime = ran.pop()
+        for e in mo.get("engines") or []:
+            if e.get("runtime") == runtime and e.get("images_per_sec"):
+                return e["images_per_sec"], runtime
+    return mo.get("images_per_sec"), "best engine"
+
+
 def pipeline_note(ceil: dict, key: str, served: float, model_only: float) -> str:
     """What `lens bench --pipeline` reached on the same photos with no HTTP:
     how much of the ceiling the decode leaves, and how much of that the
@@ -71,11 +85,12 @@ def ceiling_goal(rows: list[Row], ceil: dict, cores: int) -> list[str]:
             x = r.result
             cpu_note = (f" (Lens had {x['lens_cpu_cores']:.2f} of {cores} cores, other work {x['other_cpu_cores']:.2f}: "
                         f"{best / x['lens_cpu_cores']:.0f} img/s per Lens core)")
-    mo = (ceil.get("model-only") or {}).get("images_per_sec")
+    mo, runtime = served_ceiling(rows, ceil)
     if mo:
         frac = best / mo
         return [what, "PASS" if frac >= CEILING_FRACTION_GOAL else "FAIL",
-                f"{best:.1f} img/s ({who}) = {frac:.0%} of {mo:.1f} img/s measured by `lens bench --model-only`{cpu_note}"
+                f"{best:.1f} img/s ({who}) = {frac:.0%} of {mo:.1f} img/s measured by `lens bench --model-only` "
+                f"({runtime}, the runtime served){cpu_note}"
                 + pipeline_note(ceil, "pipeline", best, mo)]
     ref = ceiling_reference(cores)
     frac = best / ref
@@ -109,13 +124,13 @@ def phone_goal(rows: list[Row], ceil: dict) -> list[str]:
     """12 MP photos, closed loop, at PHONE_FRACTION_GOAL of the model-only ceiling of the same run."""
     what = f"12 MP phone photos, closed loop >= {PHONE_FRACTION_GOAL:.0%} of the model-only ceiling"
     phone = [r for r in rows if r.ran and r.scenario == "phone" and r.topology == "inproc"]
-    mo = (ceil.get("model-only") or {}).get("images_per_sec")
+    mo, runtime = served_ceiling(rows, ceil)
     if not phone or not mo:
         return [what, "not run", "" if phone else "no in-process phone row ran"]
     r = phone[0].result
     frac = r["ok_rps"] / mo
     return [what, "PASS" if frac >= PHONE_FRACTION_GOAL else "FAIL",
-            f"{r['ok_rps']:.1f} img/s = {frac:.1%} of {mo:.1f} img/s (p99 {fmt_ms(r['ok_ms'].get('p99'))} ms, "
+            f"{r['ok_rps']:.1f} img/s = {frac:.1%} of {mo:.1f} img/s ({runtime}; p99 {fmt_ms(r['ok_ms'].get('p99'))} ms, "
             f"{r['predict_failures']} failed)" + pipeline_note(ceil, "pipeline-phone", r["ok_rps"], mo)]
 
 

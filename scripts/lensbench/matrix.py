@@ -38,6 +38,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -139,6 +140,9 @@ def run_row(row: Row, lens: Path, outdir: Path, args) -> None:
         topo.stop()
     if not args.keep_data:
         shutil.rmtree(topo.data_dir, ignore_errors=True)
+    runtime = served_runtime(rowdir)
+    if runtime:
+        res["runtime"] = runtime
     row.result = res
     judge(row, args.locust_processes)
 
@@ -170,6 +174,17 @@ def engine_rows(stdout: str) -> list[dict]:
         elif "skipped" in obj:
             rows.append({"runtime": f"{obj.get('engine')}-{obj.get('precision')}", "skipped": obj["skipped"]})
     return rows
+
+
+def served_runtime(rowdir: Path) -> str | None:
+    """The engine-precision the row's Lens served with ("openvino-fp32"),
+    from the "model ready" line of its logs; None if none says."""
+    ready = re.compile(r'model ready .*?engine="?(\w+)"? precision="?(\w+)"?')
+    for log in sorted(rowdir.glob("*.log")):
+        text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
+        if m := ready.search(text):
+            return f"{m.group(1)}-{m.group(2)}"
+    return None
 
 
 def ceiling(lens: Path, extra: list[str], timeout: float, photos: dict[str, Path]) -> dict:
