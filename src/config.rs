@@ -485,8 +485,9 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub batch_sizes: Vec<usize>,
 
-    /// Photos to use, or directories of them (their JPEG and PNG files);
-    /// the first is the --model-only input.
+    /// Photos to use, or directories of them (every image inside,
+    /// recursively; other files are skipped); the first is the --model-only
+    /// input.
     #[arg(
         long,
         value_delimiter = ',',

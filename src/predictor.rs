@@ -126,6 +126,11 @@ pub struct Predictor {
     stats: ModelStats,
 }
 
+/// A 429 whose Retry-After is `wait`, rounded up, at least 1 s.
+fn overloaded(wait: Duration) -> PredictError {
+    PredictError::Overloaded { retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64 }
+}
+
 impl Predictor {
     pub fn new(
         model: ModelInfo,
@@ -241,7 +246,7 @@ impl Predictor {
             }
             Role::Leader => {
                 let Ok(place) = Arc::clone(&self.places).try_acquire_owned() else {
-                    let full = PredictError::Overloaded { retry_after_secs: self.retry_after_secs() };
+                    let full = overloaded(self.estimated_wait());
                     self.coalescer.finish(&key, &Err(full.clone()));
                     return Err(full);
                 };
@@ -296,17 +301,11 @@ impl Predictor {
     }
 
     fn admit(&self) -> Result<OwnedSemaphorePermit, PredictError> {
-        let overloaded = |secs: f64| PredictError::Overloaded { retry_after_secs: secs.ceil().max(1.0) as u64 };
         let wait = self.estimated_wait();
         if wait > self.config.deadline {
-            return Err(overloaded(wait.as_secs_f64() - self.config.deadline.as_secs_f64()));
+            return Err(overloaded(wait - self.config.deadline));
         }
-        Arc::clone(&self.admission).try_acquire_owned().map_err(|_| overloaded(wait.as_secs_f64()))
-    }
-
-    /// The Retry-After of a refusal now: the queue's estimated wait, at least 1 s.
-    fn retry_after_secs(&self) -> u64 {
-        self.estimated_wait().as_secs_f64().ceil().max(1.0) as u64
+        Arc::clone(&self.admission).try_acquire_owned().map_err(|_| overloaded(wait))
     }
 
     /// How long a job queued now would wait for a session.

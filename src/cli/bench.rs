@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
+use crate::cli::predict::expand;
 use crate::config::BenchArgs;
 use crate::engine::{Classifier, EngineError, EngineOptions, Runtime, SessionConfig, load_sessions};
 use crate::job::ModelInput;
 use crate::model::ModelDir;
-use crate::preprocess::prepare;
+use crate::preprocess::{prepare, sniff_format};
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let model = ModelDir::load(&args.model).context("loading the model directory")?;
@@ -138,27 +139,18 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// The bytes of every `--images` entry, in order; a directory stands for its
-/// JPEG and PNG files, sorted by name.
+/// The bytes of every `--images` file and of every image in its folders
+/// (recursively, in name order); files that are not images by their content
+/// (a folder's manifest, say) are skipped.
 fn read_photos(paths: &[PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("listing {}", path.display()))?
-                .map(|e| e.map(|e| e.path()))
-                .collect::<Result<_, _>>()?;
-            inside.retain(|p| {
-                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-                matches!(ext.as_str(), "jpg" | "jpeg" | "png")
-            });
-            inside.sort();
-            files.extend(inside);
-        } else {
-            files.push(path.clone());
+    let mut photos = Vec::new();
+    for path in expand(paths) {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if sniff_format(&bytes).is_some() {
+            photos.push(bytes);
         }
     }
-    files.iter().map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display()))).collect()
+    Ok(photos)
 }
 
 /// Images per second with `cfg.sessions` threads each running batches of `batch`.
@@ -258,13 +250,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_directory_stands_for_its_photos_in_name_order() {
+    fn a_folder_stands_for_the_images_in_it_in_name_order() {
         let dir = tempfile::tempdir().unwrap();
-        for (name, body) in [("b.JPG", "b"), ("a.png", "a"), ("notes.txt", "n"), ("c.jpeg", "c")] {
+        let jpeg = |tag: u8| vec![0xFF, 0xD8, 0xFF, tag];
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        for (name, body) in [("b", jpeg(2)), ("a", jpeg(1)), ("manifest.json", b"{}".to_vec()), ("sub/c", jpeg(3))] {
             std::fs::write(dir.path().join(name), body).unwrap();
         }
-        let single = dir.path().join("notes.txt");
+        let single = dir.path().join("a");
         let photos = read_photos(&[dir.path().to_path_buf(), single]).unwrap();
-        assert_eq!(photos, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"n".to_vec()]);
+        assert_eq!(photos, [jpeg(1), jpeg(2), jpeg(3), jpeg(1)]);
     }
 }

@@ -104,7 +104,7 @@ fn prepare_all(
 }
 
 /// Files as given, folders expanded recursively in sorted order.
-fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
+pub(crate) fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
