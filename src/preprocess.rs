@@ -381,6 +381,39 @@ mod tests {
     }
 
     #[test]
+    fn a_decode_never_shows_the_previous_photo() {
+        // The per-thread pixel buffer is reused without zeroing, so every byte
+        // of a decode must be the decoder's own: after a white photo has
+        // filled the buffer, each photo decodes exactly as on a fresh thread.
+        let (w, h) = (1400usize, 1000usize);
+        let white = vec![255u8; w * h * 3];
+        let image = turbojpeg::Image {
+            pixels: white.as_slice(),
+            width: w,
+            pitch: w * 3,
+            height: h,
+            format: turbojpeg::PixelFormat::RGB,
+        };
+        let white = turbojpeg::compress(image, 90, turbojpeg::Subsamp::Sub2x2).unwrap().to_vec();
+        let spec = ResizeSpec {
+            width: 224,
+            height: 224,
+            kind: ResizeKind::CenterCrop,
+            crop_fraction: 0.875,
+            interpolation: Interpolation::Bicubic,
+        };
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for name in ["dog.jpeg", "generated/gray.jpg", "generated/progressive.jpg", "generated/cmyk_adobe.jpg"] {
+            let bytes = std::fs::read(fixtures.join(name)).unwrap();
+            let whole = |bytes: &[u8]| JpegSource::open(bytes).unwrap().decode(1, None).unwrap().pixels;
+            let fresh = std::thread::scope(|s| s.spawn(|| whole(&bytes)).join().unwrap());
+            let white_prepared = prepare(&white, &spec, 40_000_000).unwrap();
+            assert!(white_prepared.rgb.iter().all(|&v| v >= 250), "the white photo decodes white");
+            assert_eq!(whole(&bytes), fresh, "{name}");
+        }
+    }
+
+    #[test]
     fn size_check_rejects_zero_and_oversized() {
         assert!(matches!(check_size(0, 10, 100), Err(ImageError::Corrupt(_))));
         assert_eq!(check_size(11, 10, 100), Err(ImageError::TooLarge { width: 11, height: 10, max_pixels: 100 }));

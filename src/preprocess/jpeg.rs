@@ -133,7 +133,7 @@ impl<'a> JpegSource<'a> {
             tj.set_crop(if box_ == full { None } else { Some(box_) })?;
             let (w, h) = (box_.width as usize, box_.height as usize);
             let mut data = scratch::take(w * h * pixel_size);
-            match tj.decompress(self.bytes, &mut data, w * pixel_size, format) {
+            match tj.decompress(self.bytes, &mut data, (w, h), pixel_size, format) {
                 Ok(()) => Ok((data, box_)),
                 Err(e) => {
                     scratch::recycle(data);
@@ -252,12 +252,25 @@ impl Decompressor {
         self.check(unsafe { raw::tj3SetCroppingRegion(self.0, region) })
     }
 
-    /// Decodes into `out`, rows of `pitch` bytes; `out` must hold exactly the
-    /// cropping region (or the scaled frame).
-    fn decompress(&mut self, bytes: &[u8], out: &mut [u8], pitch: usize, format: c_int) -> Result<(), String> {
-        let pitch = c_int::try_from(pitch).map_err(|_| "the image is too wide".to_owned())?;
-        // SAFETY: `bytes` is readable for its length; `out` was sized by the
-        // caller as region height x pitch, which is what TurboJPEG writes.
+    /// Decodes the cropping region (or the scaled frame), `width x height`
+    /// pixels of `pixel_size` bytes, into `out`, which must be empty; on
+    /// success `out` holds exactly those pixels, row after row.
+    fn decompress(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        (width, height): (usize, usize),
+        pixel_size: usize,
+        format: c_int,
+    ) -> Result<(), String> {
+        let too_wide = || "the image is too wide".to_owned();
+        let row = width.checked_mul(pixel_size).ok_or_else(too_wide)?;
+        let len = row.checked_mul(height).ok_or_else(too_wide)?;
+        let pitch = c_int::try_from(row).map_err(|_| too_wide())?;
+        debug_assert!(out.is_empty());
+        out.reserve(len);
+        // SAFETY: `bytes` is readable for its length; `out` has room for `len`
+        // = height rows of `pitch` bytes, which is all TurboJPEG writes.
         self.check(unsafe {
             raw::tj3Decompress8(
                 self.0,
@@ -267,7 +280,16 @@ impl Decompressor {
                 pitch,
                 format,
             )
-        })
+        })?;
+        // SAFETY: the decode succeeded, so TurboJPEG wrote every byte of the
+        // `len`: it points a row at each `pitch` bytes of the region's height
+        // and reads scanlines until all are filled (turbojpeg-mp.c,
+        // `tj3Decompress8`), and a short or damaged file fails the call
+        // (warnings are errors). `width` is the region's width, or the scaled
+        // frame's computed as TurboJPEG's `TJSCALED` does (`scaled_size`), so
+        // a row is exactly `pitch` bytes.
+        unsafe { out.set_len(len) };
+        Ok(())
     }
 }
 

@@ -8,13 +8,25 @@
 //! in the DCT domain the box has fractional edges; the view is then the
 //! enclosing whole-pixel box and the fractional remainder goes to the resizer,
 //! which reads at most one extra pixel on each side.
+//!
+//! Each thread keeps one `Resizer`: it holds the image between the two
+//! convolution passes, so a stream of photos resamples without allocating and
+//! zeroing that buffer each time. A resample whose in-between image would be
+//! larger than [`scratch::KEEP_AT_MOST`] uses a resizer of its own, so one
+//! huge upload does not pin its memory on a thread.
+
+use std::cell::RefCell;
 
 use fast_image_resize::images::{CroppedImage, Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
-use super::ImageError;
 use super::pixels::{Channels, Pixels};
+use super::{ImageError, scratch};
 use crate::model::Interpolation;
+
+thread_local! {
+    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
+}
 
 /// A crop box in decoded-pixel units; may have fractional edges.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,7 +87,17 @@ pub(crate) fn crop_resize(
     );
 
     let mut dst = Image::new(out_width, out_height, pixel_type);
-    Resizer::new().resize(&view, &mut dst, &options).map_err(resize_error)?;
+    // The in-between image is at most the view's width by the output's
+    // height (vertical pass first, as `fast_image_resize` does for u8), or
+    // the other way round.
+    let between = (u64::from(right - left) * u64::from(out_height)).max(u64::from(out_width) * u64::from(bottom - top));
+    let keep = between.saturating_mul(src.channels.count() as u64) <= scratch::KEEP_AT_MOST as u64;
+    let resized = if keep {
+        RESIZER.with_borrow_mut(|resizer| resizer.resize(&view, &mut dst, &options))
+    } else {
+        Resizer::new().resize(&view, &mut dst, &options)
+    };
+    resized.map_err(resize_error)?;
     Ok(Pixels { width: out_width, height: out_height, channels: src.channels, data: dst.into_vec() })
 }
 

@@ -3,6 +3,10 @@
 //! photo. A buffer is taken for one decode and given back when the resized
 //! output has been made; buffers larger than [`KEEP_AT_MOST`] are freed
 //! instead, so one huge upload does not pin its memory on a thread forever.
+//!
+//! A buffer is handed out empty, with room for the decode: the decoder writes
+//! every byte of its output, so zeroing it first (megabytes per photo, about
+//! 5% of a prepare's instructions) would be wasted.
 
 use std::cell::Cell;
 
@@ -14,11 +18,12 @@ thread_local! {
     static BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
-/// A zeroed buffer of `len` bytes, reusing this thread's kept allocation.
-pub(crate) fn take(len: usize) -> Vec<u8> {
+/// An empty buffer with room for at least `capacity` bytes, reusing this
+/// thread's kept allocation.
+pub(crate) fn take(capacity: usize) -> Vec<u8> {
     let mut buffer = BUFFER.take();
     buffer.clear();
-    buffer.resize(len, 0);
+    buffer.reserve(capacity);
     buffer
 }
 
@@ -34,14 +39,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_recycled_buffer_is_reused_and_zeroed() {
+    fn a_recycled_buffer_is_reused_and_handed_out_empty() {
         let mut first = take(1000);
-        first.fill(7);
+        first.resize(1000, 7);
         let address = first.as_ptr();
         recycle(first);
         let second = take(500);
         assert_eq!(second.as_ptr(), address);
-        assert!(second.iter().all(|&b| b == 0) && second.len() == 500);
+        assert!(second.is_empty() && second.capacity() >= 1000);
     }
 
     #[test]
