@@ -23,7 +23,9 @@ The ceiling: ``lens bench --model-only``, and ``lens bench --pipeline`` on the
 distinct photos and (with phone rows) on the 12 MP photos, when ``lens bench
 --help`` works ("n/a" otherwise). The pipeline runs decode and inference of the
 rows' own photos with no HTTP, so the report can say how much of the gap to the
-ceiling is decoding and how much is the service.
+ceiling is decoding and how much is the service. ``--model-only`` runs again
+after the rows, and the goals divide by the mean of the two: this machine's
+speed drifts over the minutes between them.
 
 Everything a run produces goes to target/bench/<time>/ (results.json, per-row
 logs and locust CSVs); the report and plot go to docs/ (full run) or next to
@@ -187,44 +189,47 @@ def served_runtime(rowdir: Path) -> str | None:
     return None
 
 
+def bench_run(lens: Path, mode: list[str], extra: list[str], timeout: float) -> dict:
+    """One `lens bench` run: its last summary line, with the CPU it and other
+    work took meanwhile (the figure is only as good as the machine was quiet)."""
+    argv = [str(lens), "bench", *mode, *extra]
+    log(f"ceiling: {' '.join(argv[1:])}")
+    b0, c0, t0 = sys_cpu()[0], children_cpu_s(), time.monotonic()
+    try:
+        r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    el = time.monotonic() - t0
+    own = children_cpu_s() - c0
+    other = max(0.0, sys_cpu()[0] - b0 - own) / el if el else 0.0
+    out = last_json_with(r.stdout, "images_per_sec")
+    if not out:
+        return {"error": f"no JSON line with images_per_sec (exit {r.returncode})", "stderr": r.stderr[-500:]}
+    if "--model-only" in mode:
+        # The best row of each engine and precision, measured in this same run.
+        out["engines"] = engine_rows(r.stdout)
+    out["bench_cpu_cores"] = round(own / el, 2) if el else None
+    out["other_cpu_cores"] = round(other, 2)
+    return out
+
+
 def ceiling(lens: Path, extra: list[str], timeout: float, photos: dict[str, Path]) -> dict:
     """`lens bench --model-only`, and `--pipeline` on each folder of `photos`
     (key "pipeline" for the distinct photos, "pipeline-phone" for the 12 MP
-    ones), with the CPU other work took meanwhile."""
+    ones)."""
     try:
         h = subprocess.run([str(lens), "bench", "--help"], cwd=ROOT, capture_output=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"available": False, "why": str(e)}
     if h.returncode != 0:
         return {"available": False, "why": "`lens bench --help` failed: this build has no `lens bench`"}
-    out: dict = {"available": True}
-    runs = [("model-only", ["--model-only"])]
+    out: dict = {"available": True, "model-only": bench_run(lens, ["--model-only"], extra, timeout)}
     # A build whose `--images` takes no folder runs the pipeline on its own default photos.
     folders = b"directories" in h.stdout
     for key, folder in photos.items():
-        runs.append((key, ["--pipeline", *(["--images", str(folder)] if folders else [])]))
-    for key, mode in runs:
-        argv = [str(lens), "bench", *mode, *extra]
-        log(f"ceiling: {' '.join(argv[1:])}")
-        b0, c0, t0 = sys_cpu()[0], children_cpu_s(), time.monotonic()
-        try:
-            r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            out[key] = {"error": f"timed out after {timeout:.0f} s"}
-            continue
-        el = time.monotonic() - t0
-        own = children_cpu_s() - c0
-        other = max(0.0, sys_cpu()[0] - b0 - own) / el if el else 0.0
-        found = last_json_with(r.stdout, "images_per_sec")
-        out[key] = found or {"error": f"no JSON line with images_per_sec (exit {r.returncode})", "stderr": r.stderr[-500:]}
-        if found and key == "model-only":
-            # The best row of each engine and precision, measured in this same run.
-            out[key]["engines"] = engine_rows(r.stdout)
-        if found and key != "model-only":
-            out[key]["photos_dir"] = str(photos[key].relative_to(ROOT) if photos[key].is_relative_to(ROOT) else photos[key])
-        # The ceiling is only as good as the machine was quiet while it ran.
-        out[key]["bench_cpu_cores"] = round(own / el, 2) if el else None
-        out[key]["other_cpu_cores"] = round(other, 2)
+        out[key] = bench_run(lens, ["--pipeline", *(["--images", str(folder)] if folders else [])], extra, timeout)
+        if "images_per_sec" in out[key]:
+            out[key]["photos_dir"] = str(folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder)
     return out
 
 
@@ -421,6 +426,12 @@ def main() -> None:
         run_row(row, lens, outdir, args)
         log_result(row.result)
         save()
+    if ceil.get("available"):
+        # Again after the rows: the goals divide by the mean of the two (goals.served_ceiling).
+        if args.idle_wait:
+            wait_idle(args.idle_wait)
+        ceil["model-only-after"] = bench_run(lens, ["--model-only"], shlex.split(args.bench_args), args.ceiling_timeout)
+        log(f"ceiling after the rows: {json.dumps(ceil['model-only-after'])[:300]}")
     data = save()
     lens.unlink(missing_ok=True)  # 90 MB; results.json keeps its sha256
     md = args.out or ((outdir / "benchmarks.md") if args.quick else ROOT / "docs" / "benchmarks.md")

@@ -135,7 +135,7 @@ def ceiling_section(rows: list[Row], ceil: dict, cores: int) -> str:
         if key == "model-only":
             own, runtime = served_ceiling(rows, ceil)
             if own and own != ips:
-                extra = f"{runtime}, the runtime served; the best of every engine was {ips:.1f} img/s: {extra}"
+                extra = f"{runtime}; the best of every engine before the rows was {ips:.1f} img/s: {extra}"
                 ips = own
         if c.get("other_cpu_cores") is not None:
             extra += f"; CPU during the run: lens bench {c.get('bench_cpu_cores')}, other work {c['other_cpu_cores']} cores"
