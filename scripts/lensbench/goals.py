@@ -43,17 +43,22 @@ def original_goal(done: list[Row]) -> list[str]:
     return [what, verdict, detail]
 
 
-def _runtime_ceiling(rows: list[Row], mo: dict) -> tuple[float | None, str]:
-    """One `lens bench --model-only` run's figure for the engine and precision
-    the in-process rows served with, and its name; the best of every engine
-    when the rows do not say which they ran."""
+def runtime_row(rows: list[Row], run: dict) -> tuple[dict, str]:
+    """One `lens bench` run's row for the engine and precision the in-process
+    rows served with, and its name; the run's best of every engine when the
+    rows do not say which they ran (or the run has no row for it)."""
     ran = {r.result.get("runtime") for r in rows if r.ran and r.topology == "inproc"} - {None}
     if len(ran) == 1:
         runtime = ran.pop()
-        for e in mo.get("engines") or []:
+        for e in run.get("engines") or []:
             if e.get("runtime") == runtime and e.get("images_per_sec"):
-                return e["images_per_sec"], f"{runtime}, the runtime served"
-    return mo.get("images_per_sec"), "best engine"
+                return e, f"{runtime}, the runtime served"
+    return (run.get("best") or run), "best engine"
+
+
+def _runtime_ceiling(rows: list[Row], mo: dict) -> tuple[float | None, str]:
+    row, name = runtime_row(rows, mo)
+    return row.get("images_per_sec") or mo.get("images_per_sec"), name
 
 
 def served_ceiling(rows: list[Row], ceil: dict) -> tuple[float | None, str]:
@@ -69,19 +74,19 @@ def served_ceiling(rows: list[Row], ceil: dict) -> tuple[float | None, str]:
     return before, name
 
 
-def pipeline_note(ceil: dict, key: str, served: float, model_only: float) -> str:
-    """What `lens bench --pipeline` reached on the same photos with no HTTP:
-    how much of the ceiling the decode leaves, and how much of that the
-    service keeps."""
+def pipeline_note(rows: list[Row], ceil: dict, key: str, served: float, model_only: float) -> str:
+    """What `lens bench --pipeline` reached on the same photos with no HTTP,
+    with the runtime the rows served: how much of the ceiling the decode
+    leaves, and how much of that the service keeps."""
     p = ceil.get(key) or {}
-    ips = p.get("images_per_sec")
+    row, runtime = runtime_row(rows, p)
+    ips = row.get("images_per_sec")
     if not ips:
         return ""
-    best = p.get("best") or {}
     split = ""
-    if best.get("prepare_ms") is not None and best.get("infer_ms") is not None:
-        split = f": {best['prepare_ms']:.1f} ms to prepare and {best['infer_ms']:.1f} ms to infer each photo, per thread"
-    return (f"; on the same photos without HTTP, `lens bench --pipeline` reached {ips:.1f} img/s = "
+    if row.get("prepare_ms") is not None and row.get("infer_ms") is not None:
+        split = f": {row['prepare_ms']:.1f} ms to prepare and {row['infer_ms']:.1f} ms to infer each photo, per thread"
+    return (f"; on the same photos without HTTP, `lens bench --pipeline` ({runtime}) reached {ips:.1f} img/s = "
             f"{ips / model_only:.0%} of the ceiling{split}; the service ran at {served / ips:.0%} of that")
 
 
@@ -103,7 +108,7 @@ def ceiling_goal(rows: list[Row], ceil: dict, cores: int) -> list[str]:
         return [what, "PASS" if frac >= CEILING_FRACTION_GOAL else "FAIL",
                 f"{best:.1f} img/s ({who}) = {frac:.0%} of {mo:.1f} img/s measured by `lens bench --model-only` "
                 f"({runtime}){cpu_note}"
-                + pipeline_note(ceil, "pipeline", best, mo)]
+                + pipeline_note(rows, ceil, "pipeline", best, mo)]
     ref = ceiling_reference(cores)
     frac = best / ref
     return [what, ("PASS" if frac >= CEILING_FRACTION_GOAL else "FAIL") + " (vs reference)",
@@ -143,7 +148,7 @@ def phone_goal(rows: list[Row], ceil: dict) -> list[str]:
     frac = r["ok_rps"] / mo
     return [what, "PASS" if frac >= PHONE_FRACTION_GOAL else "FAIL",
             f"{r['ok_rps']:.1f} img/s = {frac:.1%} of {mo:.1f} img/s ({runtime}; p99 {fmt_ms(r['ok_ms'].get('p99'))} ms, "
-            f"{r['predict_failures']} failed)" + pipeline_note(ceil, "pipeline-phone", r["ok_rps"], mo)]
+            f"{r['predict_failures']} failed)" + pipeline_note(rows, ceil, "pipeline-phone", r["ok_rps"], mo)]
 
 
 def shedding_goal(done: list[Row], best: float, deadline_s: float) -> list[str]:

@@ -164,15 +164,20 @@ def last_json_with(stdout: str, key: str) -> dict | None:
 
 
 def engine_rows(stdout: str) -> list[dict]:
-    """`lens bench --model-only`'s per engine and precision lines: its best, or why it was skipped."""
+    """`lens bench`'s per engine and precision lines: the best of each in
+    `--model-only`, the one row of each in `--pipeline`, or why it was skipped."""
     rows = []
     for line in stdout.splitlines():
         try:
             obj = json.loads(line)
         except ValueError:
             continue
+        if not isinstance(obj, dict):
+            continue
         if "best_of" in obj:
             rows.append({"runtime": obj["best_of"], **obj["best"]})
+        elif obj.get("mode") == "pipeline" and "images_per_sec" in obj:
+            rows.append({"runtime": f"{obj.get('engine')}-{obj.get('precision')}", **obj})
         elif "skipped" in obj:
             rows.append({"runtime": f"{obj.get('engine')}-{obj.get('precision')}", "skipped": obj["skipped"]})
     return rows
@@ -205,9 +210,8 @@ def bench_run(lens: Path, mode: list[str], extra: list[str], timeout: float) -> 
     out = last_json_with(r.stdout, "images_per_sec")
     if not out:
         return {"error": f"no JSON line with images_per_sec (exit {r.returncode})", "stderr": r.stderr[-500:]}
-    if "--model-only" in mode:
-        # The best row of each engine and precision, measured in this same run.
-        out["engines"] = engine_rows(r.stdout)
+    # Each engine and precision's row, measured in this same run.
+    out["engines"] = engine_rows(r.stdout)
     out["bench_cpu_cores"] = round(own / el, 2) if el else None
     out["other_cpu_cores"] = round(other, 2)
     return out
