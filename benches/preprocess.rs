@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use lens::model::{Interpolation, ResizeKind, ResizeSpec};
+use lens::model::ResizeSpec;
 use lens::preprocess::prepare;
 use turbojpeg::{Compressor, Image, PixelFormat, Subsamp};
 
@@ -27,16 +27,6 @@ const CASES: [(&str, &str); 4] = [
     ("large 3000x2000 jpeg", "generated/large_3000x2000.jpg"),
     ("coffee 600x400 png", "coffee.png"),
 ];
-
-fn spec() -> ResizeSpec {
-    ResizeSpec {
-        width: 224,
-        height: 224,
-        kind: ResizeKind::CenterCrop,
-        crop_fraction: 0.875,
-        interpolation: Interpolation::Bicubic,
-    }
-}
 
 fn load(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
@@ -95,7 +85,7 @@ fn median_ms(bytes: &[u8], spec: &ResizeSpec, runs: usize) -> f64 {
 }
 
 fn bench_prepare(c: &mut Criterion) {
-    let spec = spec();
+    let spec = ResizeSpec::center_crop(224);
     let mut cases: Vec<(&str, Vec<u8>)> = CASES.iter().map(|&(label, file)| (label, load(file))).collect();
     cases.push(("phone 4032x3024 jpeg (exif 6)", phone_photo()));
     for (label, bytes) in &cases {

@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use lens::model::{Interpolation, ResizeKind, ResizeSpec};
+use lens::model::ResizeSpec;
 use lens::preprocess::prepare;
 
 fn main() {
@@ -28,13 +28,7 @@ fn main() {
         .collect();
     files.sort();
     let photos: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).expect("a readable photo")).collect();
-    let spec = ResizeSpec {
-        width: 224,
-        height: 224,
-        kind: ResizeKind::CenterCrop,
-        crop_fraction: 0.875,
-        interpolation: Interpolation::Bicubic,
-    };
+    let spec = ResizeSpec::center_crop(224);
     let mut best = f64::MAX;
     for _ in 0..rounds {
         let started = Instant::now();

@@ -288,7 +288,6 @@ fn shielded<T>(decoder_call: impl FnOnce() -> Result<T, ImageError>) -> Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Interpolation, ResizeKind};
 
     #[test]
     fn sniffs_formats_by_magic_bytes() {
@@ -358,13 +357,7 @@ mod tests {
         for (name, bytes) in &jpegs {
             // Output sizes that make the rule pick each of 1/1, 1/2, 1/4 and 1/8 somewhere.
             for size in [224, 120, 60, 24] {
-                let spec = ResizeSpec {
-                    width: size,
-                    height: size,
-                    kind: ResizeKind::CenterCrop,
-                    crop_fraction: 0.875,
-                    interpolation: Interpolation::Bicubic,
-                };
+                let spec = ResizeSpec::center_crop(size);
                 let cropped = prepare(bytes, &spec, 40_000_000).unwrap();
                 assert_eq!(cropped, prepare_from_whole_frame(bytes, &spec), "{name} at {size}x{size}");
             }
@@ -395,13 +388,7 @@ mod tests {
             format: turbojpeg::PixelFormat::RGB,
         };
         let white = turbojpeg::compress(image, 90, turbojpeg::Subsamp::Sub2x2).unwrap().to_vec();
-        let spec = ResizeSpec {
-            width: 224,
-            height: 224,
-            kind: ResizeKind::CenterCrop,
-            crop_fraction: 0.875,
-            interpolation: Interpolation::Bicubic,
-        };
+        let spec = ResizeSpec::center_crop(224);
         let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         for name in ["dog.jpeg", "generated/gray.jpg", "generated/progressive.jpg", "generated/cmyk_adobe.jpg"] {
             let bytes = std::fs::read(fixtures.join(name)).unwrap();

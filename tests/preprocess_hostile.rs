@@ -11,7 +11,6 @@ mod common;
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use common::center_crop_spec as spec;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb, Rgba};
 use lens::model::{ResizeKind, ResizeSpec};
 use lens::preprocess::{Format, ImageError, Prepared, prepare, sniff_format};
@@ -69,8 +68,8 @@ impl Lcg {
 fn real_fixtures_prepare_to_224() {
     for name in ["dog.jpeg", "grace_hopper.jpg", "coffee.png", "chelsea.png"] {
         let bytes = common::fixture(name);
-        prepare_ok(&bytes, &spec(224));
-        let squash = ResizeSpec { kind: ResizeKind::Squash, width: 300, height: 200, ..spec(224) };
+        prepare_ok(&bytes, &ResizeSpec::center_crop(224));
+        let squash = ResizeSpec { kind: ResizeKind::Squash, width: 300, height: 200, ..ResizeSpec::center_crop(224) };
         prepare_ok(&bytes, &squash);
     }
 }
@@ -80,7 +79,7 @@ fn jpeg_output_matches_pillow_reference() {
     for (name, reference) in
         [("dog.jpeg", "generated/dog.pillow224.png"), ("grace_hopper.jpg", "generated/grace_hopper.pillow224.png")]
     {
-        let out = prepare_ok(&common::fixture(name), &spec(224));
+        let out = prepare_ok(&common::fixture(name), &ResizeSpec::center_crop(224));
         let (mean, max) = diff_to_reference(&out, reference);
         assert!(mean < 0.75 && max <= 16, "{name}: mean {mean:.3}, max {max}");
     }
@@ -92,7 +91,7 @@ fn dct_scaled_jpeg_decode_stays_close_to_pillow() {
     // for a 40px one (the scaled crop stays >= 2x the output). Measured:
     // mean 0.23 / max 6 and mean 0.50 / max 15 levels.
     for (size, reference) in [(64, "generated/dog.pillow64.png"), (40, "generated/dog.pillow40.png")] {
-        let out = prepare_ok(&common::fixture("dog.jpeg"), &spec(size));
+        let out = prepare_ok(&common::fixture("dog.jpeg"), &ResizeSpec::center_crop(size));
         let (mean, max) = diff_to_reference(&out, reference);
         assert!(mean < 1.0 && max <= 24, "{size}px: mean {mean:.3}, max {max}");
     }
@@ -114,7 +113,7 @@ fn halves(width: u32, height: u32, left: [u8; 3], right: [u8; 3]) -> DynamicImag
 #[test]
 fn gif_bmp_webp_and_png_decode() {
     let (red, blue) = ([220, 20, 20], [20, 20, 220]);
-    let squash = ResizeSpec { kind: ResizeKind::Squash, width: 32, height: 16, ..spec(32) };
+    let squash = ResizeSpec { kind: ResizeKind::Squash, width: 32, height: 16, ..ResizeSpec::center_crop(32) };
     for format in [ImageFormat::Gif, ImageFormat::Bmp, ImageFormat::WebP, ImageFormat::Png] {
         let bytes = encode(halves(64, 40, red, blue), format);
         let out = prepare_ok(&bytes, &squash);
@@ -127,7 +126,7 @@ fn gif_bmp_webp_and_png_decode() {
 #[test]
 fn grayscale_and_cmyk_jpegs_match_pillow() {
     for name in ["gray", "cmyk_adobe", "cmyk_plain"] {
-        let out = prepare_ok(&common::fixture(&format!("generated/{name}.jpg")), &spec(32));
+        let out = prepare_ok(&common::fixture(&format!("generated/{name}.jpg")), &ResizeSpec::center_crop(32));
         let (mean, max) = diff_to_reference(&out, &format!("generated/{name}.pillow32.png"));
         assert!(mean < 1.5 && max <= 12, "{name}: mean {mean:.3}, max {max}");
         if name == "gray" {
@@ -139,11 +138,11 @@ fn grayscale_and_cmyk_jpegs_match_pillow() {
 #[test]
 fn sixteen_bit_pngs_are_narrowed() {
     let rgb16 = ImageBuffer::from_pixel(20, 20, Rgb([65535u16, 32896, 0]));
-    let out = prepare_ok(&encode(DynamicImage::ImageRgb16(rgb16), ImageFormat::Png), &spec(8));
+    let out = prepare_ok(&encode(DynamicImage::ImageRgb16(rgb16), ImageFormat::Png), &ResizeSpec::center_crop(8));
     assert_near(pixel(&out, 4, 4), [255, 128, 0], 0, "rgb16");
 
     let gray16 = ImageBuffer::from_pixel(20, 20, Luma([257u16 * 100]));
-    let out = prepare_ok(&encode(DynamicImage::ImageLuma16(gray16), ImageFormat::Png), &spec(8));
+    let out = prepare_ok(&encode(DynamicImage::ImageLuma16(gray16), ImageFormat::Png), &ResizeSpec::center_crop(8));
     assert_near(pixel(&out, 4, 4), [100, 100, 100], 0, "gray16");
 }
 
@@ -151,13 +150,13 @@ fn sixteen_bit_pngs_are_narrowed() {
 fn transparent_pixels_are_composited_on_white() {
     // Left half opaque red; right half fully transparent but hiding black.
     let rgba = ImageBuffer::from_fn(64, 64, |x, _| if x < 32 { Rgba([255u8, 0, 0, 255]) } else { Rgba([0, 0, 0, 0]) });
-    let squash = ResizeSpec { kind: ResizeKind::Squash, ..spec(16) };
+    let squash = ResizeSpec { kind: ResizeKind::Squash, ..ResizeSpec::center_crop(16) };
     let out = prepare_ok(&encode(DynamicImage::ImageRgba8(rgba), ImageFormat::Png), &squash);
     assert_near(pixel(&out, 2, 8), [255, 0, 0], 0, "opaque");
     assert_near(pixel(&out, 13, 8), [255, 255, 255], 0, "transparent");
 
     let half = ImageBuffer::from_pixel(8, 8, Rgba([0u8, 0, 0, 128]));
-    let out = prepare_ok(&encode(DynamicImage::ImageRgba8(half), ImageFormat::Png), &spec(4));
+    let out = prepare_ok(&encode(DynamicImage::ImageRgba8(half), ImageFormat::Png), &ResizeSpec::center_crop(4));
     assert_near(pixel(&out, 1, 1), [127, 127, 127], 1, "half transparent black");
 }
 
@@ -196,7 +195,7 @@ fn exif_orientation_is_applied_for_all_eight_values() {
     ];
     let quadrants = common::fixture("generated/quadrants.jpg");
     for (orientation, [tl, tr, bl, br]) in expected {
-        let out = prepare_ok(&with_orientation(&quadrants, orientation), &spec(64));
+        let out = prepare_ok(&with_orientation(&quadrants, orientation), &ResizeSpec::center_crop(64));
         let what = format!("orientation {orientation}");
         assert_near(pixel(&out, 12, 12), tl, 40, &what);
         assert_near(pixel(&out, 52, 12), tr, 40, &what);
@@ -212,7 +211,7 @@ fn png_exif_orientation_is_applied() {
     let tiff = &exif_app1(6)[10..]; // APP1 minus marker, length and "Exif\0\0"
     let after_ihdr = 8 + 25;
     let png = [&png[..after_ihdr], &png_chunk(b"eXIf", tiff), &png[after_ihdr..]].concat();
-    let out = prepare_ok(&png, &spec(32));
+    let out = prepare_ok(&png, &ResizeSpec::center_crop(32));
     assert_near(pixel(&out, 16, 4), [255, 0, 0], 0, "top");
     assert_near(pixel(&out, 16, 28), [0, 0, 255], 0, "bottom");
 }
@@ -221,7 +220,7 @@ fn png_exif_orientation_is_applied() {
 fn exif_rotation_swaps_a_non_square_output() {
     // dog.jpeg is landscape; with orientation 6 the upright picture is portrait.
     let rotated = with_orientation(&common::fixture("dog.jpeg"), 6);
-    let squash = ResizeSpec { kind: ResizeKind::Squash, width: 30, height: 50, ..spec(1) };
+    let squash = ResizeSpec { kind: ResizeKind::Squash, width: 30, height: 50, ..ResizeSpec::center_crop(1) };
     let out = prepare_ok(&rotated, &squash);
     let plain = prepare_ok(&common::fixture("dog.jpeg"), &ResizeSpec { width: 50, height: 30, ..squash });
     // Upright (x, y) of the rotated output is stored (y, 29 - x) of the plain one.
@@ -234,7 +233,7 @@ fn exif_rotation_swaps_a_non_square_output() {
 
 #[test]
 fn empty_input_is_empty() {
-    assert_eq!(prepare(b"", &spec(224), MAX_PIXELS), Err(ImageError::Empty));
+    assert_eq!(prepare(b"", &ResizeSpec::center_crop(224), MAX_PIXELS), Err(ImageError::Empty));
 }
 
 #[test]
@@ -242,16 +241,16 @@ fn random_bytes_and_text_are_not_images() {
     let mut lcg = Lcg(7);
     let random: Vec<u8> = (0..4096).map(|_| lcg.next() as u8).collect();
     assert_eq!(sniff_format(&random), None);
-    assert_eq!(prepare(&random, &spec(224), MAX_PIXELS), Err(ImageError::NotAnImage));
+    assert_eq!(prepare(&random, &ResizeSpec::center_crop(224), MAX_PIXELS), Err(ImageError::NotAnImage));
     let text = b"BM is how this text file starts, but it is not a bitmap.\n".repeat(20);
-    assert_eq!(prepare(&text, &spec(224), MAX_PIXELS), Err(ImageError::NotAnImage));
+    assert_eq!(prepare(&text, &ResizeSpec::center_crop(224), MAX_PIXELS), Err(ImageError::NotAnImage));
 }
 
 #[test]
 fn truncated_jpeg_is_corrupt() {
     let dog = common::fixture("dog.jpeg");
     for cut in [dog.len() / 2, dog.len() - 100, 300, 4] {
-        let result = prepare(&dog[..cut], &spec(224), MAX_PIXELS);
+        let result = prepare(&dog[..cut], &ResizeSpec::center_crop(224), MAX_PIXELS);
         assert!(matches!(result, Err(ImageError::Corrupt(_))), "cut at {cut}: {result:?}");
     }
 }
@@ -259,13 +258,13 @@ fn truncated_jpeg_is_corrupt() {
 #[test]
 fn truncated_png_is_corrupt() {
     let png = common::fixture("chelsea.png");
-    let result = prepare(&png[..png.len() / 2], &spec(224), MAX_PIXELS);
+    let result = prepare(&png[..png.len() / 2], &ResizeSpec::center_crop(224), MAX_PIXELS);
     assert!(matches!(result, Err(ImageError::Corrupt(_))), "{result:?}");
 }
 
 #[test]
 fn real_image_over_the_pixel_limit_is_too_large() {
-    let result = prepare(&common::fixture("dog.jpeg"), &spec(224), 729 * 486 - 1);
+    let result = prepare(&common::fixture("dog.jpeg"), &ResizeSpec::center_crop(224), 729 * 486 - 1);
     assert_eq!(result, Err(ImageError::TooLarge { width: 729, height: 486, max_pixels: 729 * 486 - 1 }));
 }
 
@@ -305,7 +304,7 @@ fn jpeg_declaring(width: u16, height: u16) -> Vec<u8> {
 
 fn assert_quick_too_large(bytes: &[u8], width: u32, height: u32) {
     let started = Instant::now();
-    let result = prepare(bytes, &spec(224), MAX_PIXELS);
+    let result = prepare(bytes, &ResizeSpec::center_crop(224), MAX_PIXELS);
     assert_eq!(result, Err(ImageError::TooLarge { width, height, max_pixels: MAX_PIXELS }));
     assert!(started.elapsed() < Duration::from_millis(200), "took {:?}", started.elapsed());
 }
@@ -331,18 +330,18 @@ fn gif_bomb_is_rejected_from_its_header() {
 #[test]
 fn zero_sized_images_are_corrupt() {
     for bytes in [jpeg_declaring(0, 10), png_declaring(0, 10), png_declaring(10, 0)] {
-        let result = prepare(&bytes, &spec(224), MAX_PIXELS);
+        let result = prepare(&bytes, &ResizeSpec::center_crop(224), MAX_PIXELS);
         assert!(matches!(result, Err(ImageError::Corrupt(_))), "{result:?}");
     }
     // A JPEG height of 0 means "given later by a DNL marker", which the decoder
     // does not support: still an error, with that explanation.
-    let result = prepare(&jpeg_declaring(10, 0), &spec(224), MAX_PIXELS);
+    let result = prepare(&jpeg_declaring(10, 0), &ResizeSpec::center_crop(224), MAX_PIXELS);
     assert!(matches!(result, Err(ImageError::Unsupported(_))), "{result:?}");
 }
 
 #[test]
 fn header_only_jpeg_is_corrupt() {
-    let result = prepare(&jpeg_declaring(64, 64), &spec(224), MAX_PIXELS);
+    let result = prepare(&jpeg_declaring(64, 64), &ResizeSpec::center_crop(224), MAX_PIXELS);
     assert!(matches!(result, Err(ImageError::Corrupt(_))), "{result:?}");
 }
 
@@ -357,7 +356,7 @@ fn error_messages_say_what_to_do() {
 /// must return (anything) without panicking.
 fn fuzz(original: &[u8], seed: u64, rounds: usize) {
     let mut lcg = Lcg(seed);
-    let spec = spec(64);
+    let spec = ResizeSpec::center_crop(64);
     for round in 0..rounds {
         let mut bytes = original.to_vec();
         for _ in 0..1 + lcg.below(8) {

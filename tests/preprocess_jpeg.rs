@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::center_crop_spec as spec;
+use lens::model::ResizeSpec;
 use lens::preprocess::{Prepared, decode_bytes, prepare};
 
 const MAX_PIXELS: u64 = 40_000_000;
@@ -28,7 +28,7 @@ fn test_photos_are_within_half_a_level_of_pillow() {
             .into_iter()
             .find(|n| n.starts_with(stem))
             .unwrap();
-        let out = prepare(&common::fixture(name), &spec(224), MAX_PIXELS).unwrap();
+        let out = prepare(&common::fixture(name), &ResizeSpec::center_crop(224), MAX_PIXELS).unwrap();
         let (mean, max) = diff_to_pillow(&out, &format!("generated/{stem}.pillow224.png"));
         println!("{name}: mean |diff| {mean:.3}, max {max}");
         assert!(mean < 0.5, "{name}: mean {mean:.3} (max {max})");
@@ -41,7 +41,8 @@ fn test_photos_are_within_half_a_level_of_pillow() {
 #[test]
 fn gray_cmyk_and_progressive_jpegs_decode_like_pillow() {
     for name in ["gray", "cmyk_adobe", "cmyk_plain", "progressive"] {
-        let out = prepare(&common::fixture(&format!("generated/{name}.jpg")), &spec(32), MAX_PIXELS).unwrap();
+        let out = prepare(&common::fixture(&format!("generated/{name}.jpg")), &ResizeSpec::center_crop(32), MAX_PIXELS)
+            .unwrap();
         let (mean, max) = diff_to_pillow(&out, &format!("generated/{name}.pillow32.png"));
         println!("{name}: mean |diff| {mean:.3}, max {max}");
         assert!(mean < 0.5 && max <= 4, "{name}: mean {mean:.3}, max {max}");
@@ -82,16 +83,20 @@ fn exif_orientation_is_applied_on_dct_scaled_decodes() {
     // needs a fraction of the full-size RGB buffer.
     let large = common::fixture("generated/large_3000x2000.jpg");
     let full_rgb = 3000 * 2000 * 3;
-    let needed = decode_bytes(&large, &spec(224), MAX_PIXELS).unwrap();
-    assert_eq!(decode_bytes(&large, &spec(224), 3000 * 2000 - 1), None, "over max_pixels: refused, nothing to reserve");
+    let needed = decode_bytes(&large, &ResizeSpec::center_crop(224), MAX_PIXELS).unwrap();
+    assert_eq!(
+        decode_bytes(&large, &ResizeSpec::center_crop(224), 3000 * 2000 - 1),
+        None,
+        "over max_pixels: refused, nothing to reserve"
+    );
     assert!(needed <= full_rgb / 4, "decode needs {needed} bytes");
 
     let size = 224;
-    let plain = prepare(&large, &spec(size), MAX_PIXELS).unwrap();
+    let plain = prepare(&large, &ResizeSpec::center_crop(size), MAX_PIXELS).unwrap();
     for orientation in 1..=8u16 {
         let rotated = with_orientation(&large, orientation);
-        assert_eq!(decode_bytes(&rotated, &spec(size), MAX_PIXELS), Some(needed));
-        let out = prepare(&rotated, &spec(size), MAX_PIXELS).unwrap();
+        assert_eq!(decode_bytes(&rotated, &ResizeSpec::center_crop(size), MAX_PIXELS), Some(needed));
+        let out = prepare(&rotated, &ResizeSpec::center_crop(size), MAX_PIXELS).unwrap();
         for (x, y) in [(0, 0), (223, 0), (17, 150), (223, 223), (100, 7)] {
             let (sx, sy) = stored_of_upright(orientation, x, y, size);
             let at = |p: &Prepared, x: u32, y: u32| {

@@ -7,7 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use lens::model::{Interpolation, ResizeKind, ResizeSpec};
+use lens::model::ResizeSpec;
 use lens::preprocess::prepare;
 use turbojpeg::{Compressor, Image, PixelFormat, Subsamp};
 
@@ -50,13 +50,7 @@ fn phone_jpeg() -> Vec<u8> {
 #[test]
 fn scaled_decode_of_a_12_mp_photo_never_allocates_the_full_size_image() {
     let jpeg = phone_jpeg();
-    let spec = ResizeSpec {
-        width: 224,
-        height: 224,
-        kind: ResizeKind::CenterCrop,
-        crop_fraction: 0.875,
-        interpolation: Interpolation::Bicubic,
-    };
+    let spec = ResizeSpec::center_crop(224);
     let full_rgb = 4032 * 3024 * 3;
     for round in 0..2 {
         let before = LIVE.load(Ordering::SeqCst);

@@ -56,19 +56,15 @@ def runtime_row(rows: list[Row], run: dict) -> tuple[dict, str]:
     return (run.get("best") or run), "best engine"
 
 
-def _runtime_ceiling(rows: list[Row], mo: dict) -> tuple[float | None, str]:
-    row, name = runtime_row(rows, mo)
-    return row.get("images_per_sec") or mo.get("images_per_sec"), name
-
-
 def served_ceiling(rows: list[Row], ceil: dict) -> tuple[float | None, str]:
     """The goals' denominator: the model-only ceiling of the runtime the
     in-process rows served with, and what it is. This machine's speed drifts
     over the minutes the rows take, so when the ceiling was measured both
     before and after the rows it is the mean of the two, and the name gives
     both."""
-    before, name = _runtime_ceiling(rows, ceil.get("model-only") or {})
-    after, _ = _runtime_ceiling(rows, ceil.get("model-only-after") or {})
+    row, name = runtime_row(rows, ceil.get("model-only") or {})
+    before = row.get("images_per_sec")
+    after = runtime_row(rows, ceil.get("model-only-after") or {})[0].get("images_per_sec")
     if before and after:
         return (before + after) / 2, f"{name}; mean of {before:.1f} before and {after:.1f} after the rows"
     return before, name

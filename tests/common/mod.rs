@@ -21,19 +21,6 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The default model's input rule at `size` x `size`: a 0.875 centre crop,
-/// then Pillow's bicubic.
-pub fn center_crop_spec(size: u32) -> lens::model::ResizeSpec {
-    use lens::model::{Interpolation, ResizeKind, ResizeSpec};
-    ResizeSpec {
-        width: size,
-        height: size,
-        kind: ResizeKind::CenterCrop,
-        crop_fraction: 0.875,
-        interpolation: Interpolation::Bicubic,
-    }
-}
-
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = fixture_path(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
