@@ -10,6 +10,11 @@ already matches is left alone.
 
     .venv/bin/python scripts/make_distinct_images.py            # 2000 into target/distinct-images
     .venv/bin/python scripts/make_distinct_images.py -n 500 --out /tmp/imgs
+    .venv/bin/python scripts/make_distinct_images.py --long-side 500 --out target/imagenet-photos
+
+The default photos have a long side of 400 to 1280 px (median about 800x600,
+0.5 MP); ``--long-side 500`` makes them the size of ImageNet's, whose long
+side is 500 px for most photos (500x375, 500x333), about 0.18 MP.
 
 (scripts/make_distinct_images.py calls ``main`` here.)
 
@@ -31,6 +36,7 @@ from .photos import DEFAULT_COUNT, DEFAULT_DIR, DEFAULT_SEED, FIXTURES
 
 SOURCES = ["dog.jpeg", "grace_hopper.jpg", "coffee.png", "chelsea.png"]
 VERSION = 1  # bump when the recipe changes, so old folders are regenerated
+DEFAULT_LONG_SIDE = (400, 1280)
 
 
 def load_sources(fixtures: Path) -> list[tuple[str, Image.Image]]:
@@ -41,7 +47,7 @@ def load_sources(fixtures: Path) -> list[tuple[str, Image.Image]]:
     return out
 
 
-def variant(src: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, int]:
+def variant(src: Image.Image, rng: np.random.Generator, long_side: tuple[int, int] = DEFAULT_LONG_SIDE) -> tuple[Image.Image, int]:
     w, h = src.size
     # Crop 55-100% of each side, anywhere in the frame.
     cw = int(w * rng.uniform(0.55, 1.0))
@@ -51,10 +57,10 @@ def variant(src: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, in
     im = src.crop((x0, y0, x0 + cw, y0 + ch))
     if rng.random() < 0.5:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    # Rescale to a photo-like size: the long side between 400 and 1280 px
-    # (the fixtures are 451-729 px wide; the original test sent 729x486).
-    long_side = int(rng.integers(400, 1281))
-    scale = long_side / max(im.size)
+    # Rescale to a photo-like size: by default the long side between 400 and
+    # 1280 px (the fixtures are 451-729 px wide; the original test sent 729x486).
+    side = int(rng.integers(long_side[0], long_side[1] + 1))
+    scale = side / max(im.size)
     size = (max(32, round(im.size[0] * scale)), max(32, round(im.size[1] * scale)))
     resample = [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS][int(rng.integers(0, 3))]
     im = im.resize(size, resample)
@@ -69,20 +75,25 @@ def variant(src: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, in
     return im, quality
 
 
-def manifest_for(n: int, seed: int) -> dict:
-    return {"version": VERSION, "n": n, "seed": seed, "sources": SOURCES}
+def manifest_for(n: int, seed: int, long_side: tuple[int, int]) -> dict:
+    m = {"version": VERSION, "n": n, "seed": seed, "sources": SOURCES}
+    if long_side != DEFAULT_LONG_SIDE:  # so folders made before the option still match
+        m["long_side"] = list(long_side)
+    return m
 
 
-def make(out: Path, n: int, seed: int, fixtures: Path, force: bool = False) -> Path:
+def make(out: Path, n: int, seed: int, fixtures: Path, force: bool = False,
+         long_side: tuple[int, int] = DEFAULT_LONG_SIDE) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    want = manifest_for(n, seed)
+    want = manifest_for(n, seed, long_side)
     mpath = out / "manifest.json"
     if not force and mpath.exists():
         try:
             have = json.loads(mpath.read_text())
         except ValueError:
             have = None
-        if have and {k: have.get(k) for k in want} == want and len(list(out.glob("img_*.jpg"))) == n:
+        if have and {k: have.get(k) for k in [*want, "long_side"]} == {"long_side": None, **want} \
+                and len(list(out.glob("img_*.jpg"))) == n:
             print(f"{out}: {n} images already made (seed {seed})")
             return out
     for old in out.glob("img_*.jpg"):
@@ -93,7 +104,7 @@ def make(out: Path, n: int, seed: int, fixtures: Path, force: bool = False) -> P
     total = 0
     for i in range(n):
         name, src = sources[int(rng.integers(0, len(sources)))]
-        im, quality = variant(src, rng)
+        im, quality = variant(src, rng, long_side)
         path = out / f"img_{i:05d}.jpg"
         im.save(path, "JPEG", quality=quality, optimize=False, progressive=bool(rng.random() < 0.2))
         data = path.read_bytes()
@@ -113,7 +124,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default fixed)")
     ap.add_argument("--fixtures", type=Path, default=FIXTURES)
     ap.add_argument("--force", action="store_true", help="regenerate even if the folder matches")
+    ap.add_argument("--long-side", metavar="MIN[,MAX]", default="400,1280",
+                    help="the long side of each photo in px, or its range (default 400,1280; ImageNet's size is 500)")
     args = ap.parse_args()
     if args.count < 1:
         ap.error("--count must be at least 1")
-    make(args.out, args.count, args.seed, args.fixtures, args.force)
+    try:
+        sides = [int(x) for x in args.long_side.split(",")]
+    except ValueError:
+        ap.error("--long-side takes MIN or MIN,MAX in px")
+    long_side = (sides[0], sides[-1])
+    if len(sides) > 2 or not 32 <= long_side[0] <= long_side[1] <= 8192:
+        ap.error("--long-side takes MIN or MIN,MAX, within 32..8192 px")
+    make(args.out, args.count, args.seed, args.fixtures, args.force, long_side)

@@ -54,7 +54,7 @@ def run_asyncio(row: Row, url: str, rowdir: Path, args) -> tuple[subprocess.Pope
         argv += ["--rate", f"{row.rate:g}"]
     else:
         argv += ["--concurrency", str(row.users)]
-    images = args.phone_dir if row.scenario == "phone" else args.images_dir
+    images = {"phone": args.phone_dir, "imagenet": args.imagenet_dir}.get(row.scenario, args.images_dir)
     if images:
         argv += ["--images-dir", str(images)]
     return _spawn(argv, rowdir), argv

@@ -10,6 +10,10 @@ bounded time, measured, and stopped. Rows:
 * ``closed``: closed-loop maximum throughput with distinct photos, no wait:
   once with locust users, once with the asyncio client (a much cheaper
   generator, so the two together show when locust is the limit).
+* ``imagenet``: the asyncio closed loop on distinct photos of ImageNet's size
+  (long side 500 px, target/imagenet-photos). The distinct photos above are
+  larger (median about 800x600), and the issue's 75% goal names this size.
+* ``phone``: the asyncio closed loop on 12 MP phone photos (tools/phone_photos.py).
 * ``open``: open loop (asyncio client, fixed arrival rate, distinct photos)
   at fractions of the best closed-loop rate just measured, by default 50%
   (latency at moderate load) and 150% (overload: Lens should shed with 429).
@@ -20,8 +24,8 @@ on a free loopback port); Redis rows are skipped with a note when ``lens
 worker --help`` fails or redis-server is missing.
 
 The ceiling: ``lens bench --model-only``, and ``lens bench --pipeline`` on the
-distinct photos and (with phone rows) on the 12 MP photos, when ``lens bench
---help`` works ("n/a" otherwise). The pipeline runs decode and inference of the
+distinct photos and (with their rows) on the ImageNet-size and 12 MP photos,
+when ``lens bench --help`` works ("n/a" otherwise). The pipeline runs decode and inference of the
 rows' own photos with no HTTP, so the report can say how much of the gap to the
 ceiling is decoding and how much is the service. ``--model-only`` runs again
 after the rows, and the goals divide by the mean of the two: this machine's
@@ -54,7 +58,7 @@ from . import machine
 from .goals import goals
 from .loads import LOCUST, parse_asyncio, parse_locust, run_asyncio, run_locust
 from .machine import CORES, ROOT, children_cpu_s, proc_cpu_s, sys_cpu, vm_kb, wait_idle
-from .photos import DEFAULT_DIR, DEFAULT_SEED, FIXTURES, SUFFIXES
+from .photos import DEFAULT_DIR, DEFAULT_SEED, FIXTURES, IMAGENET_DIR, IMAGENET_LONG_SIDE, SUFFIXES
 from .prometheus import metrics_delta
 from .report import report
 from .rows import SCENARIOS, TOPOLOGIES, Row, best_closed, build_matrix, judge
@@ -219,8 +223,8 @@ def bench_run(lens: Path, mode: list[str], extra: list[str], timeout: float) -> 
 
 def ceiling(lens: Path, extra: list[str], timeout: float, photos: dict[str, Path]) -> dict:
     """`lens bench --model-only`, and `--pipeline` on each folder of `photos`
-    (key "pipeline" for the distinct photos, "pipeline-phone" for the 12 MP
-    ones)."""
+    (key "pipeline" for the distinct photos, "pipeline-imagenet" for the
+    ImageNet-size ones, "pipeline-phone" for the 12 MP ones)."""
     try:
         h = subprocess.run([str(lens), "bench", "--help"], cwd=ROOT, capture_output=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -292,6 +296,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--ceiling-timeout", type=float, default=600, help="seconds per `lens bench` run (default 600)")
     ap.add_argument("--images-dir", type=Path, help="photos for the distinct rows (default: generated into target/distinct-images)")
     ap.add_argument("--images", type=int, default=2000, help="distinct photos to generate (default 2000)")
+    ap.add_argument("--imagenet-dir", type=Path, default=IMAGENET_DIR,
+                    help=f"photos for the imagenet rows (default {IMAGENET_DIR.relative_to(ROOT)}, made like the distinct ones "
+                         f"with a long side of {IMAGENET_LONG_SIDE[0]} px)")
     ap.add_argument("--phone-dir", type=Path, default=PHONE_DIR,
                     help=f"12 MP photos for the phone rows (default {PHONE_DIR.relative_to(ROOT)}, made by tools/phone_photos.py)")
     ap.add_argument("--idle-wait", type=float, help="wait up to this many seconds before each row for other work on the machine to calm down (default 30; quick 10; 0: never)")
@@ -338,6 +345,7 @@ def run_meta(args, outdir: Path, lens: Path, n_images: int) -> dict:
         "locust_version": locust_version[0] if locust_version else "?",
         "locust_processes": args.locust_processes,
         "distinct_images": n_images,
+        "imagenet_photos": sum(1 for p in args.imagenet_dir.glob("*.jpg")) if args.imagenet_dir.exists() else 0,
         "phone_photos": sum(1 for p in args.phone_dir.glob("*.jpg")) if args.phone_dir.exists() else 0,
         "outdir": os.path.relpath(outdir, ROOT),
         "argv": sys.argv[1:],
@@ -381,11 +389,14 @@ def main() -> None:
     outdir = ROOT / "target" / "bench" / (stamp + ("-quick" if args.quick else ""))
     lens = private_copy(args.lens, outdir)
 
-    if any(r.scenario != "original" for r in rows) and not args.images_dir:
-        # Made here, not by the generators on first use: --images sets how many.
-        from .distinct_photos import make
+    # Made here, not by the generators on first use: --images sets how many.
+    # (Imported here: generating needs numpy, which only this step uses.)
+    from .distinct_photos import make
 
+    if any(r.scenario != "original" for r in rows) and not args.images_dir:
         make(DEFAULT_DIR, args.images, DEFAULT_SEED, FIXTURES)
+    if any(r.scenario == "imagenet" for r in rows) and args.imagenet_dir == IMAGENET_DIR:
+        make(IMAGENET_DIR, args.images, DEFAULT_SEED, FIXTURES, long_side=IMAGENET_LONG_SIDE)
     if any(r.scenario == "phone" for r in rows):
         make_phone_photos(args.phone_dir)
     images_dir = args.images_dir or DEFAULT_DIR
@@ -406,6 +417,8 @@ def main() -> None:
         if args.idle_wait:
             wait_idle(args.idle_wait)
         photos = {"pipeline": images_dir}
+        if any(r.scenario == "imagenet" for r in rows):
+            photos["pipeline-imagenet"] = args.imagenet_dir
         if any(r.scenario == "phone" for r in rows):
             photos["pipeline-phone"] = args.phone_dir
         ceil = ceiling(lens, shlex.split(args.bench_args), args.ceiling_timeout, photos)

@@ -19,6 +19,9 @@ from . import multipart
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 DEFAULT_DIR = ROOT / "target" / "distinct-images"
+# The "imagenet" rows' photos: the same recipe at ImageNet's size (long side 500 px).
+IMAGENET_DIR = ROOT / "target" / "imagenet-photos"
+IMAGENET_LONG_SIDE = (500, 500)
 DEFAULT_COUNT = 2000
 DEFAULT_SEED = 20240601
 SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")

@@ -51,6 +51,7 @@ def _ceiling_axis(ax, done: list[Row], ceil: dict, cores: int) -> None:
         cols.append("tab:gray")
         rss_txt.append("")
     for key, lab in (("model-only", "model only"), ("pipeline", "pipeline\n(no HTTP)"),
+                     ("pipeline-imagenet", "pipeline\nImageNet\nsize\n(no HTTP)"),
                      ("pipeline-phone", "pipeline\n12 MP\n(no HTTP)")):
         v = (ceil.get(key) or {}).get("images_per_sec")
         if v and not (key == "model-only" and engines):
@@ -59,12 +60,12 @@ def _ceiling_axis(ax, done: list[Row], ceil: dict, cores: int) -> None:
             cols.append("tab:gray")
             rss_txt.append("")
     for r in done:
-        if r.scenario in ("closed", "phone", "open"):
-            how = {"closed": r.generator, "phone": "12 MP", "open": f"{r.rate:.0f}/s"}[r.scenario]
+        if r.scenario in ("closed", "imagenet", "phone", "open"):
+            how = {"closed": r.generator, "imagenet": "500 px", "phone": "12 MP", "open": f"{r.rate:.0f}/s"}[r.scenario]
             labels.append(f"{r.topology}\n{r.scenario}\n{how}")
             rss_txt.append(f"\n{peak_mb(r):.0f} MB")
             vals.append(r.result["ok_rps"])
-            cols.append({"closed": "tab:green", "phone": "tab:olive", "open": "tab:purple"}[r.scenario])
+            cols.append({"closed": "tab:green", "imagenet": "tab:cyan", "phone": "tab:olive", "open": "tab:purple"}[r.scenario])
     if vals:
         ax.bar(range(len(vals)), vals, color=cols)
         ax.set_xticks(range(len(vals)), labels, fontsize=7)

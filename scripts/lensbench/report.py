@@ -121,12 +121,18 @@ def ceiling_section(rows: list[Row], ceil: dict, cores: int) -> str:
                 f"this build; the goal is checked against the {ceiling_reference(cores):.0f} img/s reference instead.")
     crow = []
     best, who = best_closed(rows, "inproc")
-    phone = next((r for r in rows if r.ran and r.scenario == "phone" and r.topology == "inproc"), None)
+    def asyncio_rate(scenario: str) -> float:
+        row = next((r for r in rows if r.ran and r.scenario == scenario and r.topology == "inproc"), None)
+        return row.result["ok_rps"] if row else 0.0
+
     served = {"model-only": (best, f"distinct, {who}"), "pipeline": (best, f"distinct, {who}"),
-              "pipeline-phone": (phone.result["ok_rps"] if phone else 0.0, "12 MP photos")}
-    for key in ("model-only", "pipeline", "pipeline-phone"):
+              "pipeline-imagenet": (asyncio_rate("imagenet"), "ImageNet-size photos"),
+              "pipeline-phone": (asyncio_rate("phone"), "12 MP photos")}
+    names = {"pipeline-imagenet": "`lens bench --pipeline`, ImageNet-size photos",
+             "pipeline-phone": "`lens bench --pipeline`, 12 MP photos"}
+    for key in served:
         c = ceil.get(key)
-        if c is None and key == "pipeline-phone":
+        if c is None and key in names:
             continue
         c = c or {}
         ips = c.get("images_per_sec")
@@ -148,7 +154,7 @@ def ceiling_section(rows: list[Row], ceil: dict, cores: int) -> str:
         frac = f"{rate / ips:.0%} ({rate:.1f} img/s, {what})" if (ips and rate) else "-"
         if ips and rate > ips:
             extra += "; the service beat this figure, so it is no ceiling for the service's configuration"
-        name = "`lens bench --pipeline`, 12 MP photos" if key == "pipeline-phone" else f"`lens bench --{key}`"
+        name = names.get(key, f"`lens bench --{key}`")
         crow.append([name, f"{ips:.1f}" if ips else "n/a", frac, extra or "-"])
     table = md_table(["ceiling", "img/s", "service closed loop as a fraction", "details"], crow)
     engines = (ceil.get("model-only") or {}).get("engines") or []
@@ -210,6 +216,7 @@ def report(data: dict, md_path: Path, png_path: Path) -> str:
         locust_version=meta["locust_version"],
         locust_processes=f"{procs} process{'es' if procs > 1 else ''}",
         distinct_images=meta["distinct_images"],
+        imagenet_photos=meta.get("imagenet_photos", 0),
         phone_photos=meta.get("phone_photos", 0),
         queue_note=meta["queue_note"],
         deadline_s=f"{meta['deadline_s']:g}",

@@ -10,7 +10,7 @@ from .machine import CORES
 # Topology name -> `lens worker` processes behind a Redis (0: in-process).
 TOPOLOGIES = {"inproc": 0, "redis1": 1, "redis2": 2}
 TOPOLOGY_NAMES = {"inproc": "in-process", "redis1": "Redis, 1 worker", "redis2": "Redis, 2 workers"}
-SCENARIOS = ("original", "distinct", "closed", "phone", "open")
+SCENARIOS = ("original", "distinct", "closed", "imagenet", "phone", "open")
 
 # Machine-size thresholds, as fractions of the core count: the machine is
 # CPU-bound at 90% of its cores, and other work is worth a note from 15% of
@@ -22,7 +22,7 @@ OTHER_WORK_NOTE = 0.15
 @dataclass
 class Row:
     id: str
-    scenario: str  # original | distinct | closed | phone | open
+    scenario: str  # original | distinct | closed | imagenet | phone | open
     generator: str  # locust | asyncio
     topology: str
     users: int = 0  # locust users or asyncio concurrency
@@ -41,6 +41,8 @@ class Row:
             return f"{self.users} {'users' if self.generator == 'locust' else 'clients'}, no wait"
         if self.scenario == "phone":
             return f"{self.users} clients, 12 MP photos, no wait"
+        if self.scenario == "imagenet":
+            return f"{self.users} clients, ImageNet-size photos, no wait"
         return f"{self.users} users"
 
     @property
@@ -55,8 +57,9 @@ def build_matrix(args) -> list[Row]:
             for gen in ("locust", "asyncio"):
                 if gen in args.generators:
                     rows.append(Row(f"{topo}-closed-{gen}", "closed", gen, topo, users=args.closed_users, run_time=args.closed_time))
-        if "phone" in args.scenarios and "asyncio" in args.generators:
-            rows.append(Row(f"{topo}-phone-asyncio", "phone", "asyncio", topo, users=args.closed_users, run_time=args.closed_time))
+        for sc in ("imagenet", "phone"):
+            if sc in args.scenarios and "asyncio" in args.generators:
+                rows.append(Row(f"{topo}-{sc}-asyncio", sc, "asyncio", topo, users=args.closed_users, run_time=args.closed_time))
         if "open" in args.scenarios:
             if args.open_rates:
                 for r in args.open_rates:
@@ -121,7 +124,7 @@ def judge(row: Row, locust_processes: int, cores: int = CORES) -> None:
             limit = "offered load (Lens keeps up)"
         else:
             limit = f"Lens (saturated: {offered:.0f}/s asked)"
-    elif row.scenario in ("closed", "phone"):
+    elif row.scenario in ("closed", "imagenet", "phone"):
         limit = "generator (locust CPU)" if gen_limited else "Lens"
     elif gen_limited:
         limit = "generator"

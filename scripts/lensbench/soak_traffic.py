@@ -2,7 +2,7 @@
 
 Kinds, picked at random per arrival with the weights of ``KINDS``:
 
-- ``photo``: POST /predict of a distinct ImageNet-size photo (the default
+- ``photo``: POST /predict of a distinct photo (target/distinct-images) (the default
   folder of scripts/make_distinct_images.py), stamped so no cache helps.
 - ``photo-12mp``: POST /predict of a 4032x3024 JPEG, the fixture photos
   upscaled with noise, some with an EXIF orientation tag; stamped too.
@@ -50,7 +50,7 @@ class Kind:
 
 
 KINDS = [
-    Kind("photo", 50, "2xx", True, "POST /predict, a distinct ImageNet-size photo"),
+    Kind("photo", 50, "2xx", True, "POST /predict, a distinct photo (target/distinct-images)"),
     Kind("photo-12mp", 3, "2xx", True, "POST /predict, a 4032x3024 JPEG (half with an EXIF orientation)"),
     Kind("repeat", 15, "2xx", True, "POST /predict, dog.jpeg, identical bytes every time"),
     Kind("page", 10, "2xx", True, "POST / (upload page), a distinct photo, kept on disk"),
