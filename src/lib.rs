@@ -46,11 +46,13 @@
 //! - [`model`]: a model directory (`model.toml`, ONNX file, labels).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`shutdown`]: SIGTERM and Ctrl-C as a cancellation token.
+//! - [`cpu_policy`]: the Linux scheduling policy every thread runs under.
 
 pub mod batcher;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod cpu_policy;
 pub mod disk;
 pub mod engine;
 pub mod feedback;

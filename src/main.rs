@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lens::config::{BenchArgs, EvalArgs, FeedbackCommand, PredictArgs, ServeArgs, WorkerArgs};
+use lens::cpu_policy::CpuPolicy;
 
 /// Lens: an image-classification serving system.
 #[derive(Parser)]
@@ -13,6 +14,11 @@ use lens::config::{BenchArgs, EvalArgs, FeedbackCommand, PredictArgs, ServeArgs,
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Linux scheduling policy of every thread: `batch` (SCHED_BATCH) stops a
+    /// thread that wakes up from preempting a running inference; `normal` is
+    /// Linux's default (SCHED_OTHER). See the README's "CPU scheduling".
+    #[arg(long, global = true, value_enum, env = "LENS_CPU_POLICY", default_value_t = CpuPolicy::Batch)]
+    cpu_policy: CpuPolicy,
 }
 
 #[derive(Subcommand)]
@@ -35,12 +41,18 @@ enum Command {
 fn main() -> anyhow::Result<ExitCode> {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    // Before any thread starts: threads inherit the policy of their maker.
+    let policy = cli.cpu_policy.apply();
     let json_logs = match &cli.command {
         Command::Serve(a) => a.log_json,
         Command::Worker(a) => a.log_json,
         _ => false,
     };
     init_logging(json_logs);
+    match policy {
+        Ok(()) => tracing::debug!(policy = cli.cpu_policy.as_str(), "CPU scheduling policy set"),
+        Err(e) => tracing::warn!(policy = cli.cpu_policy.as_str(), "cannot set the CPU scheduling policy: {e}"),
+    }
     match cli.command {
         Command::Serve(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -217,3 +217,40 @@ async fn the_server_reports_its_engine_and_precision() {
         s.stop().await;
     }
 }
+
+/// The scheduling policy (field 41 of `/proc/PID/task/TID/stat`) of every
+/// thread of process `pid`.
+fn thread_policies(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else { continue };
+        // Fields from the third (the state) on follow the last ')': the name may hold anything.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        out.push(rest.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_thread_of_the_server_runs_under_the_chosen_cpu_policy() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let logs = tempfile::tempdir().unwrap();
+    for (flags, want) in [(&[][..], SCHED_BATCH), (&["--cpu-policy", "normal"][..], SCHED_OTHER)] {
+        let data = tempfile::tempdir().unwrap();
+        let mut args = vec!["serve", "--addr", "127.0.0.1:0", "--engine", "openvino", "--sessions", "2"];
+        args.extend(["--data-dir", data.path().to_str().unwrap()]);
+        args.extend(flags);
+        let lens = common::processes::LensProcess::spawn(logs.path(), "serve", &args);
+        // A prediction first, so that the decode pool and OpenVINO's own
+        // inference threads exist.
+        let c = reqwest::Client::new();
+        let (code, body) = common::predict(&c, &lens.url(), "dog.jpeg", common::fixture("dog.jpeg")).await;
+        assert_eq!((code, body["prediction"].as_str()), (200, Some("Eskimo_dog")));
+        let policies = thread_policies(lens.pid());
+        // main, the async runtime's workers, 2 session threads, a decode
+        // thread and the engine's threads, at the least.
+        assert!(policies.len() >= 8, "only {} threads", policies.len());
+        assert!(policies.iter().all(|&p| p == want), "{flags:?}: policies {policies:?}, want {want}");
+    }
+}

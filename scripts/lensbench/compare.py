@@ -2,8 +2,9 @@
 
 Each argument is ``NAME=COMMAND``; the command is run with ``--addr
 127.0.0.1:PORT --cache-entries 0`` appended. Rounds alternate the
-configurations; the summary gives each one's median images/s and p99, and
-every configuration's ratio to the first. Run from the repository root (the
+configurations; the summary gives each one's median images/s and p99, the
+server's CPU per answer and how often its threads were preempted per answer
+(from /proc), and every configuration's ratio to the first. Run from the repository root (the
 ``scripts/bench-compare`` wrapper does).
 """
 
@@ -48,6 +49,25 @@ def wait_ready(url: str, proc: subprocess.Popen, limit: float = 120.0) -> None:
     raise SystemExit("server did not become ready")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the whole process, exited threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def preemptions(pid: int) -> int:
+    """Involuntary context switches of the process's live threads."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        except OSError:  # the thread ended meanwhile
+            pass
+    return total
+
+
 def one_round(name: str, command: str) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -57,6 +77,7 @@ def one_round(name: str, command: str) -> dict:
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_ready(url, proc)
+        cpu0, pre0 = cpu_s(proc.pid), preemptions(proc.pid)
         out = Path(data) / "result.json"
         subprocess.run(
             [sys.executable, "scripts/bench_openloop.py", "--url", url, "--concurrency", str(CONCURRENCY),
@@ -64,6 +85,9 @@ def one_round(name: str, command: str) -> dict:
             check=True, stdout=subprocess.DEVNULL,
         )
         summary = json.loads(out.read_text())
+        ok = max(1, int(summary["ok"]))
+        summary["cpu_ms_per_ok"] = 1000 * (cpu_s(proc.pid) - cpu0) / ok
+        summary["preemptions_per_ok"] = (preemptions(proc.pid) - pre0) / ok
     finally:
         proc.terminate()
         try:
@@ -84,25 +108,29 @@ def main() -> None:
         raise SystemExit(__doc__)
     if not IMAGES.is_dir():
         subprocess.run([sys.executable, "scripts/make_distinct_images.py"], check=True)
-    results: dict[str, list[tuple[float, float, int]]] = {n: [] for n, _ in configs}
+    results: dict[str, list[tuple[float, float, int, float, float]]] = {n: [] for n, _ in configs}
     for r in range(ROUNDS):
         for name, command in configs:
             s = one_round(name, command)
             rate = float(s["ok_per_sec"])
             p99 = float(s["ok_ms"]["p99"] or 0.0)
             failed = int(s["requests"]) - int(s["ok"])
-            results[name].append((rate, p99, failed))
-            print(f"round {r + 1} {name}: {rate:.1f} img/s, p99 {p99:.0f} ms, failed {failed}", flush=True)
+            cpu, pre = s["cpu_ms_per_ok"], s["preemptions_per_ok"]
+            results[name].append((rate, p99, failed, cpu, pre))
+            print(f"round {r + 1} {name}: {rate:.1f} img/s, p99 {p99:.0f} ms, failed {failed}, "
+                  f"server CPU {cpu:.2f} ms and {pre:.1f} preemptions per answer", flush=True)
     base = statistics.median(x[0] for x in results[configs[0][0]])
-    print(f"\n{CONCURRENCY} closed-loop clients, distinct photos, no cache, {SECONDS:.0f} s x {ROUNDS} rounds")
-    print("| configuration | median img/s | median p99 ms | failed | ratio to first |")
-    print("|---|---|---|---|---|")
+    print(f"\n{CONCURRENCY} closed-loop clients, distinct photos from {IMAGES}, no cache, {SECONDS:.0f} s x {ROUNDS} rounds")
+    print("| configuration | median img/s | median p99 ms | failed | median server CPU ms per answer | median preemptions per answer | ratio to first |")
+    print("|---|---|---|---|---|---|---|")
     for name, _ in configs:
         rows = results[name]
         med = statistics.median(x[0] for x in rows)
         p99 = statistics.median(x[1] for x in rows)
         failed = sum(x[2] for x in rows)
-        print(f"| {name} | {med:.1f} | {p99:.0f} | {failed} | {med / base:.2f} |")
+        cpu = statistics.median(x[3] for x in rows)
+        pre = statistics.median(x[4] for x in rows)
+        print(f"| {name} | {med:.1f} | {p99:.0f} | {failed} | {cpu:.2f} | {pre:.1f} | {med / base:.2f} |")
 
 
 if __name__ == "__main__":
