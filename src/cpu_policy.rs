@@ -57,41 +57,37 @@ impl CpuPolicy {
         }
         Ok(())
     }
-
-    /// The policy of the calling thread, if it is one of these two.
-    pub fn current() -> Option<CpuPolicy> {
-        #[cfg(target_os = "linux")]
-        {
-            // SAFETY: no arguments beyond the pid; 0 is the calling thread.
-            match unsafe { libc::sched_getscheduler(0) } {
-                libc::SCHED_BATCH => Some(CpuPolicy::Batch),
-                libc::SCHED_OTHER => Some(CpuPolicy::Normal),
-                _ => None,
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        None
-    }
 }
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
+    /// The policy of the calling thread, if it is one of the two.
+    fn current() -> Option<CpuPolicy> {
+        // SAFETY: no arguments beyond the pid; 0 is the calling thread.
+        match unsafe { libc::sched_getscheduler(0) } {
+            libc::SCHED_BATCH => Some(CpuPolicy::Batch),
+            libc::SCHED_OTHER => Some(CpuPolicy::Normal),
+            _ => None,
+        }
+    }
+
     #[test]
     fn threads_inherit_the_policy_of_the_thread_that_made_them() {
         // In a thread of its own: the policy is per thread, and the test
         // harness's threads must keep theirs.
         std::thread::spawn(|| {
-            assert_eq!(CpuPolicy::current(), Some(CpuPolicy::Normal));
+            CpuPolicy::Normal.apply().unwrap();
+            assert_eq!(current(), Some(CpuPolicy::Normal));
             CpuPolicy::Batch.apply().unwrap();
-            assert_eq!(CpuPolicy::current(), Some(CpuPolicy::Batch));
-            let child = std::thread::spawn(CpuPolicy::current).join().unwrap();
+            assert_eq!(current(), Some(CpuPolicy::Batch));
+            let child = std::thread::spawn(current).join().unwrap();
             assert_eq!(child, Some(CpuPolicy::Batch));
             // And back, without privileges.
             CpuPolicy::Normal.apply().unwrap();
-            assert_eq!(CpuPolicy::current(), Some(CpuPolicy::Normal));
-            assert_eq!(std::thread::spawn(CpuPolicy::current).join().unwrap(), Some(CpuPolicy::Normal));
+            assert_eq!(current(), Some(CpuPolicy::Normal));
+            assert_eq!(std::thread::spawn(current).join().unwrap(), Some(CpuPolicy::Normal));
         })
         .join()
         .unwrap();

@@ -92,8 +92,8 @@ def make(out: Path, n: int, seed: int, fixtures: Path, force: bool = False,
             have = json.loads(mpath.read_text())
         except ValueError:
             have = None
-        if have and {k: have.get(k) for k in [*want, "long_side"]} == {"long_side": None, **want} \
-                and len(list(out.glob("img_*.jpg"))) == n:
+        same = have and {k: have.get(k) for k in want} == want and have.get("long_side") == want.get("long_side")
+        if same and len(list(out.glob("img_*.jpg"))) == n:
             print(f"{out}: {n} images already made (seed {seed})")
             return out
     for old in out.glob("img_*.jpg"):

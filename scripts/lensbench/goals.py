@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .markdown import fmt_ms
-from .rows import Row, best_closed, shed_count
+from .rows import Row, best_closed, inproc_row, shed_count
 
 P99_GOAL_MS = 100.0
 RSS_GOAL_MB = 300.0
@@ -137,11 +137,11 @@ def asyncio_goal(rows: list[Row], ceil: dict, scenario: str, goal: float, photos
     """The in-process asyncio closed loop of ``scenario`` at ``goal`` of the
     model-only ceiling of the same run."""
     what = f"{photos}, closed loop >= {goal:.0%} of the model-only ceiling"
-    ran = [r for r in rows if r.ran and r.scenario == scenario and r.topology == "inproc"]
+    row = inproc_row(rows, scenario)
     mo, runtime = served_ceiling(rows, ceil)
-    if not ran or not mo:
-        return [what, "not run", "" if ran else f"no in-process {scenario} row ran"]
-    r = ran[0].result
+    if not row or not mo:
+        return [what, "not run", "" if row else f"no in-process {scenario} row ran"]
+    r = row.result
     frac = r["ok_rps"] / mo
     return [what, "PASS" if frac >= goal else "FAIL",
             f"{r['ok_rps']:.1f} img/s = {frac:.1%} of {mo:.1f} img/s ({runtime}; p99 {fmt_ms(r['ok_ms'].get('p99'))} ms, "

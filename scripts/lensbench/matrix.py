@@ -389,14 +389,14 @@ def main() -> None:
     outdir = ROOT / "target" / "bench" / (stamp + ("-quick" if args.quick else ""))
     lens = private_copy(args.lens, outdir)
 
-    # Made here, not by the generators on first use: --images sets how many.
-    # (Imported here: generating needs numpy, which only this step uses.)
-    from .distinct_photos import make
+    if any(r.scenario != "original" for r in rows):
+        # Made here, not by the generators on first use: --images sets how many.
+        from .distinct_photos import make
 
-    if any(r.scenario != "original" for r in rows) and not args.images_dir:
-        make(DEFAULT_DIR, args.images, DEFAULT_SEED, FIXTURES)
-    if any(r.scenario == "imagenet" for r in rows) and args.imagenet_dir == IMAGENET_DIR:
-        make(IMAGENET_DIR, args.images, DEFAULT_SEED, FIXTURES, long_side=IMAGENET_LONG_SIDE)
+        if not args.images_dir:
+            make(DEFAULT_DIR, args.images, DEFAULT_SEED, FIXTURES)
+        if any(r.scenario == "imagenet" for r in rows) and args.imagenet_dir == IMAGENET_DIR:
+            make(IMAGENET_DIR, args.images, DEFAULT_SEED, FIXTURES, long_side=IMAGENET_LONG_SIDE)
     if any(r.scenario == "phone" for r in rows):
         make_phone_photos(args.phone_dir)
     images_dir = args.images_dir or DEFAULT_DIR

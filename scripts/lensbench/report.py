@@ -9,7 +9,7 @@ from string import Template
 from .goals import ceiling_reference, goals, runtime_row, served_ceiling
 from .markdown import fmt_ms, md_table, provenance
 from .plot import plot
-from .rows import TOPOLOGY_NAMES, Row, best_closed, judge, shed_count
+from .rows import TOPOLOGY_NAMES, Row, best_closed, inproc_row, judge, shed_count
 
 TEMPLATE = Path(__file__).parent / "templates" / "benchmarks.md"
 
@@ -122,7 +122,7 @@ def ceiling_section(rows: list[Row], ceil: dict, cores: int) -> str:
     crow = []
     best, who = best_closed(rows, "inproc")
     def asyncio_rate(scenario: str) -> float:
-        row = next((r for r in rows if r.ran and r.scenario == scenario and r.topology == "inproc"), None)
+        row = inproc_row(rows, scenario)
         return row.result["ok_rps"] if row else 0.0
 
     served = {"model-only": (best, f"distinct, {who}"), "pipeline": (best, f"distinct, {who}"),

@@ -77,6 +77,11 @@ def build_matrix(args) -> list[Row]:
     return rows
 
 
+def inproc_row(rows: list[Row], scenario: str) -> Row | None:
+    """The first in-process row of ``scenario`` that ran."""
+    return next((r for r in rows if r.ran and r.scenario == scenario and r.topology == "inproc"), None)
+
+
 def best_closed(rows: list[Row], topo: str) -> tuple[float, str]:
     """The best closed-loop answered rate in a topology, and which generator got it."""
     best, who = 0.0, ""
