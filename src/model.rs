@@ -150,6 +150,20 @@ pub struct ResizeSpec {
     pub interpolation: Interpolation,
 }
 
+impl ResizeSpec {
+    /// The default model's rule at `size` x `size`: a centre square of 0.875
+    /// of the short side, resized with Pillow's bicubic.
+    pub fn center_crop(size: u32) -> ResizeSpec {
+        ResizeSpec {
+            width: size,
+            height: size,
+            kind: ResizeKind::CenterCrop,
+            crop_fraction: default_crop_fraction(),
+            interpolation: Interpolation::Bicubic,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
@@ -182,20 +196,6 @@ pub struct OutputSpec {
 }
 
 /// The parsed `model.toml`.
-impl ResizeSpec {
-    /// The default model's rule at `size` x `size`: a centre square of 0.875
-    /// of the short side, resized with Pillow's bicubic.
-    pub fn center_crop(size: u32) -> ResizeSpec {
-        ResizeSpec {
-            width: size,
-            height: size,
-            kind: ResizeKind::CenterCrop,
-            crop_fraction: default_crop_fraction(),
-            interpolation: Interpolation::Bicubic,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {

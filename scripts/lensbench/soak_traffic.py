@@ -2,7 +2,7 @@
 
 Kinds, picked at random per arrival with the weights of ``KINDS``:
 
-- ``photo``: POST /predict of a distinct photo (target/distinct-images) (the default
+- ``photo``: POST /predict of a distinct photo from target/distinct-images (the default
   folder of scripts/make_distinct_images.py), stamped so no cache helps.
 - ``photo-12mp``: POST /predict of a 4032x3024 JPEG, the fixture photos
   upscaled with noise, some with an EXIF orientation tag; stamped too.
