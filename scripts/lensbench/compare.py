@@ -6,6 +6,13 @@ configurations; the summary gives each one's median images/s and p99, the
 server's CPU per answer and how often its threads were preempted per answer
 (from /proc), and every configuration's ratio to the first. Run from the repository root (the
 ``scripts/bench-compare`` wrapper does).
+
+With ``CEILING`` set to a ``lens bench --model-only`` command, each round
+starts by measuring the model's ceiling, and every configuration's answers
+per second are also divided by the ceiling of their own round. This machine's
+speed drifts by 20% within minutes, so a ratio to a ceiling measured a minute
+earlier is a steadier estimate than one to a ceiling measured at the start of
+a long run; the summary gives the median of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ ROUNDS = int(os.environ.get("ROUNDS", 3))
 SECONDS = float(os.environ.get("SECONDS", 20))
 CONCURRENCY = int(os.environ.get("CONCURRENCY", 32))
 IMAGES = Path(os.environ.get("IMAGES", "target/distinct-images"))
+CEILING = os.environ.get("CEILING", "")
 
 
 def free_port() -> int:
@@ -66,6 +74,13 @@ def preemptions(pid: int) -> int:
         except OSError:  # the thread ended meanwhile
             pass
     return total
+
+
+def ceiling() -> float:
+    """Images/s of the `lens bench` command in CEILING: its last JSON line's best."""
+    out = subprocess.run(shlex.split(CEILING), check=True, capture_output=True, text=True).stdout
+    last = [line for line in out.splitlines() if line.startswith("{")][-1]
+    return float(json.loads(last)["images_per_sec"])
 
 
 def one_round(name: str, command: str) -> dict:
@@ -109,7 +124,12 @@ def main() -> None:
     if not IMAGES.is_dir():
         subprocess.run([sys.executable, "scripts/make_distinct_images.py"], check=True)
     results: dict[str, list[tuple[float, float, int, float, float]]] = {n: [] for n, _ in configs}
+    ratios: dict[str, list[float]] = {n: [] for n, _ in configs}
+    ceilings: list[float] = []
     for r in range(ROUNDS):
+        if CEILING:
+            ceilings.append(ceiling())
+            print(f"round {r + 1} ceiling: {ceilings[-1]:.1f} img/s", flush=True)
         for name, command in configs:
             s = one_round(name, command)
             rate = float(s["ok_per_sec"])
@@ -117,7 +137,11 @@ def main() -> None:
             failed = int(s["requests"]) - int(s["ok"])
             cpu, pre = s["cpu_ms_per_ok"], s["preemptions_per_ok"]
             results[name].append((rate, p99, failed, cpu, pre))
-            print(f"round {r + 1} {name}: {rate:.1f} img/s, p99 {p99:.0f} ms, failed {failed}, "
+            share = ""
+            if CEILING:
+                ratios[name].append(rate / ceilings[-1])
+                share = f" = {100 * ratios[name][-1]:.1f}% of the round's ceiling"
+            print(f"round {r + 1} {name}: {rate:.1f} img/s{share}, p99 {p99:.0f} ms, failed {failed}, "
                   f"server CPU {cpu:.2f} ms and {pre:.1f} preemptions per answer", flush=True)
     base = statistics.median(x[0] for x in results[configs[0][0]])
     print(f"\n{CONCURRENCY} closed-loop clients, distinct photos from {IMAGES}, no cache, {SECONDS:.0f} s x {ROUNDS} rounds")
@@ -131,6 +155,12 @@ def main() -> None:
         cpu = statistics.median(x[3] for x in rows)
         pre = statistics.median(x[4] for x in rows)
         print(f"| {name} | {med:.1f} | {p99:.0f} | {failed} | {cpu:.2f} | {pre:.1f} | {med / base:.2f} |")
+    if CEILING:
+        print(f"\nceiling ({CEILING}): median {statistics.median(ceilings):.1f} img/s, "
+              f"rounds {', '.join(f'{c:.1f}' for c in ceilings)}")
+        for name, _ in configs:
+            each = ", ".join(f"{100 * x:.1f}%" for x in ratios[name])
+            print(f"{name}: median {100 * statistics.median(ratios[name]):.1f}% of its round's ceiling ({each})")
 
 
 if __name__ == "__main__":

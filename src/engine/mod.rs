@@ -169,13 +169,21 @@ fn find_in_site_packages(venv: &Path, package_dir: &str, prefix: &str) -> Option
     None
 }
 
-/// Fills `out` with the batch tensor for `images`: channel order, `(x - mean) / std`
-/// and layout as the model spec says.
-pub fn assemble(inputs: &[&ModelInput], spec: &ModelSpec, out: &mut Vec<f32>) -> Result<(), EngineError> {
+/// How many f32 values the input tensor of a batch of `n` holds.
+pub fn batch_len(spec: &ModelSpec, n: usize) -> usize {
+    n * (spec.input.width * spec.input.height) as usize * 3
+}
+
+/// Writes the batch tensor for `images` into `out`, which holds exactly
+/// [`batch_len`] values (an engine's own input tensor, so nothing is zeroed
+/// or copied twice): channel order, `(x - mean) / std` and layout as the
+/// model spec says. Every value of `out` is written.
+pub fn assemble(inputs: &[&ModelInput], spec: &ModelSpec, out: &mut [f32]) -> Result<(), EngineError> {
     let (w, h) = (spec.input.width, spec.input.height);
     let plane = (w * h) as usize;
-    out.clear();
-    out.resize(inputs.len() * plane * 3, 0.0);
+    if out.len() != batch_len(spec, inputs.len()) {
+        return Err(EngineError::TensorSize { got: out.len(), want: batch_len(spec, inputs.len()) });
+    }
     // Per output channel c: which RGB byte feeds it, and its scale and offset.
     let src: [usize; 3] = match spec.input.channel_order {
         ChannelOrder::Rgb => [0, 1, 2],
@@ -285,7 +293,7 @@ mod tests {
     #[test]
     fn assemble_honours_layout_order_and_normalisation() {
         let img = ModelInput::Image(Prepared { width: 2, height: 1, rgb: vec![12, 24, 35, 14, 28, 40] });
-        let mut out = Vec::new();
+        let mut out = vec![f32::NAN; 6];
         assemble(&[&img], &spec("RGB", "NCHW"), &mut out).unwrap();
         assert_eq!(out, vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
         assemble(&[&img], &spec("RGB", "NHWC"), &mut out).unwrap();
@@ -299,12 +307,15 @@ mod tests {
     #[test]
     fn assemble_rejects_wrong_geometry() {
         let img = ModelInput::Image(Prepared { width: 3, height: 1, rgb: vec![0; 9] });
-        assert!(assemble(&[&img], &spec("RGB", "NCHW"), &mut Vec::new()).is_err());
+        let mut out = vec![f32::NAN; 6];
+        assert!(assemble(&[&img], &spec("RGB", "NCHW"), &mut out).is_err());
         let short = ModelInput::Tensor(vec![0.0; 5]);
-        assert!(assemble(&[&short], &spec("RGB", "NCHW"), &mut Vec::new()).is_err());
+        assert!(assemble(&[&short], &spec("RGB", "NCHW"), &mut out).is_err());
         let exact = ModelInput::Tensor(vec![0.5; 6]);
-        let mut out = Vec::new();
         assemble(&[&exact], &spec("RGB", "NCHW"), &mut out).unwrap();
         assert_eq!(out, vec![0.5; 6]);
+        // The output must hold exactly one batch.
+        assert!(assemble(&[&exact], &spec("RGB", "NCHW"), &mut [0.0; 7]).is_err());
+        assert!(assemble(&[&exact, &exact], &spec("RGB", "NCHW"), &mut out).is_err());
     }
 }

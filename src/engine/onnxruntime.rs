@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::{Classifier, Engine, EngineError, Scores, assemble, find_in_venv, scores_from_output};
+use super::{Classifier, Engine, EngineError, Scores, assemble, batch_len, find_in_venv, scores_from_output};
 use crate::job::ModelInput;
 use crate::model::{Layout, ModelDir, ModelSpec};
 
@@ -43,8 +43,6 @@ pub struct OrtClassifier {
     session: Session,
     spec: ModelSpec,
     classes: usize,
-    /// Reused between batches to avoid an allocation per call.
-    scratch: Vec<f32>,
 }
 
 impl OrtClassifier {
@@ -74,7 +72,7 @@ impl OrtClassifier {
                 message: format!("model has no output named {:?} (model.toml [output] name)", model.spec.output.name),
             });
         }
-        Ok(OrtClassifier { session, spec: model.spec.clone(), classes: model.labels.len(), scratch: Vec::new() })
+        Ok(OrtClassifier { session, spec: model.spec.clone(), classes: model.labels.len() })
     }
 }
 
@@ -83,14 +81,15 @@ impl Classifier for OrtClassifier {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        assemble(images, &self.spec, &mut self.scratch)?;
+        // The tensor takes the buffer, so each batch has its own.
+        let mut data = vec![0.0; batch_len(&self.spec, images.len())];
+        assemble(images, &self.spec, &mut data)?;
         let (w, h) = (self.spec.input.width as i64, self.spec.input.height as i64);
         let n = images.len() as i64;
         let shape = match self.spec.input.layout {
             Layout::Nchw => [n, 3, h, w],
             Layout::Nhwc => [n, h, w, 3],
         };
-        let data = std::mem::take(&mut self.scratch);
         let tensor = Tensor::from_array((shape, data)).map_err(|e| EngineError::Inference(e.to_string()))?;
         let input_name = self.spec.input.name.as_str();
         let outputs =

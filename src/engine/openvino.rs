@@ -58,9 +58,8 @@ pub struct OvClassifier {
     compiled: Arc<Mutex<Compiled>>,
     spec: ModelSpec,
     classes: usize,
-    /// Reused between batches to avoid an allocation per call.
-    scratch: Vec<f32>,
-    /// The input tensor of the last batch size, reused while it repeats.
+    /// The input tensor of the last batch size, reused while it repeats;
+    /// each batch is assembled straight into it.
     input: Option<(usize, Tensor)>,
 }
 
@@ -174,7 +173,6 @@ pub fn load_sessions(
             compiled: Arc::clone(&compiled),
             spec: model.spec.clone(),
             classes: model.labels.len(),
-            scratch: Vec::new(),
             input: None,
         })
         .collect();
@@ -196,17 +194,21 @@ impl OvClassifier {
     }
 
     /// The input tensor for a batch of `n`, allocated when the size changes.
-    fn input_tensor(&mut self, n: usize) -> Result<&mut Tensor, EngineError> {
-        if self.input.as_ref().is_none_or(|(size, _)| *size != n) {
-            let (w, h) = (self.spec.input.width as i64, self.spec.input.height as i64);
-            let dims = match self.spec.input.layout {
+    fn input_tensor<'a>(
+        input: &'a mut Option<(usize, Tensor)>,
+        spec: &ModelSpec,
+        n: usize,
+    ) -> Result<&'a mut Tensor, EngineError> {
+        if input.as_ref().is_none_or(|(size, _)| *size != n) {
+            let (w, h) = (spec.input.width as i64, spec.input.height as i64);
+            let dims = match spec.input.layout {
                 Layout::Nchw => [n as i64, 3, h, w],
                 Layout::Nhwc => [n as i64, h, w, 3],
             };
             let shape = Shape::new(&dims).map_err(inference)?;
-            self.input = Some((n, Tensor::new(ElementType::F32, &shape).map_err(inference)?));
+            *input = Some((n, Tensor::new(ElementType::F32, &shape).map_err(inference)?));
         }
-        self.input.as_mut().map(|(_, t)| t).ok_or_else(|| inference("no input tensor"))
+        input.as_mut().map(|(_, t)| t).ok_or_else(|| inference("no input tensor"))
     }
 }
 
@@ -215,15 +217,8 @@ impl Classifier for OvClassifier {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let assembled = assemble(images, &self.spec, &mut scratch);
-        let filled = assembled.and_then(|()| {
-            let tensor = self.input_tensor(images.len())?;
-            tensor.get_data_mut::<f32>().map_err(inference)?.copy_from_slice(&scratch);
-            Ok(())
-        });
-        self.scratch = scratch;
-        filled?;
+        let tensor = Self::input_tensor(&mut self.input, &self.spec, images.len())?;
+        assemble(images, &self.spec, tensor.get_data_mut::<f32>().map_err(inference)?)?;
         if images.len() > 1 {
             self.make_batched()?;
         }
