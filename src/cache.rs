@@ -113,6 +113,18 @@ impl<V: Clone> Coalescer<V> {
         }
     }
 
+    /// Forgets `key` if every follower is gone, so the leader can stop: a
+    /// request that arrives later starts its own computation. Returns
+    /// whether it did.
+    pub fn abandon_if_unwanted(&self, key: &Key) -> bool {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let unwanted = waiting.get(key).is_none_or(|followers| followers.iter().all(|tx| tx.is_closed()));
+        if unwanted {
+            waiting.remove(key);
+        }
+        unwanted
+    }
+
     pub fn in_flight(&self) -> usize {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -125,6 +137,17 @@ mod tests {
     fn key(b: u8) -> Key {
         let runtime = Runtime { engine: crate::engine::Engine::OnnxRuntime, precision: crate::engine::Precision::Fp32 };
         Key { model: "m".into(), version: "1".into(), runtime, sha256: [b; 32] }
+    }
+
+    #[test]
+    fn a_computation_is_unwanted_once_every_follower_is_gone() {
+        let c: Coalescer<u8> = Coalescer::default();
+        assert!(matches!(c.join(&key(1)), Role::Leader));
+        let Role::Follower(rx) = c.join(&key(1)) else { panic!("second is a follower") };
+        assert!(!c.abandon_if_unwanted(&key(1)), "a follower still waits");
+        drop(rx);
+        assert!(c.abandon_if_unwanted(&key(1)));
+        assert!(matches!(c.join(&key(1)), Role::Leader), "a later request computes afresh");
     }
 
     #[test]

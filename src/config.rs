@@ -158,9 +158,10 @@ pub struct ServeArgs {
     pub decode_threads: Option<usize>,
 
     /// Memory in MiB that concurrent decodes may hold together. Each decode
-    /// reserves what its header says it needs (a 12 MP JPEG, DCT-scaled:
-    /// about 2 MiB; a 40 MP PNG: 160 MiB) and waits while the budget is spent;
-    /// one larger than the budget runs alone.
+    /// reserves what its header says it needs, conversion copies included (a
+    /// 12 MP JPEG, DCT-scaled: about 2 MiB; a 20 MP RGBA PNG: 160 MiB), and
+    /// waits while the budget is spent; an image that needs more than the
+    /// whole budget is refused (413).
     #[arg(long, env = "LENS_DECODE_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 128)]
     pub decode_memory_mb: u64,
 
@@ -169,11 +170,26 @@ pub struct ServeArgs {
     pub body_limit: usize,
 
     /// Memory in MiB that request bodies being read or waiting to be decoded
-    /// may hold together. A request reserves its Content-Length (at most
-    /// --body-limit) before its body is read, and waits, its body unread,
-    /// while the budget is spent; one larger than the budget runs alone.
+    /// may hold together. A body takes memory as its bytes arrive (twice
+    /// them while it is read), never for bytes it only declares; past the
+    /// budget, bodies wait, except the oldest one being read.
     #[arg(long, env = "LENS_BODY_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 64)]
     pub body_memory_mb: u64,
+
+    /// Seconds a request body may send nothing before it is answered 408 and
+    /// its connection closed.
+    #[arg(long, env = "LENS_BODY_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub body_timeout_secs: f64,
+
+    /// Seconds an idle connection may take to send a whole request head: a
+    /// connection that sends nothing, half a head, or stays idle between
+    /// keep-alive requests for longer is closed.
+    #[arg(long, env = "LENS_HEADER_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub header_timeout_secs: f64,
+
+    /// Most connections open at once; more wait in the accept queue.
+    #[arg(long, env = "LENS_MAX_CONNECTIONS", value_parser = at_least_one(), default_value_t = 4096)]
+    pub max_connections: usize,
 
     /// Most multipart parts accepted in one request.
     #[arg(long, env = "LENS_MAX_PARTS", value_parser = at_least_one(), default_value_t = 16)]
@@ -215,10 +231,15 @@ pub struct ServeArgs {
     #[arg(long, env = "LENS_UPLOADS_MAX_BYTES", default_value_t = 1 << 30)]
     pub uploads_max_bytes: u64,
 
-    /// Most bytes the images kept with feedback may take on disk; past it,
-    /// reports are stored without their image (and the answer says so).
+    /// Most bytes the images kept with feedback may take on disk; past it
+    /// the least recently used are evicted (their reports stay). An image
+    /// larger than the whole cap is not kept, and the answer says so.
     #[arg(long, env = "LENS_FEEDBACK_MAX_BYTES", default_value_t = 1 << 30)]
     pub feedback_max_bytes: u64,
+
+    /// Most reports the feedback database keeps; past it new reports get 507.
+    #[arg(long, env = "LENS_FEEDBACK_MAX_REPORTS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 1_000_000)]
+    pub feedback_max_reports: u64,
 }
 
 /// An API key from the command line or `LENS_API_KEY`; its `Debug` hides it.
@@ -270,6 +291,11 @@ pub struct AccessArgs {
     /// after a quiet spell; default: one second's worth.
     #[arg(long, env = "LENS_RATE_BURST", value_parser = clap::value_parser!(u32).range(1..), requires = "rate_limit")]
     pub rate_burst: Option<u32>,
+
+    /// Feedback reports each client may send per minute (a bucket of that
+    /// many, refilled evenly); beyond it, 429 with Retry-After.
+    #[arg(long, env = "LENS_FEEDBACK_PER_MINUTE", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 60)]
+    pub feedback_per_minute: u32,
 
     /// Requests one client may have in flight at once; beyond it, 429.
     #[arg(long, env = "LENS_MAX_INFLIGHT_PER_CLIENT", value_parser = at_least_one())]

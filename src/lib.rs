@@ -38,8 +38,9 @@
 //! - [`feedback`]: durable feedback (SQLite), content-addressed images, review
 //!   decisions and the CSV / JSON Lines / ImageFolder exports.
 //! - [`disk`]: byte caps, LRU eviction and full-disk detection for the image stores.
-//! - [`memory_budget`]: the bytes that concurrent decodes (and, separately,
-//!   request bodies) may hold together.
+//! - [`memory_budget`]: the bytes that concurrent decodes may hold together.
+//! - [`cost`]: the cost model: what one request may cost, and which limit
+//!   bounds each cost.
 //! - [`ranking`]: probabilities to ranked, labelled answers.
 //! - [`job`]: a job, its input and its answer, whatever queue carries it.
 //! - [`preprocess`]: hostile-input-safe decode, EXIF orientation, crop and resize.
@@ -52,6 +53,7 @@ pub mod batcher;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod cost;
 pub mod cpu_policy;
 pub mod disk;
 pub mod engine;

@@ -1,10 +1,9 @@
-//! Bounds the memory that concurrent work holds, as a thread pool bounds its
-//! threads. Two budgets use it: request bodies (each reserves its
-//! Content-Length before it is read, `http::limits::reserve_body`) and
-//! decodes (each reserves what its header says it will need,
-//! `preprocess::decode_bytes`, before it starts). Work waits while its budget
-//! is spent; work larger than the whole budget reserves all of it, so it
-//! still runs, alone.
+//! Bounds the memory that concurrent decodes hold, as a thread pool bounds
+//! its threads: each decode reserves what its header says it will need
+//! (`preprocess::inspect`) before it starts, and waits while the budget is
+//! spent. (The predictor refuses an image that needs more than the whole
+//! budget; a reservation that large would take all of it.) Request bodies
+//! have their own budget, taken as bytes arrive (`http::body`).
 
 use std::sync::Arc;
 

@@ -5,6 +5,7 @@
 //! One [`Predictor`] serves one model. Its `predict` is what `/predict`, the
 //! upload page and the v2 `infer` endpoint all call.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::job::{JobError, JobOutput, ModelInput};
 use crate::memory_budget::MemoryBudget;
 use crate::metrics::{self, Metrics, ModelStats};
 use crate::model::{ModelSpec, ResizeSpec};
-use crate::preprocess::{ImageError, decode_bytes, prepare};
+use crate::preprocess::{ImageError, inspect, prepare};
 use crate::queue::{Capacity, JobQueue, SubmitError};
 
 /// Why a prediction failed. `Clone`, so coalesced requests share it.
@@ -126,6 +127,9 @@ pub struct Predictor {
     stats: ModelStats,
 }
 
+/// How often a computation whose leader is gone checks for followers.
+const ABANDON_CHECK: Duration = Duration::from_millis(50);
+
 /// A 429 whose Retry-After is `wait`, rounded up, at least 1 s.
 fn overloaded(wait: Duration) -> PredictError {
     PredictError::Overloaded { retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64 }
@@ -226,7 +230,7 @@ impl Predictor {
         let deadline = Instant::now() + self.config.deadline;
         let _admitted = self.admit()?;
         let hashed = bytes.clone();
-        let sha: [u8; 32] = self.on_decode_pool(move || Sha256::digest(&hashed).into()).await?;
+        let sha: [u8; 32] = self.on_decode_pool((), move || Sha256::digest(&hashed).into()).await?;
         let sha256 = hex::encode(sha);
         let key = Key {
             model: self.model.spec.name.clone(),
@@ -251,18 +255,15 @@ impl Predictor {
                     return Err(full);
                 };
                 // The computation runs in its own task so that followers get
-                // their answer even if the leader's client goes away.
-                let (tx, rx) = tokio::sync::oneshot::channel();
+                // their answer even if the leader's client goes away; once
+                // the leader's client and every follower are gone, it stops.
+                let (mut tx, rx) = tokio::sync::oneshot::channel();
                 let this = Arc::clone(self);
                 tokio::spawn(async move {
                     let _place = place;
-                    let shared = match &this.shared_cache {
-                        Some(c) => c.get(&key).await,
-                        None => None,
-                    };
-                    let result = match shared {
-                        Some(scores) => Ok((scores, Timings { cached: true, ..Timings::default() })),
-                        None => this.compute(bytes, deadline).await,
+                    let Some(result) = this.compute_while_wanted(&key, bytes, deadline, tx.closed()).await else {
+                        this.metrics.drop_job("abandoned");
+                        return;
                     };
                     if let Ok((scores, timings)) = &result {
                         this.cache.put(key.clone(), Arc::clone(scores));
@@ -284,6 +285,65 @@ impl Predictor {
             Ok(Err(_)) => Err(PredictError::Unavailable("the prediction task ended unexpectedly".into())),
             Err(_) => Err(PredictError::Timeout(self.config.deadline)),
         }
+    }
+
+    /// Looks the answer up in the shared cache or computes it, until it is
+    /// done or nobody waits for it any more: `leader_gone` resolves when the
+    /// leader's client is gone, and then the followers are checked every
+    /// [`ABANDON_CHECK`]. `None` when it stopped: work not yet started (a
+    /// decode, a queued job) is then never done.
+    async fn compute_while_wanted(
+        &self,
+        key: &Key,
+        bytes: Bytes,
+        deadline: Instant,
+        leader_gone: impl Future<Output = ()>,
+    ) -> Option<Shared> {
+        let work = async {
+            let shared = match &self.shared_cache {
+                Some(c) => c.get(key).await,
+                None => None,
+            };
+            match shared {
+                Some(scores) => Ok((scores, Timings { cached: true, ..Timings::default() })),
+                None => self.compute(bytes, deadline).await,
+            }
+        };
+        tokio::pin!(work, leader_gone);
+        let mut leader_here = true;
+        loop {
+            tokio::select! {
+                result = &mut work => return Some(result),
+                () = &mut leader_gone, if leader_here => leader_here = false,
+                () = tokio::time::sleep(ABANDON_CHECK), if !leader_here => {
+                    if self.coalescer.abandon_if_unwanted(key) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks an image as its decode would, from its header alone: format,
+    /// pixel count and density, and the memory its decode needs against the
+    /// whole decode budget. A multi-image request runs this on every image
+    /// before any of them is decoded.
+    pub fn check_image(&self, bytes: &[u8]) -> Result<u64, PredictError> {
+        let need = inspect(bytes, &self.resize, self.config.max_pixels)?;
+        let budget = self.decode_memory.total_bytes();
+        if need > budget {
+            let mib = |b: u64| b.div_ceil(1 << 20);
+            return Err(ImageError::TooMuchMemory { needed_mib: mib(need), budget_mib: mib(budget) }.into());
+        }
+        Ok(need)
+    }
+
+    /// Runs a request's CPU-bound parsing on the bounded decode pool.
+    pub async fn on_cpu_pool<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PredictError> {
+        self.on_decode_pool((), work).await
     }
 
     /// Classifies one already normalised tensor (KServe v2 FP32 input). It
@@ -349,29 +409,35 @@ impl Predictor {
     async fn decode(&self, bytes: Bytes) -> Result<ModelInput, PredictError> {
         let (resize, max_pixels) = (self.resize, self.config.max_pixels);
         let started = Instant::now();
-        // The header alone says what the decode will hold (microseconds); a
-        // file that `prepare` refuses before decoding reserves nothing.
-        let need = decode_bytes(&bytes, &resize, max_pixels).unwrap_or(0);
-        let _memory =
+        // The header alone says what the decode will hold (microseconds), and
+        // refuses what `prepare` would refuse before decoding.
+        let need = self.check_image(&bytes)?;
+        let memory =
             self.decode_memory.reserve(need).await.map_err(|_| PredictError::Unavailable("shutting down".into()))?;
-        let result = self.on_decode_pool(move || prepare(&bytes, &resize, max_pixels)).await?;
+        let result = self.on_decode_pool(memory, move || prepare(&bytes, &resize, max_pixels)).await?;
         self.metrics.stage(metrics::DECODE, started.elapsed());
         Ok(ModelInput::Image(result?))
     }
 
     /// Runs CPU-bound work on the bounded decode pool (a blocking thread
-    /// behind a slot), never on the async runtime's threads.
-    async fn on_decode_pool<T: Send + 'static>(
+    /// behind a slot), never on the async runtime's threads. The slot and
+    /// `held` (the work's memory) go with the work: if the request is
+    /// cancelled meanwhile, a decode already started keeps both until it ends.
+    async fn on_decode_pool<T: Send + 'static, H: Send + 'static>(
         &self,
+        held: H,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PredictError> {
-        let _slot = Arc::clone(&self.decode_slots)
+        let slot = Arc::clone(&self.decode_slots)
             .acquire_owned()
             .await
             .map_err(|_| PredictError::Unavailable("shutting down".into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|_| PredictError::Failed("the decoder crashed on this image".into()))
+        tokio::task::spawn_blocking(move || {
+            let _held = (slot, held);
+            work()
+        })
+        .await
+        .map_err(|_| PredictError::Failed("the decoder crashed on this image".into()))
     }
 
     /// Feeds the wait estimate with the latest per-image service time.

@@ -89,6 +89,16 @@ pub enum ImageError {
          downscale it and retry"
     )]
     TooLarge { width: u32, height: u32, max_pixels: u64 },
+    #[error(
+        "image is {width}x{height} pixels in a file of only {bytes} bytes, more than a picture of that \
+         size holds ({per_byte} pixels per byte at most, or any size up to {floor} pixels); re-encode it"
+    )]
+    TooDense { width: u32, height: u32, bytes: u64, per_byte: u64, floor: u64 },
+    #[error(
+        "decoding this image would need {needed_mib} MiB, more than the {budget_mib} MiB this server allows \
+         for one image; downscale it or save it as an 8-bit JPEG or PNG"
+    )]
+    TooMuchMemory { needed_mib: u64, budget_mib: u64 },
     #[error("the image is corrupt or truncated ({0}); re-export the image or retry the upload")]
     Corrupt(String),
     #[error(
@@ -164,7 +174,7 @@ pub fn prepare(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Result<Prepa
     let format = sniff_format(bytes).ok_or(ImageError::NotAnImage)?;
     let source = shielded(|| Source::open(bytes, format, max_pixels))?;
     let Header { width, height, orientation } = source.header();
-    check_size(width, height, max_pixels)?;
+    check_size(width, height, max_pixels, bytes.len())?;
 
     let plan = Plan::new(width, height, orientation, spec);
     let decoded = shielded(|| source.decode(plan.dct_denominator(), plan.region))?;
@@ -173,17 +183,26 @@ pub fn prepare(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Result<Prepa
     prepared
 }
 
-/// Peak bytes that decoding `bytes` for `spec` needs (decoded pixels and the
-/// decoder's whole-image buffers, not the input), read from the header alone,
-/// so a caller can bound concurrent decodes by memory. `None` when [`prepare`]
-/// with the same `max_pixels` refuses the file before decoding it: the header
-/// cannot be read, or declares no pixels or more than `max_pixels`.
-pub fn decode_bytes(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Option<u64> {
-    let source =
-        shielded(|| Source::open(bytes, sniff_format(bytes).ok_or(ImageError::NotAnImage)?, max_pixels)).ok()?;
+/// The checks [`prepare`] makes before it decodes anything (format, header,
+/// pixel count, pixel density), and if they pass, the peak bytes decoding
+/// `bytes` for `spec` needs: decoded pixels, the decoder's whole-image
+/// buffers and conversion copies, not the input. Reads the header alone
+/// (microseconds), so a request can be checked whole, and a decode bounded
+/// by memory, before any decode starts.
+pub fn inspect(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Result<u64, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    let format = sniff_format(bytes).ok_or(ImageError::NotAnImage)?;
+    let source = shielded(|| Source::open(bytes, format, max_pixels))?;
     let Header { width, height, orientation } = source.header();
-    check_size(width, height, max_pixels).ok()?;
-    Some(source.decode_bytes(Plan::new(width, height, orientation, spec).dct_denominator()))
+    check_size(width, height, max_pixels, bytes.len())?;
+    Ok(source.decode_bytes(Plan::new(width, height, orientation, spec).dct_denominator()))
+}
+
+/// [`inspect`]'s byte count, or `None` where it refuses the file.
+pub fn decode_bytes(bytes: &[u8], spec: &ResizeSpec, max_pixels: u64) -> Option<u64> {
+    inspect(bytes, spec, max_pixels).ok()
 }
 
 /// Crops, resizes and orients a decoded image per `plan`.
@@ -203,13 +222,25 @@ fn finish(decoded: &Decoded, plan: &Plan, spec: &ResizeSpec) -> Result<Prepared,
     Ok(Prepared { width, height, rgb })
 }
 
-/// Refuses empty images and images over the pixel budget.
-fn check_size(width: u32, height: u32, max_pixels: u64) -> Result<(), ImageError> {
+/// Refuses empty images, images over the pixel budget, and images that
+/// declare more pixels than a file of `file_bytes` holds for a real picture
+/// ([`crate::cost::allowed_pixels`]).
+fn check_size(width: u32, height: u32, max_pixels: u64, file_bytes: usize) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
         return Err(ImageError::Corrupt(format!("the header declares a {width}x{height} image")));
     }
-    if u64::from(width) * u64::from(height) > max_pixels {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
         return Err(ImageError::TooLarge { width, height, max_pixels });
+    }
+    if pixels > crate::cost::allowed_pixels(file_bytes, max_pixels) {
+        return Err(ImageError::TooDense {
+            width,
+            height,
+            bytes: file_bytes as u64,
+            per_byte: crate::cost::MAX_PIXELS_PER_BYTE,
+            floor: crate::cost::PIXEL_FLOOR,
+        });
     }
     Ok(())
 }
@@ -401,10 +432,16 @@ mod tests {
     }
 
     #[test]
-    fn size_check_rejects_zero_and_oversized() {
-        assert!(matches!(check_size(0, 10, 100), Err(ImageError::Corrupt(_))));
-        assert_eq!(check_size(11, 10, 100), Err(ImageError::TooLarge { width: 11, height: 10, max_pixels: 100 }));
-        assert_eq!(check_size(10, 10, 100), Ok(()));
-        assert_eq!(check_size(u32::MAX, u32::MAX, u64::MAX), Ok(()));
+    fn size_check_rejects_zero_oversized_and_too_dense() {
+        assert!(matches!(check_size(0, 10, 100, 1000), Err(ImageError::Corrupt(_))));
+        assert_eq!(check_size(11, 10, 100, 1000), Err(ImageError::TooLarge { width: 11, height: 10, max_pixels: 100 }));
+        assert_eq!(check_size(10, 10, 100, 1000), Ok(()));
+        assert_eq!(check_size(u32::MAX, u32::MAX, u64::MAX, usize::MAX), Ok(()));
+        // Up to the floor any file may declare any size; past it, pixels
+        // must come with bytes.
+        assert_eq!(check_size(1024, 1024, u64::MAX, 35), Ok(()));
+        assert!(matches!(check_size(6320, 6320, 40_000_000, 35), Err(ImageError::TooDense { .. })));
+        let photo_bytes = (4032 * 3024 / crate::cost::MAX_PIXELS_PER_BYTE) as usize;
+        assert_eq!(check_size(4032, 3024, 40_000_000, photo_bytes), Ok(()));
     }
 }

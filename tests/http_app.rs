@@ -16,10 +16,10 @@ use lens::batcher::BatchConfig;
 use lens::engine::{Classifier, Engine, EngineError, Precision, Runtime, Scores};
 use lens::feedback::{FeedbackStore, ImageStore};
 use lens::http::auth::ApiKeys;
+use lens::http::body::BodyBudget;
 use lens::http::limits::{ClientLimits, LimitsConfig};
 use lens::http::{AppState, Limits, Models};
 use lens::job::ModelInput;
-use lens::memory_budget::MemoryBudget;
 use lens::metrics::Metrics;
 use lens::model::ModelSpec;
 use lens::predictor::{ModelInfo, PredictorConfig};
@@ -95,7 +95,9 @@ fn app(tune: impl FnOnce(&mut PredictorConfig, &mut Limits)) -> App {
         body_bytes: 1 << 20,
         max_parts: 4,
         request_timeout: Duration::from_secs(10),
-        bodies: MemoryBudget::new(4 << 20),
+        body_timeout: Duration::from_secs(10),
+        bodies: BodyBudget::new(4 << 20),
+        trust_proxy: false,
     };
     tune(&mut predictor, &mut limits);
     let settings = LocalSettings {
@@ -125,6 +127,7 @@ fn app(tune: impl FnOnce(&mut PredictorConfig, &mut Limits)) -> App {
                 max_inflight: None,
                 max_clients: 1024,
                 trust_proxy: false,
+                feedback_per_minute: None,
             })
             .unwrap(),
         ),
@@ -366,20 +369,22 @@ fn sized_upload(bytes: &[u8]) -> Request<Body> {
 #[tokio::test]
 async fn bodies_wait_for_the_body_memory_budget_and_give_it_back() {
     let dog = common::fixture("dog.jpeg");
-    let server = app(|_, l| l.bodies = MemoryBudget::new(dog.len() as u64 * 2));
-    let budget = server.state.limits.bodies.clone();
+    let server = app(|_, l| l.bodies = BodyBudget::new(dog.len() as u64 * 2));
+    let budget = Arc::clone(&server.state.limits.bodies);
 
-    // The budget is spent elsewhere: the upload waits, its body unread.
-    let held = budget.reserve(budget.total_bytes()).await.unwrap();
+    // An older body still being read holds the whole budget: the upload
+    // waits for memory as its bytes arrive.
+    let mut older = budget.share();
+    older.grow(budget.total_bytes()).await;
     let waited = tokio::time::timeout(Duration::from_millis(300), server.call(sized_upload(&dog))).await;
     assert!(waited.is_err(), "an upload must wait while the body budget is spent");
-    drop(held);
+    drop(older);
     let (status, _, _) = server.call(sized_upload(&dog)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(budget.reserved_bytes(), 0, "an answered request gives its reservation back");
+    assert_eq!(budget.used_bytes(), 0, "an answered request gives its memory back");
 
-    // A body larger than the whole budget still runs, alone.
-    let small = app(|_, l| l.bodies = MemoryBudget::new(1024));
+    // The oldest body being read never waits, even past the whole budget.
+    let small = app(|_, l| l.bodies = BodyBudget::new(1024));
     let (status, _, _) = small.call(sized_upload(&dog)).await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -391,7 +396,8 @@ async fn a_real_socket_reads_bodies_past_the_read_buffer_and_refuses_oversized_h
     let url = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
     let stopped = stop.clone();
-    let serving = tokio::spawn(lens::http::serve(listener, server.state.clone(), async move {
+    let limits = lens::http::server::ConnectionLimits::default();
+    let serving = tokio::spawn(lens::http::serve(listener, server.state.clone(), limits, async move {
         stopped.cancelled().await;
     }));
     let client = reqwest::Client::new();

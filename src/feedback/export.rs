@@ -173,15 +173,23 @@ pub fn is_folder_name(label: &str) -> bool {
         && !label.chars().any(|c| c.is_control() || matches!(c, '/' | '\\' | ':'))
 }
 
-/// The fields of one report in [`CSV_COLUMNS`] order; absent values are empty.
+/// A text cell as a spreadsheet may open it safely: one that starts with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return would be read as a
+/// formula, so it gets a leading `'` (OWASP's advice for CSV injection).
+pub fn safe_cell(text: String) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{text}") } else { text }
+}
+
+/// The fields of one report in [`CSV_COLUMNS`] order; absent values are
+/// empty, and every text a client wrote is a [`safe_cell`].
 pub fn csv_row(report: &Report, image_file: Option<&str>) -> Vec<String> {
     let r = &report.record;
-    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let text = |v: &Option<String>| safe_cell(v.clone().unwrap_or_default());
     let review = report.review.as_ref();
     vec![
         report.id.to_string(),
         report.created_at.to_string(),
-        r.model.clone(),
+        safe_cell(r.model.clone()),
         text(&r.image_sha256),
         image_file.unwrap_or_default().to_owned(),
         text(&r.filename),
@@ -190,7 +198,7 @@ pub fn csv_row(report: &Report, image_file: Option<&str>) -> Vec<String> {
         text(&r.correct_label),
         text(&r.report),
         report.status().as_str().to_owned(),
-        review.and_then(|v| v.label.clone()).unwrap_or_default(),
+        safe_cell(review.and_then(|v| v.label.clone()).unwrap_or_default()),
         review.map(|v| v.decided_at.to_string()).unwrap_or_default(),
     ]
 }
@@ -232,11 +240,16 @@ impl FeedbackStore {
         let filter = ReviewFilter { statuses: statuses.to_vec(), ..Default::default() };
         let mut exporter = Exporter::create(out, format, false)?;
         for report in self.reports(&filter)? {
+            // The image cap evicts the least recently used images, so an
+            // old report may have lost its image: it is exported without.
             let image = match &report.record.image_file {
-                Some(name) => Some(self.images.path_of(name).ok_or_else(|| FeedbackError::Io {
-                    path: self.images.dir.join(name),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("image of report {}", report.id)),
-                })?),
+                Some(name) => {
+                    let path = self.images.path_of(name).filter(|p| p.is_file());
+                    if path.is_none() {
+                        tracing::warn!(report = report.id, "the report's image was evicted; exported without it");
+                    }
+                    path
+                }
                 None => None,
             };
             exporter.add(None, &report, image.as_deref().map(ImageSource::File))?;

@@ -38,7 +38,7 @@ pub use review::{Decision, Report, Review, ReviewFilter, ReviewStatus};
 /// Longest accepted text field of a [`FeedbackRecord`], in characters.
 const MAX_FIELD_CHARS: usize = 1024;
 /// Longest accepted [`FeedbackRecord::report`], in characters.
-const MAX_REPORT_CHARS: usize = 4096;
+pub const MAX_REPORT_CHARS: usize = 4096;
 
 /// Errors from the image and feedback stores.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,9 @@ pub enum FeedbackError {
     /// The store is at its byte cap (see [`DiskBudget`]).
     #[error("the image store is at its cap of {cap} bytes")]
     CapReached { cap: u64 },
+    /// The database holds its most reports (`--feedback-max-reports`).
+    #[error("the feedback store holds its maximum of {0} reports")]
+    Full(u64),
     /// The disk is full or over quota at `path`.
     #[error("no space left on the disk at {path}: {source}")]
     DiskFull { path: PathBuf, source: io::Error },
@@ -162,6 +165,8 @@ fn invalid(message: String) -> FeedbackError {
 pub struct FeedbackStore {
     conn: Mutex<Connection>,
     images: ImageStore,
+    /// Reports refused past this many ([`FeedbackError::Full`]).
+    max_reports: u64,
 }
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS feedback (
@@ -207,7 +212,13 @@ impl FeedbackStore {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn: Mutex::new(conn), images })
+        Ok(Self { conn: Mutex::new(conn), images, max_reports: u64::MAX })
+    }
+
+    /// Refuses reports once `max` are stored.
+    pub fn with_max_reports(mut self, max: u64) -> Self {
+        self.max_reports = max;
+        self
     }
 
     /// The store for images kept with feedback (`dir/images/`).
@@ -227,6 +238,14 @@ impl FeedbackStore {
         r.validate(&self.images)?;
         let created_at = now_secs();
         let conn = self.conn();
+        // Ids only grow, so the largest id bounds the count cheaply.
+        let last: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM feedback", [], |row| row.get(0))?;
+        if last.unsigned_abs() >= self.max_reports {
+            let n: i64 = conn.query_row("SELECT COUNT(*) FROM feedback", [], |row| row.get(0))?;
+            if n.unsigned_abs() >= self.max_reports {
+                return Err(FeedbackError::Full(self.max_reports));
+            }
+        }
         conn.execute(
             "INSERT INTO feedback (created_at, model, image_sha256, image_file, filename,
                                    predicted_label, score, correct_label, report)

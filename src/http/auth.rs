@@ -15,12 +15,13 @@ use std::sync::{Arc, RwLock};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use super::body::refuse;
 use super::error::ApiError;
 
 /// Paths that need an admin key, as prefixes. Changes that add admin
@@ -199,10 +200,10 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         return next.run(req).await;
     }
     let Some(caller) = presented_key(req.headers()).and_then(|k| keys.check(&k)) else {
-        return refuse(req, ApiError::Unauthorized, state.limits.body_bytes).await;
+        return refuse(ApiError::Unauthorized);
     };
     if is_admin_path(path) && !caller.admin {
-        let mut response = refuse(req, ApiError::Forbidden, state.limits.body_bytes).await;
+        let mut response = refuse(ApiError::Forbidden);
         response.extensions_mut().insert(caller);
         return response;
     }
@@ -211,14 +212,6 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     let mut response = next.run(req).await;
     response.extensions_mut().insert(caller);
     response
-}
-
-/// Answers `error` after reading the request's body (up to `body_limit`
-/// bytes): a client still uploading when the refusal is written would
-/// otherwise see its connection closed mid-request instead of the answer.
-pub(super) async fn refuse(req: Request, error: ApiError, body_limit: usize) -> Response {
-    let _ = axum::body::to_bytes(req.into_body(), body_limit).await;
-    error.into_response()
 }
 
 /// Reloads the keys file on every SIGHUP until `stop` is cancelled.

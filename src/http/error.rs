@@ -28,6 +28,10 @@ pub enum ApiError {
     TooManyParts(usize),
     #[error("the upload is larger than the {0} byte limit")]
     TooLarge(usize),
+    #[error("the request body sent nothing for {0:?}: send the body without pauses")]
+    BodyTimeout(std::time::Duration),
+    #[error("a cross-site request was refused: {0}")]
+    CrossSite(&'static str),
     #[error("{0}")]
     BadRequest(String),
     #[error("model {0:?} is not served here")]
@@ -68,6 +72,8 @@ impl ApiError {
             | ApiError::TooManyParts(_)
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::CrossSite(_) => StatusCode::FORBIDDEN,
             ApiError::UnknownModel(_) | ApiError::UnknownVersion(..) => StatusCode::NOT_FOUND,
             ApiError::Repository(e) => match e {
                 super::RepositoryError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -81,7 +87,9 @@ impl ApiError {
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Predict(e) => match e {
-                PredictError::BadImage(ImageError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+                PredictError::BadImage(
+                    ImageError::TooLarge { .. } | ImageError::TooDense { .. } | ImageError::TooMuchMemory { .. },
+                ) => StatusCode::PAYLOAD_TOO_LARGE,
                 PredictError::BadImage(_) => StatusCode::BAD_REQUEST,
                 PredictError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
                 PredictError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -100,6 +108,8 @@ impl ApiError {
             ApiError::BadMultipart(_) => "bad_multipart",
             ApiError::TooManyParts(_) => "too_many_parts",
             ApiError::TooLarge(_) => "too_large",
+            ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::CrossSite(_) => "cross_site",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::UnknownModel(_) | ApiError::UnknownVersion(..) => "unknown_model",
             ApiError::Repository(_) => "repository",

@@ -12,16 +12,19 @@
 //! cannot be stored, the answer is 507, never a 500.
 
 use axum::Json;
-use axum::extract::{FromRequest, Multipart, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::form::{Upload, check_upload, read_form};
+use super::form::{Upload, check_upload, read_form, read_urlencoded};
 use super::render::{self, MessageKind, PageView};
-use crate::feedback::{FeedbackError, FeedbackRecord, FeedbackStore, ImageStore, sha256_hex};
+use crate::feedback::{FeedbackError, FeedbackRecord, FeedbackStore, ImageStore, MAX_REPORT_CHARS, sha256_hex};
 
 /// `GET /feedback`: the page, as the original answered.
 #[utoipa::path(get, path = "/feedback", tag = "feedback", responses((status = 200, description = "The upload page, as the original answered.", content_type = "text/html")))]
@@ -42,6 +45,9 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
     )
 )]
 pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Request) -> Result<Response, ApiError> {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client = state.client_limits.client_id(req.extensions().get::<Caller>(), peer, &headers);
+    state.client_limits.check_feedback(&client).map_err(ApiError::RateLimited)?;
     let wants_json =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("application/json"));
     let is_multipart = headers
@@ -54,18 +60,24 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
         let form = Multipart::from_request(req, &state).await.map_err(|e| ApiError::BadMultipart(e.body_text()))?;
         file = read_form(form, &state.limits, &mut fields).await?;
     } else {
-        let axum::Form(pairs) = axum::Form::<Vec<(String, String)>>::from_request(req, &state)
+        let body = axum::body::Bytes::from_request(req, &state)
             .await
-            .map_err(|e| ApiError::BadRequest(format!("expected a form: {}", e.body_text())))?;
-        if pairs.len() > state.limits.max_parts {
-            return Err(ApiError::TooManyParts(state.limits.max_parts));
-        }
-        fields = pairs;
+            .map_err(|e| ApiError::BadRequest(format!("cannot read the form: {}", e.body_text())))?;
+        fields = read_urlencoded(&body, state.limits.max_parts)?;
     }
     let mut record = record_from_fields(&fields, state.models.default_name())?;
     let store = state.feedback.clone();
     let uploads = state.uploads.clone();
     let upload = file.filter(|(_, b)| !b.is_empty()).map(|f| check_upload(Some(f))).transpose()?;
+    if let Some(u) = &upload {
+        // Only real images are kept, under the checks a prediction makes.
+        match state.models.default_model() {
+            Some(p) => p.check_image(&u.bytes).map(drop)?,
+            None => crate::preprocess::inspect(&u.bytes, &crate::model::ResizeSpec::center_crop(224), u64::MAX)
+                .map(drop)
+                .map_err(ApiError::from)?,
+        }
+    }
     let (id, record, note) = tokio::task::spawn_blocking(move || {
         let note = keep_image(&store, &uploads, &mut record, upload);
         store.record(&record).map(|id| (id, record, note))
@@ -74,6 +86,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, req: Requ
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(|e| match e {
         FeedbackError::Invalid(m) => ApiError::BadRequest(m),
+        full @ FeedbackError::Full(_) => ApiError::InsufficientStorage(format!("{full}; try again later")),
         other => {
             tracing::error!(error = %other, "feedback not stored");
             ApiError::InsufficientStorage(
@@ -159,6 +172,11 @@ fn record_from_fields(fields: &[(String, String)], model: &str) -> Result<Feedba
     let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.trim().to_owned()).filter(|v| !v.is_empty());
     let mut r = FeedbackRecord { model: model.to_owned(), ..Default::default() };
     if let Some(report) = get("report") {
+        // Checked before it is parsed as JSON: 10 MB of `[0,0,...]` would
+        // otherwise become millions of JSON values only to be refused after.
+        if report.chars().count() > MAX_REPORT_CHARS {
+            return Err(ApiError::BadRequest(format!("report is longer than {MAX_REPORT_CHARS} characters")));
+        }
         if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(&report) {
             let s = |k: &str| o.get(k).and_then(|v| v.as_str()).map(str::to_owned);
             r.image_sha256 = s("sha256");

@@ -20,7 +20,8 @@ pub struct Upload {
 
 /// Reads the multipart form: the first `file` part is the upload, other parts
 /// are read into `fields` (small text fields only) and counted against the cap.
-/// Past the cap, parts are read and discarded.
+/// The part past the cap ends the parse: the body is already read whole
+/// (`super::body`), so nothing is left for the client to send.
 pub async fn read_form(
     mut form: Multipart,
     limits: &Limits,
@@ -38,10 +39,7 @@ pub async fn read_form(
         };
         parts += 1;
         if parts > max_parts {
-            // Read the rest (the body limit bounds it) so the client gets
-            // the 400 instead of a connection reset mid-upload.
-            let _ = read_bytes(field).await;
-            continue;
+            return Err(ApiError::TooManyParts(max_parts));
         }
         let name = field.name().unwrap_or_default().to_owned();
         if name == "file" && file.is_none() {
@@ -54,9 +52,6 @@ pub async fn read_form(
                 fields.push((name, String::from_utf8_lossy(&value).into_owned()));
             }
         }
-    }
-    if parts > max_parts {
-        return Err(ApiError::TooManyParts(max_parts));
     }
     Ok(file)
 }
@@ -87,6 +82,20 @@ fn multipart_error(e: MultipartError, body_limit: usize) -> ApiError {
     }
 }
 
+/// Reads an `application/x-www-form-urlencoded` body lazily, pair by pair,
+/// refusing it at the first pair past `max_parts`: a body of a million empty
+/// pairs costs one pass over its bytes, not a million strings.
+pub fn read_urlencoded(body: &[u8], max_parts: usize) -> Result<Vec<(String, String)>, ApiError> {
+    let mut fields = Vec::new();
+    for (name, value) in form_urlencoded::parse(body) {
+        if fields.len() == max_parts {
+            return Err(ApiError::TooManyParts(max_parts));
+        }
+        fields.push((name.into_owned(), value.into_owned()));
+    }
+    Ok(fields)
+}
+
 /// Checks an upload the way the original did: present, non-empty, allowed
 /// extension. Decoding decides the rest.
 pub fn check_upload(file: Option<(String, Bytes)>) -> Result<Upload, ApiError> {
@@ -102,4 +111,19 @@ pub fn check_upload(file: Option<(String, Bytes)>) -> Result<Upload, ApiError> {
         return Err(ApiError::EmptyFile);
     }
     Ok(Upload { filename, ext, bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urlencoded_forms_stop_at_the_part_cap() {
+        let fields = read_urlencoded(b"a=1&b=two+words&c=%C3%A9", 16).unwrap();
+        assert_eq!(fields[1], ("b".to_owned(), "two words".to_owned()));
+        assert_eq!(fields[2].1, "\u{e9}");
+        let flood = "a&".repeat(1_000_000);
+        assert!(matches!(read_urlencoded(flood.as_bytes(), 16), Err(ApiError::TooManyParts(16))));
+        assert_eq!(read_urlencoded(b"", 16).unwrap(), vec![]);
+    }
 }

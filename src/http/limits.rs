@@ -21,17 +21,15 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
-use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use axum::middleware::Next;
-use axum::response::IntoResponse;
 use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::AppState;
 use super::auth::{Caller, is_open_path};
+use super::body::refuse;
 use super::error::ApiError;
-use crate::predictor::PredictError;
 
 /// Who a request is counted against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,10 +48,15 @@ pub struct LimitsConfig {
     pub max_inflight: Option<usize>,
     pub max_clients: usize,
     pub trust_proxy: bool,
+    /// Feedback reports per minute per client; `None`: unlimited.
+    pub feedback_per_minute: Option<u32>,
 }
 
 pub struct ClientLimits {
     rate: Option<DefaultKeyedRateLimiter<ClientId>>,
+    /// Feedback reports, per client: the database and the image store are
+    /// shared by every client, so one must not fill them.
+    feedback: Option<DefaultKeyedRateLimiter<ClientId>>,
     max_inflight: Option<usize>,
     /// Requests in flight per client; an entry lives while it is non-zero.
     inflight: Mutex<HashMap<ClientId, usize>>,
@@ -77,8 +80,11 @@ impl ClientLimits {
             }
             Some(r) => return Err(format!("--rate-limit must be a positive number, not {r}")),
         };
+        let feedback =
+            cfg.feedback_per_minute.and_then(NonZeroU32::new).map(|n| RateLimiter::keyed(Quota::per_minute(n)));
         Ok(ClientLimits {
             rate,
+            feedback,
             max_inflight: cfg.max_inflight,
             inflight: Mutex::default(),
             max_clients: cfg.max_clients.max(1),
@@ -113,6 +119,21 @@ impl ClientLimits {
         }
         let id = if rate.len() >= self.max_clients { &ClientId::Overflow } else { id };
         rate.check_key(id).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        })
+    }
+
+    /// Takes a feedback token from the client's bucket, or says how many
+    /// seconds until one is there. Past `max_clients` clients, new ones share
+    /// the overflow bucket, as for [`Self::check_rate`].
+    pub fn check_feedback(&self, id: &ClientId) -> Result<(), u64> {
+        let Some(feedback) = &self.feedback else { return Ok(()) };
+        if feedback.len() >= self.max_clients {
+            feedback.retain_recent();
+        }
+        let id = if feedback.len() >= self.max_clients { &ClientId::Overflow } else { id };
+        feedback.check_key(id).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             wait.as_secs_f64().ceil().max(1.0) as u64
         })
@@ -200,38 +221,14 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let id = limits.client_id(req.extensions().get::<Caller>(), peer, req.headers());
     if let Err(secs) = limits.check_rate(&id) {
-        return super::auth::refuse(req, ApiError::RateLimited(secs), state.limits.body_bytes).await;
+        return refuse(ApiError::RateLimited(secs));
     }
     let _slot = match limits.enter(id) {
         Ok(slot) => slot,
-        Err(cap) => return super::auth::refuse(req, ApiError::ClientBusy(cap), state.limits.body_bytes).await,
+        Err(cap) => return refuse(ApiError::ClientBusy(cap)),
     };
     state.metrics.tracked_clients.set(limits.tracked() as i64);
     next.run(req).await
-}
-
-/// Holds the request's declared body size (`Content-Length`, at most
-/// `--body-limit`; the whole limit for a chunked body) of the
-/// `--body-memory-mb` budget while it is handled, so the bodies buffered at
-/// once stay bounded: 32 clients sending 3 MB phone photos to a server that
-/// decodes two at a time would otherwise hold all 32 in memory. A request
-/// waits here with its body still unread in the socket while the budget is
-/// spent; one larger than the budget runs alone. Bodiless requests pass.
-pub async fn reserve_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let headers = req.headers();
-    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-    let need = match declared {
-        Some(n) => n.min(state.limits.body_bytes as u64),
-        None if headers.contains_key(TRANSFER_ENCODING) => state.limits.body_bytes as u64,
-        None => 0,
-    };
-    if need == 0 {
-        return next.run(req).await;
-    }
-    match state.limits.bodies.reserve(need).await {
-        Ok(_held) => next.run(req).await,
-        Err(_) => ApiError::Predict(PredictError::Unavailable("shutting down".into())).into_response(),
-    }
 }
 
 #[cfg(test)]
@@ -276,6 +273,16 @@ mod tests {
         let _d = l.enter(ip("10.0.0.1")).unwrap();
         drop((_b, _c, _d));
         assert_eq!(l.tracked(), 0, "idle clients are not kept");
+    }
+
+    #[test]
+    fn feedback_has_its_own_bucket_per_client() {
+        let l = limits(LimitsConfig { feedback_per_minute: Some(2), max_clients: 10, ..Default::default() });
+        assert!(l.check_feedback(&ip("10.0.0.1")).is_ok());
+        assert!(l.check_feedback(&ip("10.0.0.1")).is_ok());
+        assert_eq!(l.check_feedback(&ip("10.0.0.1")), Err(30), "one report per 30 s");
+        assert!(l.check_feedback(&ip("10.0.0.2")).is_ok());
+        assert!(l.check_rate(&ip("10.0.0.1")).is_ok(), "requests in general are not limited");
     }
 
     #[test]

@@ -10,14 +10,22 @@
 //! - [`render`]: the server-rendered HTML and its embedded assets;
 //!   [`review_html`] the review page's.
 //! - [`auth`]: API keys, and which paths need an admin key.
-//! - [`limits`]: per-client rate and in-flight limits, the body memory budget.
-//! - [`server`]: the accept loop, with each connection's read buffer capped.
+//! - [`limits`]: per-client rate and in-flight limits.
+//! - [`body`]: reading request bodies under the body limit, the body memory
+//!   budget and the body progress timeout.
+//! - [`csrf`]: refusing state-changing requests that another site's page sent.
+//! - [`server`]: the accept loop: the connection cap, hyper's timeouts, and
+//!   each connection's read buffer capped.
 //! - [`error`]: the one mapping from errors to HTTP responses.
 //!
-//! Middleware, outermost first: security headers, the request log and
-//! metrics, API keys, per-client limits, the body memory budget, the body limit.
+//! Middleware, outermost first: panics caught, security headers, the request
+//! log and metrics, cross-site refusal, API keys, per-client limits, then the
+//! body read under its limit and budget. What each request may cost is
+//! written down in [`crate::cost`].
 
 pub mod auth;
+pub mod body;
+pub mod csrf;
 pub mod error;
 pub mod feedback;
 pub mod form;
@@ -41,7 +49,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use tokio::net::TcpListener;
@@ -50,7 +58,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::feedback::{FeedbackStore, ImageStore};
-use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::predictor::Predictor;
 use error::Rejected;
@@ -61,8 +68,12 @@ pub struct Limits {
     pub body_bytes: usize,
     pub max_parts: usize,
     pub request_timeout: Duration,
-    /// Request bodies held in memory at once (see [`limits::reserve_body`]).
-    pub bodies: MemoryBudget,
+    /// The longest a body may send nothing before it is answered 408.
+    pub body_timeout: Duration,
+    /// Request bodies held in memory at once (see [`body::read_body`]).
+    pub bodies: Arc<body::BodyBudget>,
+    /// Whether `X-Forwarded-Host` names the host a browser saw ([`csrf`]).
+    pub trust_proxy: bool,
 }
 
 /// The served models by name, one serving version each, and which one
@@ -234,11 +245,13 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(serve_doc))
         .merge(v2::routes())
         .layer(DefaultBodyLimit::max(state.limits.body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), limits::reserve_body))
+        .layer(middleware::from_fn_with_state(state.clone(), body::read_body))
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), csrf::refuse_cross_site))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn(security_headers))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
 }
 
@@ -247,14 +260,27 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    connections: server::ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let timeout = state.limits.request_timeout;
     let router = app(state)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(axum::http::StatusCode::GATEWAY_TIMEOUT, timeout));
     // The peer address is what per-client limits count by when keys are off.
-    server::serve(listener, router, shutdown).await;
+    server::serve(listener, router, connections, shutdown).await;
     Ok(())
+}
+
+/// A handler that panicked: a 500 with one log line (the panic hook in
+/// `main` writes where, on one line too). The connection stays up; the panic
+/// is a bug to fix.
+fn panicked(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    error::ApiError::Internal(format!("a handler panicked: {what}")).into_response()
 }
 
 /// Stage timings a handler attaches to its response, for the request log.

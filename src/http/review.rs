@@ -5,13 +5,15 @@
 //! is rendered by [`super::review_html`]. With API keys configured, every
 //! `/review` path is for admins only.
 
-use axum::extract::rejection::{FormRejection, QueryRejection};
-use axum::extract::{Form, Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use super::AppState;
 use super::error::ApiError;
+use super::form::read_urlencoded;
 use super::review_html::{self, Filters, ReviewView};
 use crate::feedback::{Decision, FeedbackError, ReviewFilter};
 
@@ -73,16 +75,9 @@ async fn render(
     responses((status = 303, description = "Stored; back to the list."),
               (status = 400, description = "A bad action or an unknown label."),
               (status = 404, description = "No such report.")))]
-pub async fn decide(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    form: Result<Form<Vec<(String, String)>>, FormRejection>,
-) -> Result<Response, ApiError> {
+pub async fn decide(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     let id: i64 = id.parse().map_err(|_| ApiError::BadRequest(format!("report id {id:?} is not a number")))?;
-    let Form(fields) = form.map_err(|e| ApiError::BadRequest(format!("expected a form: {}", e.body_text())))?;
-    if fields.len() > state.limits.max_parts {
-        return Err(ApiError::TooManyParts(state.limits.max_parts));
-    }
+    let fields = read_urlencoded(&body, state.limits.max_parts)?;
     let back = Filters::parse(field(&fields, "return_label"), field(&fields, "return_status"))?;
     let label = field(&fields, "label").unwrap_or_default().trim().to_owned();
     let decision = match field(&fields, "action").unwrap_or_default() {

@@ -9,6 +9,15 @@
 //! The cap also bounds a request's head (line and headers); past it hyper
 //! answers 431.
 //!
+//! It also bounds what connections cost while they send nothing useful:
+//! - at most [`ConnectionLimits::max_connections`] are open at once; past
+//!   that, new ones wait in the kernel's accept queue until one closes;
+//! - hyper's `header_read_timeout` (with hyper's timer, without which it does
+//!   nothing) closes a connection that has not sent a whole request head
+//!   within [`ConnectionLimits::header_timeout`] of being idle: it bounds a
+//!   half-sent head, a connection that sends nothing, and an idle keep-alive
+//!   connection alike.
+//!
 //! Otherwise this does what `axum::serve(..).with_graceful_shutdown(..)` did:
 //! the peer address goes into each request as `ConnectInfo<SocketAddr>`; on
 //! shutdown the listener closes, idle connections close, and requests in
@@ -16,16 +25,17 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -36,13 +46,41 @@ pub const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// descriptors), so the loop does not spin while connections close.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// What connections may cost (`--max-connections`, `--header-timeout-secs`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    /// The longest an idle connection may take to send a whole request head.
+    pub header_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits { max_connections: 4096, header_timeout: Duration::from_secs(10) }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
 /// accepting, lets each connection finish its request in flight, and returns.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (stop, stopped) = watch::channel(());
     let connections = TaskTracker::new();
+    // One permit per open connection; it goes with the connection's task.
+    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&open).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -60,8 +98,9 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
         });
         let mut stopped = stopped.clone();
         connections.spawn(async move {
+            let _open = permit;
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.max_buf_size(READ_BUFFER_BYTES);
+            builder.max_buf_size(READ_BUFFER_BYTES).timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
             let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
             tokio::pin!(connection);
             tokio::select! {

@@ -23,6 +23,7 @@ const MAX_BYTES_PER_PIXEL: u64 = 8;
 pub(crate) struct RasterSource<'a> {
     decoder: Box<dyn ImageDecoder + 'a>,
     header: Header,
+    gif: bool,
 }
 
 impl<'a> RasterSource<'a> {
@@ -34,16 +35,28 @@ impl<'a> RasterSource<'a> {
         let (width, height) = decoder.dimensions();
         // A malformed EXIF block is not worth rejecting the picture for.
         let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-        Ok(RasterSource { decoder, header: Header { width, height, orientation } })
+        Ok(RasterSource { decoder, header: Header { width, height, orientation }, gif: format == Format::Gif })
     }
 
     pub fn header(&self) -> Header {
         self.header
     }
 
-    /// Bytes the decode needs: the decoder's output at its native depth.
+    /// Bytes the decode needs: the decoder's output at its native depth,
+    /// plus the 8-bit copy [`to_pixels`] makes of any other layout, plus, for
+    /// a GIF, the frame the decoder reads before placing it on the screen.
     pub fn decode_bytes(&self) -> u64 {
-        self.decoder.total_bytes()
+        use image::ColorType as C;
+        let pixels = u64::from(self.header.width) * u64::from(self.header.height);
+        let color = self.decoder.color_type();
+        let converted = match color {
+            C::L8 | C::La8 | C::Rgb8 | C::Rgba8 => 0,
+            c if c.has_alpha() => pixels * 4,
+            c if c.has_color() => pixels * 3,
+            _ => pixels,
+        };
+        let frame = if self.gif { pixels * 4 } else { 0 };
+        self.decoder.total_bytes().saturating_add(converted).saturating_add(frame)
     }
 
     /// Decodes the whole image (or the first frame) at full size.

@@ -54,6 +54,20 @@ use super::{Decoded, Header, ImageError, scratch, truncated};
 /// writes about ten, and each extra scan costs a pass over the whole image
 /// (libjpeg-turbo's own suggested limit, `TJFLAG_LIMITSCANS`).
 const MAX_SCANS: c_int = 500;
+/// Scans are bounded by cost, not only by count: every scan of a
+/// progressive file is a pass over each 8x8 block of each component, so a
+/// file may have at most this many block passes in all ...
+const SCAN_BLOCK_BUDGET: u64 = 8_000_000;
+/// ... but never fewer than this many scans, more than encoders write by
+/// default (libjpeg's progressive script has 10, mozjpeg's at most 12ish).
+const MIN_SCANS: c_int = 16;
+
+/// The scans a progressive `width x height` file with `components` may have.
+pub(crate) fn scan_limit(width: u32, height: u32, components: u8) -> c_int {
+    let blocks = u64::from(width.div_ceil(8)) * u64::from(height.div_ceil(8)) * u64::from(components.max(1));
+    let scans = SCAN_BLOCK_BUDGET / blocks.max(1);
+    scans.clamp(MIN_SCANS as u64, MAX_SCANS as u64) as c_int
+}
 
 /// iMCU width and height in pixels for each TurboJPEG subsampling
 /// (`TJSAMP_444` .. `TJSAMP_441`), as `tjMCUWidth` / `tjMCUHeight` in
@@ -110,7 +124,7 @@ impl<'a> JpegSource<'a> {
     /// the whole frame when `region` is `None`. The result's `origin` says
     /// where its first pixel sits in the scaled frame.
     pub fn decode(self, denominator: u32, region: Option<Rect>) -> Result<Decoded, ImageError> {
-        let JpegHeader { components, lossless, scan_start, .. } = self.header;
+        let JpegHeader { width: full_width, height: full_height, components, lossless, scan_start, .. } = self.header;
         // A cropped decode stops at the crop's last row, so libjpeg never
         // reaches the end of a truncated file; refuse it here, as a full
         // decode would. Inside entropy-coded data 0xFF is always stuffed, so
@@ -122,6 +136,7 @@ impl<'a> JpegSource<'a> {
         let (format, pixel_size) = pixel_format(components);
         let decoded = with_decompressor(|tj| {
             tj.read_header(self.bytes)?;
+            tj.set_scan_limit(scan_limit(full_width, full_height, components))?;
             tj.set_scale(denominator)?;
             let (width, height) = tj.scaled_size(denominator);
             let full = Rect { left: 0, top: 0, width, height };
@@ -227,6 +242,11 @@ impl Decompressor {
     /// `None` when TurboJPEG cannot classify it (cropping is then off).
     fn subsamp(&self) -> Option<usize> {
         usize::try_from(self.get(raw::TJPARAM_TJPARAM_SUBSAMP)).ok().filter(|&s| s < MCU_WIDTH.len())
+    }
+
+    fn set_scan_limit(&mut self, scans: c_int) -> Result<(), String> {
+        // SAFETY: the handle is live; the scan limit is a plain integer parameter.
+        self.check(unsafe { raw::tj3Set(self.0, raw::TJPARAM_TJPARAM_SCANLIMIT as c_int, scans) })
     }
 
     fn set_scale(&mut self, denominator: u32) -> Result<(), String> {

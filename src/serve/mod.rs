@@ -29,9 +29,10 @@ use crate::disk::{DiskBudget, Overflow};
 use crate::engine::SessionConfig;
 use crate::feedback::{FeedbackStore, ImageStore};
 use crate::http::auth::ApiKeys;
+use crate::http::body::BodyBudget;
 use crate::http::limits::{ClientLimits, LimitsConfig};
+use crate::http::server::ConnectionLimits;
 use crate::http::{AppState, Limits, ModelRepository};
-use crate::memory_budget::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::model::ModelDir;
 use crate::predictor::{ModelInfo, Predictor, PredictorConfig};
@@ -145,14 +146,20 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
             body_bytes: args.body_limit,
             max_parts: args.max_parts,
             request_timeout: Duration::from_secs_f64(args.request_timeout_secs),
-            bodies: MemoryBudget::new(args.body_memory_mb * 1024 * 1024),
+            body_timeout: secs(args.body_timeout_secs, "--body-timeout-secs")?,
+            bodies: BodyBudget::new(args.body_memory_mb * 1024 * 1024),
+            trust_proxy: args.access.trust_proxy,
         },
         keys,
         client_limits,
     };
     tracing::info!(addr = %listener.local_addr()?, "serving");
     let stop = shutdown.clone();
-    crate::http::serve(listener, state, async move { stop.cancelled().await }).await?;
+    let connections = ConnectionLimits {
+        max_connections: args.max_connections,
+        header_timeout: secs(args.header_timeout_secs, "--header-timeout-secs")?,
+    };
+    crate::http::serve(listener, state, connections, async move { stop.cancelled().await }).await?;
     tracing::info!("stopped accepting; draining");
     if let Some(poller) = poller {
         let _ = poller.await;
@@ -160,6 +167,14 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
     repository.shutdown().await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// A duration flag in seconds: positive and finite.
+fn secs(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    match Duration::try_from_secs_f64(value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => anyhow::bail!("{flag} must be a positive number of seconds, not {value}"),
+    }
 }
 
 /// The API keys and per-client limits, logged by name and setting.
@@ -179,6 +194,7 @@ fn access(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<(Arc<ApiKeys>, 
         max_inflight: a.max_inflight_per_client,
         max_clients: a.max_clients,
         trust_proxy: a.trust_proxy,
+        feedback_per_minute: Some(a.feedback_per_minute),
     };
     let limits = ClientLimits::new(cfg).map_err(anyhow::Error::msg)?;
     tracing::info!(
@@ -196,9 +212,10 @@ fn stores(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<(ImageStore, Ar
     let budget = DiskBudget::new(args.uploads_max_bytes, Overflow::EvictLru, metrics.store("uploads"));
     let uploads =
         ImageStore::open_within(&args.data_dir.join("uploads"), budget).context("opening the upload store")?;
-    let budget = DiskBudget::new(args.feedback_max_bytes, Overflow::Refuse, metrics.store("feedback"));
-    let feedback =
-        FeedbackStore::open_within(&args.data_dir.join("feedback"), budget).context("opening the feedback store")?;
+    let budget = DiskBudget::new(args.feedback_max_bytes, Overflow::EvictLru, metrics.store("feedback"));
+    let feedback = FeedbackStore::open_within(&args.data_dir.join("feedback"), budget)
+        .context("opening the feedback store")?
+        .with_max_reports(args.feedback_max_reports);
     tracing::info!(
         uploads_max_bytes = args.uploads_max_bytes,
         uploads_used = uploads.budget().used(),

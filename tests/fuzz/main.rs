@@ -6,6 +6,11 @@
 //! [`the_corpus_replays_through_every_target`] runs every seed and every
 //! regression file through every target on each `cargo test`.
 //!
+//! The `form` and `v2` targets check cost as well as crashes: a counting
+//! allocator measures the peak bytes each parse allocates, which must stay
+//! within a small multiple of the input's size, and the v2 target renders
+//! an answer, which must stay within `lens::cost::response_bound`.
+//!
 //! The engine ([`engine`]) is a mutation loop with outcome feedback, on the
 //! stable toolchain and with no dependency: cargo-fuzz (libFuzzer) needs a
 //! nightly compiler, which these machines cannot install; afl.rs runs on
@@ -16,6 +21,59 @@
 
 mod engine;
 mod targets;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+/// Counts the bytes each thread holds, and their peak since
+/// [`cost::start`], so a target can check what one request allocated
+/// against the cost model. Per thread: tests run side by side.
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the
+// counters are plain thread-local cells with no destructor.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let _ = LIVE.try_with(|live| {
+                live.set(live.get() + layout.size());
+                let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+            });
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(layout.size())));
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The peak bytes a piece of work allocated on this thread.
+mod cost {
+    use super::{LIVE, PEAK};
+
+    /// Starts a measurement; returns the bytes held now.
+    pub fn start() -> usize {
+        let live = LIVE.with(|l| l.get());
+        PEAK.with(|p| p.set(live));
+        live
+    }
+
+    /// The peak bytes held since `start` returned `base`, beyond `base`.
+    pub fn peak_since(base: usize) -> usize {
+        PEAK.with(|p| p.get()).saturating_sub(base)
+    }
+}
 
 use std::time::Duration;
 

@@ -10,10 +10,9 @@ use axum::extract::{FromRequest, Multipart};
 use base64::Engine as _;
 use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb, Rgba};
 use lens::http::Limits;
-use lens::http::form::{check_upload, read_form};
-use lens::http::v2::infer::{ModelFacts, Payload, parse_request};
+use lens::http::form::{check_upload, read_form, read_urlencoded};
+use lens::http::v2::infer::{Answering, ModelFacts, Payload, Scores, parse_request, respond};
 use lens::job::{JobError, JobOutput, ModelInput};
-use lens::memory_budget::MemoryBudget;
 use lens::model::{ChannelOrder, InputSpec, Interpolation, Layout, ModelSpec, ResizeKind, ResizeSpec};
 use lens::preprocess::{Prepared, prepare, sniff_format};
 use lens::redis::codec;
@@ -56,6 +55,21 @@ fn form(data: &[u8]) -> String {
     let Ok(content_type) = axum::http::HeaderValue::from_bytes(content_type) else {
         return "unrepresentable header".into();
     };
+    let base = crate::cost::start();
+    let outcome = parse_form(content_type, body);
+    within_cost("form parse", body.len(), crate::cost::peak_since(base));
+    outcome
+}
+
+/// A multipart body as `read_form` reads it; a urlencoded one as
+/// `read_urlencoded` does.
+fn parse_form(content_type: axum::http::HeaderValue, body: &[u8]) -> String {
+    if content_type.as_bytes().starts_with(b"application/x-www-form-urlencoded") {
+        return match read_urlencoded(body, 16) {
+            Ok(fields) => format!("ok urlencoded with {} fields", fields.len().min(3)),
+            Err(e) => format!("form: {}", label(e.reason())),
+        };
+    }
     let request = axum::http::Request::builder()
         .method("POST")
         .uri("/predict")
@@ -66,7 +80,9 @@ fn form(data: &[u8]) -> String {
         body_bytes: 64 * 1024,
         max_parts: 16,
         request_timeout: Duration::from_secs(5),
-        bodies: MemoryBudget::new(1 << 20),
+        body_timeout: Duration::from_secs(5),
+        bodies: lens::http::body::BodyBudget::new(1 << 20),
+        trust_proxy: false,
     };
     runtime().block_on(async move {
         let multipart = match Multipart::from_request(request, &()).await {
@@ -210,10 +226,34 @@ const IMAGE_DICT: &[&[u8]] = &[
 
 // ----------------------------------------------------------------- KServe v2
 
+/// A parse may hold at most this many bytes per input byte, plus
+/// [`PARSE_BASE_BYTES`]: the body once as a copy, numbers as `f32`s (4 bytes
+/// for at least 2 of JSON), and vectors that grow by doubling.
+const PARSE_BYTES_PER_INPUT_BYTE: usize = 8;
+const PARSE_BASE_BYTES: usize = 64 * 1024;
+
+fn within_cost(what: &str, input: usize, peak: usize) {
+    let bound = PARSE_BYTES_PER_INPUT_BYTE * input + PARSE_BASE_BYTES;
+    assert!(peak <= bound, "{what}: {peak} bytes allocated for {input} input bytes (bound {bound})");
+}
+
 fn v2(data: &[u8]) -> String {
     let model = ModelFacts { shape: [-1, 3, 2, 2], classes: 5, output: "logits" };
-    match parse_request(&model, None, bytes::Bytes::copy_from_slice(data)) {
+    let base = crate::cost::start();
+    let parsed = parse_request(&model, None, bytes::Bytes::copy_from_slice(data));
+    within_cost("v2 parse", data.len(), crate::cost::peak_since(base));
+    match parsed {
         Ok(plan) => {
+            let n = match &plan.payload {
+                Payload::Images(i) => i.len(),
+                Payload::Tensors(_, n) => *n,
+            };
+            let labels: Vec<String> = ["cat", "dog", "=cmd|' /C calc'!A0", "\"quoted\"", "x"].map(String::from).into();
+            let facts = Answering { model: "m", version: "1", output: "logits", labels: &labels };
+            let rows: Vec<Scores> = (0..n).map(|i| Scores::from(vec![0.1 * i as f32, 0.2, 0.3, 0.15, 0.25])).collect();
+            let response = respond(&facts, plan.id.clone(), &rows, &plan.outputs);
+            let body = runtime().block_on(axum::body::to_bytes(response.into_body(), usize::MAX)).unwrap();
+            assert!(body.len() <= lens::cost::response_bound(n), "an answer of {} bytes for {n} inputs", body.len());
             let inputs = match &plan.payload {
                 Payload::Images(i) => format!("{} images", i.len().min(3)),
                 Payload::Tensors(values, n) => {

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::binary::{self, Tensors};
 use super::{ModelPath, input_shape, served};
@@ -26,9 +26,12 @@ use crate::http::AppState;
 use crate::http::error::{ApiError, OipError};
 use crate::predictor::{PredictError, Predictor};
 use crate::ranking::ranked;
+use tokio::task::JoinSet;
 
 /// Largest batch accepted in one infer request.
 pub const MAX_INFER_BATCH: usize = 64;
+/// Longest request `id`, which the answer echoes.
+pub const MAX_ID_BYTES: usize = 256;
 /// The header that says how long the JSON part of a binary body is.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -39,7 +42,7 @@ struct InferRequest {
     #[serde(default)]
     outputs: Vec<RequestedOutput>,
     #[serde(default)]
-    parameters: Map<String, Value>,
+    parameters: RequestParameters,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,16 +50,111 @@ struct InferInput {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    data: Option<Value>,
+    data: Option<Data>,
     #[serde(default)]
-    parameters: Map<String, Value>,
+    parameters: InputParameters,
 }
 
 #[derive(Debug, Deserialize)]
 struct RequestedOutput {
     name: String,
     #[serde(default)]
-    parameters: Map<String, Value>,
+    parameters: OutputParameters,
+}
+
+// The parameters Lens reads; any other parameter is skipped while parsing
+// (serde's `IgnoredAny`), never built into a value.
+
+#[derive(Debug, Default, Deserialize)]
+struct RequestParameters {
+    binary_data_output: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct InputParameters {
+    binary_data_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct OutputParameters {
+    binary_data: Option<bool>,
+    classification: Option<u64>,
+}
+
+/// The leaves of an input's JSON `data`, flattened in order while it is
+/// parsed: numbers straight into `f32`s (4 bytes for at least 2 of JSON),
+/// strings (base64 images) at most [`MAX_INFER_BATCH`] of them. No JSON
+/// value tree is built, so `data` costs a small multiple of its own bytes.
+#[derive(Debug, Default)]
+enum Data {
+    #[default]
+    Empty,
+    Numbers(Vec<f32>),
+    Strings(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut data = Data::Empty;
+        serde::de::DeserializeSeed::deserialize(Leaves(&mut data), d)?;
+        Ok(data)
+    }
+}
+
+/// Adds every leaf of one JSON value to the `Data` it holds.
+struct Leaves<'a>(&'a mut Data);
+
+impl Leaves<'_> {
+    fn number<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        match self.0 {
+            Data::Empty => *self.0 = Data::Numbers(vec![v as f32]),
+            Data::Numbers(values) => values.push(v as f32),
+            Data::Strings(_) => return Err(E::custom("data mixes numbers and strings")),
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Leaves<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Leaves<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of numbers or of base64 strings")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Leaves(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.number(v)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.number(v as f64)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.number(v as f64)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        match self.0 {
+            Data::Empty => *self.0 = Data::Strings(vec![v.to_owned()]),
+            Data::Strings(items) if items.len() < MAX_INFER_BATCH => items.push(v.to_owned()),
+            Data::Strings(_) => return Err(E::custom(format!("data holds more than {MAX_INFER_BATCH} strings"))),
+            Data::Numbers(_) => return Err(E::custom("data mixes numbers and strings")),
+        }
+        Ok(())
+    }
 }
 
 /// What the input holds, checked against the model.
@@ -96,11 +194,15 @@ pub struct Checked {
 /// trust boundary of `infer` before any prediction, and a fuzz target.
 pub fn parse_request(model: &ModelFacts, header_length: Option<&[u8]>, body: Bytes) -> Result<Checked, ApiError> {
     let (json, binary) = binary::split(body, header_length).map_err(|e| bad(e.0))?;
-    let req: InferRequest =
+    let mut req: InferRequest =
         serde_json::from_slice(&json).map_err(|e| bad(format!("invalid infer request JSON: {e}")))?;
-    let [input] = req.inputs.as_slice() else {
+    drop(json);
+    let [input] = req.inputs.as_mut_slice() else {
         return Err(bad(format!("exactly one input is expected, got {}", req.inputs.len())));
     };
+    if req.id.as_ref().is_some_and(|id| id.len() > MAX_ID_BYTES) {
+        return Err(bad(format!("the request id is longer than {MAX_ID_BYTES} bytes")));
+    }
     let mut tensors = Tensors::new(binary);
     let payload = read_input(model.shape, input, &mut tensors)?;
     tensors.finish().map_err(|e| bad(e.0))?;
@@ -120,14 +222,17 @@ pub async fn infer(
 ) -> Result<Response, OipError> {
     let p = served(&state, &path)?;
     let started = Instant::now();
-    let parsed = parse(&p, &headers, body.map_err(|e| read_error(e, state.limits.body_bytes)));
+    let parsed = parse(&p, &headers, body.map_err(|e| read_error(e, state.limits.body_bytes))).await;
     let Checked { id, payload, outputs: plans } = parsed.inspect_err(|_| p.stats().finish(false, started.elapsed()))?;
     let rows = match payload {
         Payload::Images(images) => predict_images(&p, images).await?,
         Payload::Tensors(values, n) => predict_tensors(&p, values, n).await?,
     };
     let began_output = Instant::now();
-    let response = respond(&p, id, &rows, &plans);
+    let model = &p.model;
+    let facts =
+        Answering { model: p.name(), version: p.version(), output: &model.spec.output.name, labels: &model.labels };
+    let response = respond(&facts, id, &rows, &plans);
     let per_row = began_output.elapsed() / rows.len().max(1) as u32;
     for _ in &rows {
         p.stats().compute_output.add(per_row);
@@ -144,20 +249,25 @@ fn read_error(e: axum::extract::rejection::BytesRejection, limit: usize) -> ApiE
 }
 
 /// Reads the body (JSON, with or without binary tensors; any content type)
-/// and checks it against the model.
-fn parse(p: &Predictor, headers: &HeaderMap, body: Result<Bytes, ApiError>) -> Result<Checked, ApiError> {
-    let facts = ModelFacts { shape: input_shape(p), classes: p.model.labels.len(), output: &p.model.spec.output.name };
-    parse_request(&facts, headers.get(HEADER_LENGTH).map(HeaderValue::as_bytes), body?)
+/// and checks it against the model, on the bounded CPU pool: parsing 10 MB
+/// of JSON takes tens of milliseconds, which must not stall the runtime
+/// threads that every other connection needs.
+async fn parse(p: &Predictor, headers: &HeaderMap, body: Result<Bytes, ApiError>) -> Result<Checked, ApiError> {
+    let (shape, classes, output) = (input_shape(p), p.model.labels.len(), p.model.spec.output.name.clone());
+    let header_length = headers.get(HEADER_LENGTH).map(|v| HeaderValue::as_bytes(v).to_vec());
+    let body = body?;
+    p.on_cpu_pool(move || {
+        let facts = ModelFacts { shape, classes, output: &output };
+        parse_request(&facts, header_length.as_deref(), body)
+    })
+    .await?
 }
 
 /// The input's bytes: its share of the binary part, or `None` for JSON data.
 fn raw_data(input: &InferInput, tensors: &mut Tensors) -> Result<Option<Bytes>, ApiError> {
-    match input.parameters.get("binary_data_size") {
+    match input.parameters.binary_data_size {
         None => Ok(None),
-        Some(size) => {
-            let size = size.as_u64().ok_or_else(|| bad("binary_data_size must be a byte count"))?;
-            tensors.take(&input.name, size).map(Some).map_err(|e| bad(e.0))
-        }
+        Some(size) => tensors.take(&input.name, size).map(Some).map_err(|e| bad(e.0)),
     }
 }
 
@@ -166,16 +276,17 @@ fn elements(shape: &[i64]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
 }
 
-fn read_input(want: [i64; 4], input: &InferInput, tensors: &mut Tensors) -> Result<Payload, ApiError> {
+fn read_input(want: [i64; 4], input: &mut InferInput, tensors: &mut Tensors) -> Result<Payload, ApiError> {
     let raw = raw_data(input, tensors)?;
-    if raw.is_none() && input.data.is_none() {
+    let data = input.data.take();
+    if raw.is_none() && data.is_none() {
         return Err(bad(format!("input {:?} has neither data nor binary_data_size", input.name)));
     }
     let count = elements(&input.shape).ok_or_else(|| bad(format!("invalid shape {:?}", input.shape)))?;
     match input.datatype.as_str() {
         "BYTES" => {
             let n = *input.shape.first().unwrap_or(&0);
-            if !(input.shape.len() == 1 || input.shape[1..] == [1]) || n < 1 || n as usize > MAX_INFER_BATCH {
+            if !matches!(input.shape.as_slice(), [_] | [_, 1]) || n < 1 || n as usize > MAX_INFER_BATCH {
                 return Err(bad(format!(
                     "BYTES input shape must be [N] or [N, 1] with 1 <= N <= {MAX_INFER_BATCH}, got {:?}",
                     input.shape
@@ -183,7 +294,7 @@ fn read_input(want: [i64; 4], input: &InferInput, tensors: &mut Tensors) -> Resu
             }
             let images = match raw {
                 Some(raw) => binary::bytes_elements(raw, MAX_INFER_BATCH).map_err(|e| bad(e.0))?,
-                None => base64_elements(input.data.as_ref().unwrap_or(&Value::Null))?,
+                None => base64_elements(data.unwrap_or_default())?,
             };
             if images.len() != count {
                 return Err(bad(format!("BYTES input has {} elements, shape needs {count}", images.len())));
@@ -200,7 +311,7 @@ fn read_input(want: [i64; 4], input: &InferInput, tensors: &mut Tensors) -> Resu
             }
             let values = match raw {
                 Some(raw) => binary::fp32_values(&raw).map_err(|e| bad(e.0))?,
-                None => json_floats(input.data.as_ref().unwrap_or(&Value::Null), count)?,
+                None => json_floats(data.unwrap_or_default())?,
             };
             if values.len() != count {
                 return Err(bad(format!("FP32 data has {} values, shape needs {count}", values.len())));
@@ -214,25 +325,15 @@ fn read_input(want: [i64; 4], input: &InferInput, tensors: &mut Tensors) -> Resu
     }
 }
 
-/// Leaves of a (possibly nested) JSON array, at most `max`.
-fn leaves(v: &Value, max: usize, out: &mut Vec<Value>) -> Result<(), ApiError> {
-    match v {
-        Value::Array(items) => items.iter().try_for_each(|i| leaves(i, max, out)),
-        leaf if out.len() < max => {
-            out.push(leaf.clone());
-            Ok(())
-        }
-        _ => Err(bad(format!("data holds more than the {max} elements its shape allows"))),
-    }
-}
-
-fn base64_elements(data: &Value) -> Result<Vec<Bytes>, ApiError> {
-    let mut items = Vec::new();
-    leaves(data, MAX_INFER_BATCH, &mut items)?;
+fn base64_elements(data: Data) -> Result<Vec<Bytes>, ApiError> {
+    let items = match data {
+        Data::Strings(items) => items,
+        Data::Empty => Vec::new(),
+        Data::Numbers(_) => return Err(bad("JSON BYTES elements must be base64 strings")),
+    };
     items
         .iter()
-        .map(|item| {
-            let text = item.as_str().ok_or_else(|| bad("JSON BYTES elements must be base64 strings"))?;
+        .map(|text| {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(text)
                 .map_err(|e| bad(format!("invalid base64: {e}")))?;
@@ -241,73 +342,114 @@ fn base64_elements(data: &Value) -> Result<Vec<Bytes>, ApiError> {
         .collect()
 }
 
-fn json_floats(data: &Value, count: usize) -> Result<Vec<f32>, ApiError> {
-    let mut items = Vec::new();
-    leaves(data, count, &mut items)?;
-    items
-        .iter()
-        .map(|v| v.as_f64().map(|x| x as f32))
-        .collect::<Option<_>>()
-        .ok_or_else(|| bad("FP32 data must hold only numbers"))
+fn json_floats(data: Data) -> Result<Vec<f32>, ApiError> {
+    match data {
+        Data::Numbers(values) => Ok(values),
+        Data::Empty => Ok(Vec::new()),
+        Data::Strings(_) => Err(bad("FP32 data must hold only numbers")),
+    }
 }
 
+/// One plan per requested output. Each output name may be asked for once,
+/// and `classification` is capped at the model's classes, so the answer is
+/// at most one row of scores or labels per input ([`crate::cost`]).
 fn plan_outputs(model: &ModelFacts, req: &InferRequest) -> Result<Vec<OutputPlan>, ApiError> {
-    let default_binary = req.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
+    let default_binary = req.parameters.binary_data_output.unwrap_or(false);
     if req.outputs.is_empty() {
         return Ok(vec![OutputPlan { binary: default_binary, class_count: None }]);
     }
-    let classes = model.classes;
+    if req.outputs.len() > 1 {
+        return Err(bad(format!(
+            "each output may be requested once: the model has one output, {:?}, and {} were requested",
+            model.output,
+            req.outputs.len()
+        )));
+    }
     req.outputs
         .iter()
         .map(|o| {
             if o.name != model.output {
                 return Err(bad(format!("unknown output {:?}: the model has {:?}", o.name, model.output)));
             }
-            let binary = o.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(default_binary);
-            let class_count = match o.parameters.get("classification") {
+            let binary = o.parameters.binary_data.unwrap_or(default_binary);
+            let class_count = match o.parameters.classification {
                 None => None,
-                Some(Value::Number(k)) if k.as_u64().is_some_and(|k| k > 0) => {
-                    Some((k.as_u64().unwrap_or(1) as usize).min(classes))
-                }
-                Some(other) => return Err(bad(format!("classification must be a positive count, got {other}"))),
+                Some(0) => return Err(bad("classification must be a positive count, got 0")),
+                Some(k) => Some(usize::try_from(k).unwrap_or(usize::MAX).min(model.classes)),
             };
             Ok(OutputPlan { binary, class_count })
         })
         .collect()
 }
 
-type Scores = Arc<[f32]>;
+/// One input's class probabilities.
+pub type Scores = Arc<[f32]>;
 
+/// Predicts every image of one request. All are checked from their headers
+/// first, so a request with one bad image among many costs no decode; the
+/// predictions then run side by side in a [`JoinSet`], which aborts those
+/// still running when the request ends (its first failure, its deadline, or
+/// its client gone).
 async fn predict_images(p: &Arc<Predictor>, images: Vec<Bytes>) -> Result<Vec<Scores>, ApiError> {
-    let tasks = images.into_iter().map(|b| {
+    for (i, image) in images.iter().enumerate() {
+        p.check_image(image).map_err(|e| in_element(i, images.len(), e))?;
+    }
+    let mut tasks = JoinSet::new();
+    for (i, b) in images.into_iter().enumerate() {
         let p = Arc::clone(p);
-        tokio::spawn(async move { p.predict(b).await.map(|a| a.scores) })
-    });
-    join_in_order(tasks.collect()).await
+        tasks.spawn(async move { (i, p.predict(b).await.map(|a| a.scores)) });
+    }
+    join_in_order(tasks).await
 }
 
 async fn predict_tensors(p: &Arc<Predictor>, values: Vec<f32>, n: usize) -> Result<Vec<Scores>, ApiError> {
     let per = values.len() / n.max(1);
-    let tasks = values.chunks_exact(per.max(1)).map(|c| {
+    let mut tasks = JoinSet::new();
+    for (i, c) in values.chunks_exact(per.max(1)).enumerate() {
         let (p, c) = (Arc::clone(p), c.to_vec());
-        tokio::spawn(async move { p.predict_tensor(c).await })
-    });
-    join_in_order(tasks.collect()).await
+        tasks.spawn(async move { (i, p.predict_tensor(c).await) });
+    }
+    drop(values);
+    join_in_order(tasks).await
 }
 
-/// Awaits spawned predictions in request order; the first failure wins.
-async fn join_in_order(
-    tasks: Vec<tokio::task::JoinHandle<Result<Scores, PredictError>>>,
-) -> Result<Vec<Scores>, ApiError> {
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.map_err(|e| ApiError::Internal(e.to_string()))??);
+/// An error of element `i` of `n`, saying which one when there are several.
+fn in_element(i: usize, n: usize, e: PredictError) -> ApiError {
+    match e {
+        PredictError::BadImage(image) if n > 1 && status_of(&image) == axum::http::StatusCode::BAD_REQUEST => {
+            bad(format!("element {i}: {image}"))
+        }
+        other => other.into(),
     }
-    Ok(out)
+}
+
+fn status_of(image: &crate::preprocess::ImageError) -> axum::http::StatusCode {
+    ApiError::from(image.clone()).status_code()
+}
+
+/// Collects the predictions in request order; the first failure wins, and
+/// dropping the set aborts the rest.
+async fn join_in_order(mut tasks: JoinSet<(usize, Result<Scores, PredictError>)>) -> Result<Vec<Scores>, ApiError> {
+    let mut out: Vec<Option<Scores>> = vec![None; tasks.len()];
+    while let Some(joined) = tasks.join_next().await {
+        let (i, result) = joined.map_err(|e| ApiError::Internal(e.to_string()))?;
+        out[i] = Some(result?);
+    }
+    out.into_iter().map(|s| s.ok_or_else(|| ApiError::Internal("a prediction went missing".into()))).collect()
+}
+
+/// What an answer names: the model, its version, its output and labels.
+pub struct Answering<'a> {
+    pub model: &'a str,
+    pub version: &'a str,
+    pub output: &'a str,
+    pub labels: &'a [String],
 }
 
 /// The response: JSON, or JSON then binary tensors when any output asks.
-fn respond(p: &Predictor, id: Option<String>, rows: &[Scores], plans: &[OutputPlan]) -> Response {
+/// Pure, and a fuzz target's second half: its size stays within
+/// [`crate::cost::response_bound`] of the number of rows.
+pub fn respond(p: &Answering, id: Option<String>, rows: &[Scores], plans: &[OutputPlan]) -> Response {
     let n = rows.len();
     let mut tail = Vec::new();
     let outputs: Vec<Value> = plans
@@ -317,7 +459,7 @@ fn respond(p: &Predictor, id: Option<String>, rows: &[Scores], plans: &[OutputPl
                 Some(k) => {
                     let strings: Vec<String> = rows
                         .iter()
-                        .flat_map(|s| ranked(s, &p.model.labels, k))
+                        .flat_map(|s| ranked(s, p.labels, k))
                         .map(|c| format!("{}:{}:{}", c.score, c.index, c.label))
                         .collect();
                     ("BYTES", [n, k], binary::encode_bytes(&strings), json!(strings))
@@ -325,10 +467,10 @@ fn respond(p: &Predictor, id: Option<String>, rows: &[Scores], plans: &[OutputPl
                 None => {
                     let values: Vec<f32> = rows.iter().flat_map(|s| s.iter().copied()).collect();
                     let raw = if plan.binary { crate::job::f32_to_le_bytes(&values) } else { Vec::new() };
-                    ("FP32", [n, p.model.labels.len()], raw, json!(values))
+                    ("FP32", [n, p.labels.len()], raw, json!(values))
                 }
             };
-            let mut out = json!({"name": p.model.spec.output.name, "datatype": datatype, "shape": shape});
+            let mut out = json!({"name": p.output, "datatype": datatype, "shape": shape});
             if plan.binary {
                 out["parameters"] = json!({"binary_data_size": raw.len()});
                 tail.extend(raw);
@@ -338,7 +480,7 @@ fn respond(p: &Predictor, id: Option<String>, rows: &[Scores], plans: &[OutputPl
             out
         })
         .collect();
-    let mut body = json!({"model_name": p.name(), "model_version": p.version(), "outputs": outputs});
+    let mut body = json!({"model_name": p.model, "model_version": p.version, "outputs": outputs});
     if let Some(id) = id {
         body["id"] = Value::String(id);
     }
