@@ -22,10 +22,15 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-model: $(MODEL)/model.onnx
+model: $(MODEL)/model.onnx $(MODEL)/model.int8.onnx
 $(MODEL)/model.onnx: $(VENV)/.installed tools/export_efficientnet_lite0.py
 	$(PY) tools/export_efficientnet_lite0.py
 	touch $@
+
+# The int8 variant, rebuilt from the committed calibration ranges (no photos,
+# deterministic: see tools/INT8.md). Its report goes to model.int8.json.
+$(MODEL)/model.int8.onnx: $(MODEL)/model.onnx tools/quantize_int8.py tools/efficientnet-lite0.int8-ranges.json
+	$(PY) tools/quantize_int8.py $(MODEL) --from-ranges tools/efficientnet-lite0.int8-ranges.json --bench none > /dev/null
 
 # system-deps first: the turbojpeg crate builds libjpeg-turbo with cmake and nasm.
 build:

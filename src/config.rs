@@ -40,8 +40,9 @@ pub struct ModelArgs {
     #[arg(long, env = "LENS_ENGINE")]
     pub engine: Option<EngineChoice>,
 
-    /// Precision inside the model: fp32, bf16 (OpenVINO only), or auto (bf16
-    /// on OpenVINO when the CPU has avx512_bf16 or amx_bf16, else fp32).
+    /// Precision inside the model: fp32, bf16 (OpenVINO only), int8 (the
+    /// model directory's `model.int8.onnx` variant, either engine), or auto
+    /// (bf16 on OpenVINO when the CPU has avx512_bf16 or amx_bf16, else fp32).
     /// Default: model.toml's `precision`, else fp32 (bf16 measured slower
     /// than fp32 for the default model on this project's machines).
     #[arg(long, env = "LENS_PRECISION")]
@@ -486,8 +487,9 @@ pub struct BenchArgs {
     #[arg(long = "engine", value_delimiter = ',', default_value = "onnxruntime,openvino")]
     pub engines: Vec<EngineChoice>,
 
-    /// Precisions to measure (fp32, bf16, auto), comma-separated; combinations
-    /// an engine cannot run (ONNX Runtime bf16) print a `skipped` row.
+    /// Precisions to measure (fp32, bf16, int8, auto), comma-separated;
+    /// combinations an engine cannot run (ONNX Runtime bf16) print a
+    /// `skipped` row.
     #[arg(long = "precision", value_delimiter = ',', default_value = "fp32,bf16")]
     pub precisions: Vec<PrecisionChoice>,
 

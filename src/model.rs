@@ -89,6 +89,8 @@ pub enum EngineChoice {
 pub enum PrecisionChoice {
     Fp32,
     Bf16,
+    /// The model directory's int8 variant (`model.int8.onnx`).
+    Int8,
     #[default]
     Auto,
 }
@@ -108,6 +110,7 @@ impl PrecisionChoice {
         match self {
             PrecisionChoice::Fp32 => "fp32",
             PrecisionChoice::Bf16 => "bf16",
+            PrecisionChoice::Int8 => "int8",
             PrecisionChoice::Auto => "auto",
         }
     }
@@ -131,8 +134,9 @@ impl std::str::FromStr for PrecisionChoice {
         match s {
             "fp32" => Ok(PrecisionChoice::Fp32),
             "bf16" => Ok(PrecisionChoice::Bf16),
+            "int8" => Ok(PrecisionChoice::Int8),
             "auto" => Ok(PrecisionChoice::Auto),
-            _ => Err(format!("unknown precision {s:?}: use fp32, bf16 or auto")),
+            _ => Err(format!("unknown precision {s:?}: use fp32, bf16, int8 or auto")),
         }
     }
 }
@@ -292,6 +296,32 @@ impl ModelDir {
             });
         }
         Ok(ModelDir { dir: dir.to_owned(), spec, labels, onnx_path })
+    }
+
+    /// The path of the int8 variant beside the model file: `model.onnx` has
+    /// `model.int8.onnx` (`tools/quantize_int8.py` writes it).
+    pub fn int8_path(&self) -> PathBuf {
+        let stem = self.onnx_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        self.onnx_path.with_file_name(format!("{stem}.int8.onnx"))
+    }
+
+    /// This model with the file of the variant `precision` runs: the int8
+    /// variant for int8 (an error if there is none), else itself.
+    pub fn variant(&self, precision: crate::engine::Precision) -> Result<ModelDir, ModelError> {
+        if precision != crate::engine::Precision::Int8 {
+            return Ok(self.clone());
+        }
+        let path = self.int8_path();
+        if !path.is_file() {
+            return Err(ModelError::Io {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no int8 variant of this model: make one with tools/quantize_int8.py (`make model` does for the default model)",
+                ),
+            });
+        }
+        Ok(ModelDir { onnx_path: path, ..self.clone() })
     }
 }
 

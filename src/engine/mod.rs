@@ -83,10 +83,13 @@ impl Engine {
 }
 
 /// The arithmetic precision inside the model (its inputs and outputs stay f32).
+/// `Int8` is a property of a model variant: the quantized file beside the
+/// fp32 one ([`crate::model::ModelDir::variant`]), which either engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Precision {
     Fp32,
     Bf16,
+    Int8,
 }
 
 impl Precision {
@@ -94,6 +97,7 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }

@@ -120,8 +120,10 @@ pub fn load_sessions(
     let err = |e: &dyn Display| EngineError::Load { path: path.clone(), message: e.to_string() };
     let onnx = path.to_str().ok_or_else(|| err(&"the model path is not UTF-8"))?;
     let mut core = Core::new().map_err(|e| err(&e))?;
+    // An int8 variant's quantized operators run in int8 whatever the hint;
+    // f32 keeps the rest in f32 rather than bf16.
     let hint = match precision {
-        Precision::Fp32 => "f32",
+        Precision::Fp32 | Precision::Int8 => "f32",
         Precision::Bf16 => "bf16",
     };
     let streams = sessions.max(1);
@@ -157,6 +159,7 @@ pub fn load_sessions(
         single.get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision)).map_err(|e| err(&e))?.into_owned();
     let actual = match actual.as_str() {
         "bf16" => Precision::Bf16,
+        "f32" if precision == Precision::Int8 => Precision::Int8,
         "f32" => Precision::Fp32,
         other => return Err(err(&format!("OpenVINO compiled for precision {other:?}, expected f32 or bf16"))),
     };

@@ -47,6 +47,7 @@ pub fn this_cpu_has_native_bf16() -> bool {
 pub fn choose_precision(choice: PrecisionChoice, engine: Engine, cpu_bf16: bool) -> Result<Precision, EngineError> {
     match (choice, engine) {
         (PrecisionChoice::Fp32, _) => Ok(Precision::Fp32),
+        (PrecisionChoice::Int8, _) => Ok(Precision::Int8),
         (PrecisionChoice::Bf16, Engine::OnnxRuntime) => Err(EngineError::Unsupported(
             "ONNX Runtime runs this model in fp32 only; use --engine openvino (or auto) for bf16".into(),
         )),
@@ -103,6 +104,8 @@ fn load_with(
     sessions: SessionConfig,
 ) -> Result<(Vec<Box<dyn Classifier>>, Runtime), EngineError> {
     let precision = choose_precision(opts.precision, engine, opts.cpu_bf16)?;
+    let variant = model.variant(precision).map_err(|e| EngineError::Unsupported(e.to_string()))?;
+    let model = &variant;
     let n = sessions.sessions.max(1);
     match engine {
         Engine::OnnxRuntime => {
