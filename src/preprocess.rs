@@ -10,7 +10,7 @@
 //! The output is meant to match `tools/reference_predict.py` (Pillow):
 //! alpha composited on **white** (a transparent pixel becomes white, not the
 //! colour hidden under it, nor black), EXIF orientation applied, centre square of
-//! side `int(crop_fraction * min(w, h))` at `((w - side) // 2, (h - side) // 2)`,
+//! side `int(crop_fraction * min(w, h))` at `((w - side + 1) // 2, (h - side + 1) // 2)`,
 //! then a resize with the spec's filter (bicubic is Pillow's `BICUBIC`).
 //!
 //! # Hostile input

@@ -12,8 +12,8 @@ score is the softmax probability (computed in float64 from the model's logits).
 
 Preprocessing follows model.toml:
   RGB (alpha composited on white) -> EXIF orientation (ImageOps.exif_transpose)
-  -> centre square of side int(crop_fraction * min(w, h)), left=(w-side)//2,
-     top=(h-side)//2 -> resize to width x height (Pillow BICUBIC for "bicubic")
+  -> centre square of side int(crop_fraction * min(w, h)), left=(w-side+1)//2,
+     top=(h-side+1)//2 -> resize to width x height (Pillow BICUBIC for "bicubic")
   -> (x - mean) / std per channel -> NCHW (or NHWC) float32.
 """
 
@@ -51,7 +51,7 @@ def preprocess(path, cfg):
     if pre["resize"] == "center-crop":
         w, h = img.size
         side = int(float(pre["crop_fraction"]) * min(w, h))
-        left, top = (w - side) // 2, (h - side) // 2
+        left, top = (w - side + 1) // 2, (h - side + 1) // 2
         img = img.crop((left, top, left + side, top + side))
     elif pre["resize"] != "squash":
         raise ValueError(f"unknown resize mode {pre['resize']!r}")

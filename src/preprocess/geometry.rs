@@ -99,7 +99,9 @@ pub(crate) fn upright_size(width: u32, height: u32, orientation: Orientation) ->
 }
 
 /// The reference centre crop: a square of side `int(fraction * min(w, h))`,
-/// placed at `((w - side) // 2, (h - side) // 2)`.
+/// placed at `((w - side + 1) // 2, (h - side + 1) // 2)`, as the model's
+/// training crop (timm and torchvision's `CenterCrop`) places it: an odd
+/// margin puts the extra pixel before the crop, not after.
 pub(crate) fn center_crop(width: u32, height: u32, fraction: f32) -> Rect {
     let short = width.min(height);
     // `fraction` was written in decimal in model.toml and Python reads that
@@ -109,7 +111,7 @@ pub(crate) fn center_crop(width: u32, height: u32, fraction: f32) -> Rect {
     let side = (fraction * f64::from(short)).floor();
     // Saturating float->int cast, then clamp into 1..=short.
     let side = (side as u32).clamp(1, short.max(1));
-    Rect { left: (width - side) / 2, top: (height - side) / 2, width: side, height: side }
+    Rect { left: (width - side).div_ceil(2), top: (height - side).div_ceil(2), width: side, height: side }
 }
 
 /// Maps a pixel of the stored `width x height` frame to the upright picture.
@@ -194,9 +196,9 @@ mod tests {
     }
 
     #[test]
-    fn center_crop_matches_python_int_and_floor_division() {
-        // int(0.875 * 486) = 425; (729 - 425) // 2 = 152; (486 - 425) // 2 = 30
-        assert_eq!(center_crop(729, 486, 0.875), Rect { left: 152, top: 30, width: 425, height: 425 });
+    fn center_crop_matches_python_int_and_the_training_offset() {
+        // int(0.875 * 486) = 425; (729 - 425 + 1) // 2 = 152; (486 - 425 + 1) // 2 = 31
+        assert_eq!(center_crop(729, 486, 0.875), Rect { left: 152, top: 31, width: 425, height: 425 });
         // int(0.875 * 512) = 448; (600 - 448) // 2 = 76
         assert_eq!(center_crop(512, 600, 0.875), Rect { left: 32, top: 76, width: 448, height: 448 });
         // 224/256 of 256 is exactly 224.
