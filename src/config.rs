@@ -438,6 +438,56 @@ pub struct ExportArgs {
     pub drain: bool,
 }
 
+/// `lens quantize`.
+#[derive(Debug, Clone, Args)]
+pub struct QuantizeArgs {
+    /// Model directory (model.toml and its ONNX file); the int8 variant and
+    /// its report are written beside the fp32 file (`model.int8.onnx`,
+    /// `model.int8.json`).
+    pub model_dir: PathBuf,
+
+    /// Photos like the ones the model will see: files or folders (searched
+    /// recursively; files are recognised by content, so the upload store or a
+    /// `lens feedback export` folder serves as is). Every fourth is held out
+    /// to verify the variant and never calibrated on.
+    #[arg(long, required = true, num_args = 1..)]
+    pub calibration: Vec<PathBuf>,
+
+    /// Most photos to calibrate on.
+    #[arg(long, default_value_t = 300, value_parser = at_least_one())]
+    pub samples: usize,
+
+    /// Refuse to write a variant whose top-1 agrees with fp32 on a smaller
+    /// share of the held-out photos (on every engine measured).
+    #[arg(long, default_value_t = 0.97)]
+    pub min_agreement: f64,
+
+    /// Engines to verify and time fp32 against int8 on: both, onnxruntime,
+    /// openvino (none: verify on ONNX Runtime, no timing).
+    #[arg(long, value_enum, default_value_t = QuantizeBench::Both)]
+    pub bench: QuantizeBench,
+}
+
+/// Which engines `lens quantize` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantizeBench {
+    Both,
+    Onnxruntime,
+    Openvino,
+    None,
+}
+
+impl QuantizeBench {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuantizeBench::Both => "both",
+            QuantizeBench::Onnxruntime => "onnxruntime",
+            QuantizeBench::Openvino => "openvino",
+            QuantizeBench::None => "none",
+        }
+    }
+}
+
 /// `lens eval`.
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lens::config::{BenchArgs, EvalArgs, FeedbackCommand, PredictArgs, ServeArgs, WorkerArgs};
+use lens::config::{BenchArgs, EvalArgs, FeedbackCommand, PredictArgs, QuantizeArgs, ServeArgs, WorkerArgs};
 use lens::cpu_policy::CpuPolicy;
 
 /// Lens: an image-classification serving system.
@@ -33,6 +33,8 @@ enum Command {
     Bench(BenchArgs),
     /// Measure accuracy on a labelled ImageFolder tree (one subfolder per class).
     Eval(EvalArgs),
+    /// Write a model's int8 variant from your own photos, verified against fp32.
+    Quantize(QuantizeArgs),
     /// Work with stored feedback.
     #[command(subcommand)]
     Feedback(FeedbackCommand),
@@ -70,6 +72,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval(args) => lens::cli::eval::run(&args),
+        Command::Quantize(args) => lens::cli::quantize::run(&args),
         Command::Feedback(FeedbackCommand::Export(args)) => {
             lens::cli::export::run(&args)?;
             Ok(ExitCode::SUCCESS)

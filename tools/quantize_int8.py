@@ -93,6 +93,11 @@ def list_photos(folder, what):
     return photos
 
 
+def show_progress():
+    """On a terminal, or when `lens quantize` reads the lines to draw its own bar."""
+    return sys.stderr.isatty() or os.environ.get("LENS_PROGRESS") == "1"
+
+
 def load_batch(paths, cfg, what, progress=True):
     """Preprocess every photo; refuse with the list of unreadable ones if any."""
     xs, bad = [], []
@@ -101,9 +106,9 @@ def load_batch(paths, cfg, what, progress=True):
             xs.append(preprocess(p, cfg))
         except Exception as e:  # Pillow raises many kinds for bad files
             bad.append(f"{p}: {type(e).__name__}: {e}")
-        if progress and sys.stderr.isatty():
+        if progress and show_progress():
             print(f"\r{what}: {i + 1}/{len(paths)} photos", end="", file=sys.stderr, flush=True)
-    if progress and sys.stderr.isatty():
+    if progress and show_progress():
         print(file=sys.stderr)
     if bad:
         shown = "\n  ".join(bad[:10])
@@ -224,7 +229,12 @@ class _Reader:
 def quantize_ort(fp32, out, in_name, calib_x=None, cache=None, method="minmax", reduce_range=False):
     """onnxruntime quantize_static, QDQ, U8 activations / S8 per-channel weights.
     With cache set and existing, no photos are used (the ranges come from the cache)."""
+    import logging
+
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    # Its advice to run its pre-processing step is for models with shape
+    # inference gaps; this graph has none, and the advice would read as a fault.
+    logging.getLogger().setLevel(logging.ERROR)
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     extra = {}
