@@ -28,9 +28,12 @@ $(MODEL)/model.onnx: $(VENV)/.installed tools/export_efficientnet_lite0.py
 	touch $@
 
 # The int8 variant, rebuilt from the committed calibration ranges (no photos,
-# deterministic: see tools/INT8.md). Its report goes to model.int8.json.
+# deterministic: see tools/INT8.md). Its report goes to model.int8.json. The
+# ranges fit one fp32 export; if an export ever differs, the script refuses,
+# and the service still starts (fp32), while tests/engines.rs says why.
 $(MODEL)/model.int8.onnx: $(MODEL)/model.onnx tools/quantize_int8.py tools/efficientnet-lite0.int8-ranges.json
-	$(PY) tools/quantize_int8.py $(MODEL) --from-ranges tools/efficientnet-lite0.int8-ranges.json --bench none > /dev/null
+	$(PY) tools/quantize_int8.py $(MODEL) --from-ranges tools/efficientnet-lite0.int8-ranges.json --bench none > /dev/null \
+	  || echo "warning: no int8 variant of $(MODEL) (see above); fp32 serves as before" >&2
 
 # system-deps first: the turbojpeg crate builds libjpeg-turbo with cmake and nasm.
 build:

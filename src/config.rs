@@ -42,7 +42,9 @@ pub struct ModelArgs {
 
     /// Precision inside the model: fp32, bf16 (OpenVINO only), int8 (the
     /// model directory's `model.int8.onnx` variant, either engine), or auto
-    /// (bf16 on OpenVINO when the CPU has avx512_bf16 or amx_bf16, else fp32).
+    /// (int8 when that variant's report shows it verified against fp32 and
+    /// the CPU has AVX2; else bf16 on OpenVINO when the CPU has avx512_bf16 or
+    /// amx_bf16; else fp32).
     /// Default: model.toml's `precision`, else fp32 (bf16 measured slower
     /// than fp32 for the default model on this project's machines).
     #[arg(long, env = "LENS_PRECISION")]

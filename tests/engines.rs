@@ -91,6 +91,50 @@ fn the_int8_variant_agrees_with_fp32_on_both_engines_and_batches_equal_singles()
     assert!(e.to_string().contains("no int8 variant"), "{e}");
 }
 
+/// A copy of the default model in `dir`: fp32 files, and the int8 variant
+/// with a report claiming `agreement` when given.
+fn model_with_variant(dir: &std::path::Path, variant: Option<&[u8]>, agreement: Option<f64>) -> ModelDir {
+    let source = common::root().join("models/efficientnet-lite0");
+    for f in ["model.onnx", "model.toml", "labels.txt"] {
+        std::fs::copy(source.join(f), dir.join(f)).unwrap();
+    }
+    if let Some(bytes) = variant {
+        std::fs::write(dir.join("model.int8.onnx"), bytes).unwrap();
+    }
+    if let Some(a) = agreement {
+        let report = serde_json::json!({"heldout": {"min_agreement": 0.97, "agreement": {
+            "onnxruntime": {"top1_agreement": a}, "openvino": {"top1_agreement": a}}}});
+        std::fs::write(dir.join("model.int8.json"), report.to_string()).unwrap();
+    }
+    ModelDir::load(dir).unwrap()
+}
+
+#[test]
+fn auto_runs_int8_only_when_the_variant_is_verified_and_falls_back_when_it_does_not_load() {
+    let int8 = std::fs::read(model().int8_path()).unwrap();
+    let auto = options(EngineChoice::OnnxRuntime, PrecisionChoice::Auto, false);
+    let case = |variant: Option<&[u8]>, agreement: Option<f64>| {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = model_with_variant(tmp.path(), variant, agreement);
+        let refusal = lens::engine::int8_refusal(&m, Engine::OnnxRuntime);
+        let (mut session, runtime) = one(&m, &auto).unwrap();
+        // Whatever it chose, it classifies.
+        assert_eq!(top1(&m, &session.classify(&[&prepared(&m, "dog.jpeg")]).unwrap()[0]), "Eskimo_dog");
+        (refusal, runtime.precision)
+    };
+    let (why, precision) = case(Some(&int8), Some(0.99));
+    assert_eq!((why, precision), (None, Precision::Int8), "verified: auto runs int8");
+    let (why, precision) = case(Some(&int8), Some(0.9));
+    assert!(why.unwrap().contains("under the gate"));
+    assert_eq!(precision, Precision::Fp32, "under the gate: fp32");
+    let (why, precision) = case(None, None);
+    assert!(why.unwrap().contains("no int8 variant"));
+    assert_eq!(precision, Precision::Fp32);
+    let (why, precision) = case(Some(b"not an onnx file"), Some(0.99));
+    assert_eq!(why, None, "verified on paper...");
+    assert_eq!(precision, Precision::Fp32, "...but it does not load: fp32");
+}
+
 #[test]
 fn both_engines_and_both_precisions_give_the_same_top1_on_every_photo() {
     let model = model();

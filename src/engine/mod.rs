@@ -25,7 +25,8 @@ pub use crate::job::ModelInput;
 use crate::model::{ChannelOrder, Layout, ModelSpec, OutputKind};
 pub use onnxruntime::{OrtClassifier, find_runtime_library, runtime};
 pub use select::{
-    EngineOptions, choose_precision, cpu_has_native_bf16, expected_runtime, load_sessions, this_cpu_has_native_bf16,
+    EngineOptions, choose_precision, cpu_has_native_bf16, expected_runtime, int8_refusal, load_sessions,
+    this_cpu_has_native_bf16,
 };
 
 /// Inference failures. `Clone`, so one failure fans out to a whole batch.

@@ -2,10 +2,15 @@
 //! with them.
 //!
 //! `auto` engine: OpenVINO when it loads, compiles and runs the model, else
-//! ONNX Runtime, with a warning that says why. `auto` precision: bf16 when
-//! the engine is OpenVINO and the CPU has native bf16 (AVX512_BF16 or AMX),
-//! fp32 elsewhere. The CPU decision is a pure function of `/proc/cpuinfo`
-//! text and the choice a pure function of that answer, so tests force both.
+//! ONNX Runtime, with a warning that says why. `auto` precision: the model
+//! directory's int8 variant when it is verified ([`int8_refusal`]: its report
+//! shows top-1 agreement with fp32 at or above its gate on this engine) and
+//! the CPU computes int8 fast (AVX2; VNNI makes it faster still), with a
+//! logged reason when it is not, and a fall back when it does not load;
+//! otherwise bf16 when the engine is OpenVINO and the CPU has native bf16
+//! (AVX512_BF16 or AMX), fp32 elsewhere. The CPU decision is a pure function
+//! of `/proc/cpuinfo` text and the choice a pure function of that answer, so
+//! tests force both.
 
 use std::path::PathBuf;
 
@@ -60,14 +65,68 @@ pub fn choose_precision(choice: PrecisionChoice, engine: Engine, cpu_bf16: bool)
 /// What a process that loads no model (an API node on Redis) expects its
 /// workers to run, from the same options: `auto` is OpenVINO when its
 /// library is there. Workers report what they really run in their heartbeat.
-pub fn expected_runtime(opts: &EngineOptions) -> Result<Runtime, EngineError> {
+pub fn expected_runtime(model: &ModelDir, opts: &EngineOptions) -> Result<Runtime, EngineError> {
     let engine = match opts.engine {
         EngineChoice::OnnxRuntime => Engine::OnnxRuntime,
         EngineChoice::OpenVino => Engine::OpenVino,
         EngineChoice::Auto if opts.openvino_lib.is_some() || openvino::find_library().is_some() => Engine::OpenVino,
         EngineChoice::Auto => Engine::OnnxRuntime,
     };
+    if opts.precision == PrecisionChoice::Auto && auto_int8(model, engine).is_ok() {
+        return Ok(Runtime { engine, precision: Precision::Int8 });
+    }
     Ok(Runtime { engine, precision: choose_precision(opts.precision, engine, opts.cpu_bf16)? })
+}
+
+/// The top-1 agreement gate of a report that names none.
+const DEFAULT_INT8_GATE: f64 = 0.97;
+
+/// Why a model's int8 variant is not verified for `engine`, or `None` when
+/// it is: the variant exists, and its report (`model.int8.json`, written by
+/// `lens quantize` and `tools/quantize_int8.py`) shows top-1 agreement with
+/// fp32 on held-out photos at or above the report's gate, measured on this
+/// engine (else on ONNX Runtime), when it was made or when its calibration
+/// ranges were.
+pub fn int8_refusal(model: &ModelDir, engine: Engine) -> Option<String> {
+    let path = model.int8_path();
+    if !path.is_file() {
+        return Some(format!("the model directory has no int8 variant ({})", path.display()));
+    }
+    let report_path = path.with_extension("json");
+    let Ok(text) = std::fs::read_to_string(&report_path) else {
+        return Some(format!("the int8 variant has no report ({})", report_path.display()));
+    };
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let held_out = &report["heldout"];
+    let agreement = held_out.get("agreement").or_else(|| held_out.pointer("/measured_when_calibrated/agreement"));
+    let Some(agreement) = agreement else {
+        return Some("the int8 variant's report holds no agreement with fp32".into());
+    };
+    let figure = agreement[engine.as_str()]["top1_agreement"]
+        .as_f64()
+        .or_else(|| agreement["onnxruntime"]["top1_agreement"].as_f64());
+    let gate = held_out["min_agreement"].as_f64().unwrap_or(DEFAULT_INT8_GATE);
+    match figure {
+        Some(f) if f >= gate => None,
+        Some(f) => Some(format!("its top-1 agreement with fp32 is {f:.4}, under the gate of {gate}")),
+        None => Some("the int8 variant's report holds no agreement with fp32".into()),
+    }
+}
+
+/// Whether `auto` runs the int8 variant: verified, and a CPU that computes
+/// int8 faster than fp32 (AVX2 and up).
+fn auto_int8(model: &ModelDir, engine: Engine) -> Result<(), String> {
+    if !cpu_computes_int8_fast() {
+        return Err("this CPU has no AVX2, where int8 is not faster than fp32".into());
+    }
+    int8_refusal(model, engine).map_or(Ok(()), Err)
+}
+
+fn cpu_computes_int8_fast() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
 }
 
 /// Loads `sessions` classifiers of `model` with the engine and precision
@@ -103,7 +162,29 @@ fn load_with(
     opts: &EngineOptions,
     sessions: SessionConfig,
 ) -> Result<(Vec<Box<dyn Classifier>>, Runtime), EngineError> {
+    if opts.precision == PrecisionChoice::Auto {
+        match auto_int8(model, engine) {
+            Ok(()) => match load_precision(engine, model, opts, sessions, Precision::Int8) {
+                Ok(loaded) => return Ok(loaded),
+                Err(e) => tracing::warn!(
+                    model = %model.spec.name, error = %e,
+                    "auto precision: the int8 variant does not load; running the fp32 model"
+                ),
+            },
+            Err(why) => tracing::info!(model = %model.spec.name, %why, "auto precision: not int8"),
+        }
+    }
     let precision = choose_precision(opts.precision, engine, opts.cpu_bf16)?;
+    load_precision(engine, model, opts, sessions, precision)
+}
+
+fn load_precision(
+    engine: Engine,
+    model: &ModelDir,
+    opts: &EngineOptions,
+    sessions: SessionConfig,
+    precision: Precision,
+) -> Result<(Vec<Box<dyn Classifier>>, Runtime), EngineError> {
     let variant = model.variant(precision).map_err(|e| EngineError::Unsupported(e.to_string()))?;
     let model = &variant;
     let n = sessions.sessions.max(1);

@@ -316,7 +316,7 @@ async fn start_remote_model(
     }
     let runtime = match pools.first().and_then(|p| p.runtime()) {
         Some(r) => r,
-        None => crate::engine::expected_runtime(&engine)?,
+        None => crate::engine::expected_runtime(&model, &engine)?,
     };
     metrics.model_runtime(&model.spec.name, runtime.engine.as_str(), runtime.precision.as_str());
     let predictor = Arc::new(
