@@ -515,6 +515,12 @@ pub struct EvalArgs {
     #[arg(long)]
     pub compare: Option<PathBuf>,
 
+    /// Run the comparison in this precision (fp32, bf16, int8, auto); alone,
+    /// it compares this model with itself in that precision, e.g.
+    /// `--precision fp32 --compare-precision int8` puts fp32 and int8 side by side.
+    #[arg(long)]
+    pub compare_precision: Option<PrecisionChoice>,
+
     /// An ImageFolder tree: one subfolder per class, named as the model's labels.
     pub dir: PathBuf,
 }
@@ -540,9 +546,9 @@ pub struct BenchArgs {
     pub engines: Vec<EngineChoice>,
 
     /// Precisions to measure (fp32, bf16, int8, auto), comma-separated;
-    /// combinations an engine cannot run (ONNX Runtime bf16) print a
-    /// `skipped` row.
-    #[arg(long = "precision", value_delimiter = ',', default_value = "fp32,bf16")]
+    /// combinations an engine cannot run (ONNX Runtime bf16, int8 without a
+    /// variant) print a `skipped` row.
+    #[arg(long = "precision", value_delimiter = ',', default_value = "fp32,bf16,int8")]
     pub precisions: Vec<PrecisionChoice>,
 
     /// Largest image accepted, in pixels.

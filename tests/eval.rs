@@ -140,7 +140,13 @@ fn variant_model(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
 
 /// Top-1 label of each file, by `lens predict --json`.
 fn predictions(model: &Path, files: &[PathBuf]) -> BTreeMap<PathBuf, String> {
+    predictions_in(model, "fp32", files)
+}
+
+/// Top-1 label of each file, by `lens predict --json --precision P`.
+fn predictions_in(model: &Path, precision: &str, files: &[PathBuf]) -> BTreeMap<PathBuf, String> {
     let mut args = vec!["predict".to_owned(), "--json".into(), "--model".into(), model.display().to_string()];
+    args.extend(["--precision".to_owned(), precision.to_owned()]);
     args.extend(files.iter().map(|f| f.display().to_string()));
     let out = Command::new(env!("CARGO_BIN_EXE_lens")).args(&args).current_dir(common::root()).output().unwrap();
     String::from_utf8(out.stdout)
@@ -345,4 +351,32 @@ async fn exports_from_redis_in_every_format() {
     assert_eq!(std::fs::read(out.join("Eskimo_dog").join(&dog_name)).unwrap(), dog);
     let v = eval_json(&[out.to_str().unwrap()]);
     assert_eq!((v["images"].as_u64(), v["top1"].as_f64()), (Some(1), Some(1.0)), "{v}");
+}
+
+#[test]
+fn compare_precision_puts_fp32_and_int8_of_one_model_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    labelled_tree(&tree);
+    let map = tree.join("labels.csv");
+    let v = eval_json(&[
+        tree.to_str().unwrap(),
+        "--labels-map",
+        map.to_str().unwrap(),
+        "--precision",
+        "fp32",
+        "--compare-precision",
+        "int8",
+    ]);
+    let c = &v["compare"];
+    assert_eq!(v["top1"], 5.0 / 8.0, "the fp32 run is unchanged by the comparison");
+    assert_eq!(c["images"].as_u64(), Some(8), "{v}");
+    // Its disagreements are exactly where `lens predict` in fp32 and int8 differ.
+    let files: Vec<PathBuf> = walk(&tree).into_iter().filter(|p| !p.ends_with("labels.csv")).collect();
+    let (a, b) = (predictions_in(&model_dir(), "fp32", &files), predictions_in(&model_dir(), "int8", &files));
+    let expected: BTreeSet<PathBuf> =
+        a.iter().filter(|(f, l)| b.get(*f) != Some(l) && f.parent() != Some(&tree)).map(|(f, _)| f.clone()).collect();
+    let got: BTreeSet<PathBuf> =
+        c["disagreements"].as_array().unwrap().iter().map(|d| PathBuf::from(d["file"].as_str().unwrap())).collect();
+    assert_eq!(got, expected, "{v}");
 }

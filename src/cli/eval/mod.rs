@@ -59,7 +59,9 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
         bail!("no files under the class folders of {}", args.dir.display());
     }
     let (summary, outcomes) = evaluate(&model, &args.model, &samples, args)?;
-    let compare = match &args.compare {
+    // `--compare-precision` alone compares this model in another precision.
+    let other = args.compare.clone().or_else(|| args.compare_precision.map(|_| args.model.model.clone()));
+    let compare = match &other {
         Some(dir) => Some(compare(dir, &samples, &summary, &outcomes, args)?),
         None => None,
     };
@@ -100,7 +102,8 @@ fn compare(
     if let Some(missing) = samples.iter().find(|s| !other.labels.contains(&s.truth)) {
         bail!("the --compare model has no label {:?}", missing.truth);
     }
-    let other_args = ModelArgs { model: dir.to_owned(), ..args.model.clone() };
+    let precision = args.compare_precision.or(args.model.precision);
+    let other_args = ModelArgs { model: dir.to_owned(), precision, ..args.model.clone() };
     let (summary, outcomes) = evaluate(&other, &other_args, samples, args)?;
     Ok(Comparison {
         top1_difference: summary.top1 - first.top1,
