@@ -21,7 +21,7 @@
 //! | decode memory | what the header says, conversion copies included, from `--decode-memory-mb` (128 MiB); one image needing more is refused (413) | `predictor` |
 //! | progressive JPEG scans | 8 M block passes, at least 16 and at most 500 scans | `preprocess::jpeg` |
 //! | decode CPU | `--decode-threads` at once; a multi-image request is checked whole before any decode | `predictor`, `http::v2::infer` |
-//! | work after the request ends | cancelled: a computation whose every waiter is gone stops before its next stage | `predictor` |
+//! | work after the request ends | cancelled: a computation whose every waiter is gone stops before its next stage; a job already on a Redis stream is still inferred once, its answer dropped | `predictor` |
 //! | time | `--request-timeout-secs` (60 s) per request, `--deadline-secs` (30 s) per prediction | `http`, `predictor` |
 //! | feedback | text fields capped; images checked like predictions; per-client rate; `--feedback-max-reports` | `http::feedback` |
 //!
