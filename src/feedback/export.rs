@@ -288,4 +288,32 @@ mod tests {
         let text = fs::read_to_string(dir.path().join("feedback.csv")).unwrap();
         assert_eq!(text, format!("{}\n7,1.25,m,,,\"a,\"\"b\"\"\nc.jpg\",,0.5,,,pending,,\n", CSV_COLUMNS.join(",")));
     }
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = FeedbackRecord {
+            model: "m".into(),
+            filename: Some("=HYPERLINK(\"http://x\")".into()),
+            predicted_label: Some("@SUM(1+1)*cmd|' /C calc'!A0".into()),
+            correct_label: Some("-2+3".into()),
+            report: Some("\tnote".into()),
+            score: Some(-0.5),
+            ..Default::default()
+        };
+        let report = Report { id: 1, created_at: 2.0, record, review: None };
+        let mut exporter = Exporter::create(dir.path(), ExportFormat::Csv, false).unwrap();
+        exporter.add(None, &report, None).unwrap();
+        exporter.finish().unwrap();
+        let text = fs::read_to_string(dir.path().join("feedback.csv")).unwrap();
+        let mut rows = csv::Reader::from_reader(text.as_bytes());
+        let row = rows.records().next().unwrap().unwrap();
+        let cell = |name: &str| row[CSV_COLUMNS.iter().position(|c| *c == name).unwrap()].to_owned();
+        assert_eq!(cell("filename"), "'=HYPERLINK(\"http://x\")");
+        assert_eq!(cell("predicted_label"), "'@SUM(1+1)*cmd|' /C calc'!A0");
+        assert_eq!(cell("correct_label"), "'-2+3");
+        assert_eq!(cell("report"), "'\tnote");
+        assert_eq!(cell("score"), "-0.5", "numbers are numbers");
+        assert_eq!(safe_cell("plain".into()), "plain");
+    }
 }
