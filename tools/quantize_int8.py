@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_predict import _RESAMPLE, load_rgb  # noqa: E402
+# The reference's own preprocessing: calibration sees exactly what the checks see.
+from reference_predict import preprocess  # noqa: E402
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
 RANGES_FORMAT = "lens-int8-ranges/1"
@@ -55,32 +56,6 @@ class Refused(Exception):
 def load_config(model_dir):
     with open(model_dir / "model.toml", "rb") as f:
         return tomllib.load(f)
-
-
-def preprocess(path, cfg):
-    """One photo -> float32 [1, C, H, W] (or NHWC) as model.toml describes."""
-    inp, pre = cfg["input"], cfg["preprocess"]
-    width, height = int(inp["width"]), int(inp["height"])
-    img = load_rgb(path)
-    if pre["resize"] == "center-crop":
-        w, h = img.size
-        side = int(float(pre["crop_fraction"]) * min(w, h))
-        left, top = (w - side + 1) // 2, (h - side + 1) // 2
-        img = img.crop((left, top, left + side, top + side))
-    elif pre["resize"] != "squash":
-        raise ValueError(f"unknown resize mode {pre['resize']!r}")
-    img = img.resize((width, height), resample=_RESAMPLE[pre["interpolation"]])
-    x = np.asarray(img, dtype=np.float32)
-    if inp["channel_order"] == "BGR":
-        x = x[:, :, ::-1]
-    elif inp["channel_order"] != "RGB":
-        raise ValueError(f"unknown channel_order {inp['channel_order']!r}")
-    x = (x - np.asarray(pre["mean"], dtype=np.float32)) / np.asarray(pre["std"], dtype=np.float32)
-    if inp["layout"] == "NCHW":
-        x = x.transpose(2, 0, 1)
-    elif inp["layout"] != "NHWC":
-        raise ValueError(f"unknown layout {inp['layout']!r}")
-    return np.ascontiguousarray(x[None], dtype=np.float32)
 
 
 def list_photos(folder, what):
