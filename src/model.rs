@@ -305,12 +305,8 @@ impl ModelDir {
         self.onnx_path.with_file_name(format!("{stem}.int8.onnx"))
     }
 
-    /// This model with the file of the variant `precision` runs: the int8
-    /// variant for int8 (an error if there is none), else itself.
-    pub fn variant(&self, precision: crate::engine::Precision) -> Result<ModelDir, ModelError> {
-        if precision != crate::engine::Precision::Int8 {
-            return Ok(self.clone());
-        }
+    /// This model with its int8 variant's file (an error if there is none).
+    pub fn int8_variant(&self) -> Result<ModelDir, ModelError> {
         let path = self.int8_path();
         if !path.is_file() {
             return Err(ModelError::Io {

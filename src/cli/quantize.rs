@@ -20,23 +20,30 @@ use anyhow::{Context, bail};
 use super::predict::expand;
 use super::progress;
 use crate::config::QuantizeArgs;
-use crate::preprocess::sniff_format;
+use crate::preprocess::{Format, sniff_format};
 
 /// Every this-many-th photo is held out to verify the variant.
 const HELD_OUT_EVERY: usize = 4;
 /// Fewest photos that give both a calibration set and a held-out set.
 pub const MIN_PHOTOS: usize = 8;
 
+/// A photo and its format, as its first bytes say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Photo {
+    pub path: PathBuf,
+    pub format: Format,
+}
+
 /// Photos split into calibration and held-out sets, in a stable order.
 #[derive(Debug, PartialEq)]
 pub struct Split {
-    pub calibration: Vec<PathBuf>,
-    pub held_out: Vec<PathBuf>,
+    pub calibration: Vec<Photo>,
+    pub held_out: Vec<Photo>,
 }
 
 /// Every fourth photo (in sorted order) is held out; of the rest, the first
 /// `samples` calibrate.
-pub fn split(photos: &[PathBuf], samples: usize) -> Split {
+pub fn split(photos: &[Photo], samples: usize) -> Split {
     let (mut calibration, mut held_out) = (Vec::new(), Vec::new());
     for (i, p) in photos.iter().enumerate() {
         if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 {
@@ -49,7 +56,10 @@ pub fn split(photos: &[PathBuf], samples: usize) -> Split {
 }
 
 pub fn run(args: &QuantizeArgs) -> anyhow::Result<ExitCode> {
-    let photos: Vec<PathBuf> = expand(&args.calibration).into_iter().filter(|p| is_image(p)).collect();
+    let photos: Vec<Photo> = expand(&args.calibration)
+        .into_iter()
+        .filter_map(|path| Some(Photo { format: format_of(&path)?, path }))
+        .collect();
     if photos.is_empty() {
         bail!(
             "no photos in {}: give files or folders of JPEG, PNG, GIF, WebP or BMP photos like the ones the model will see",
@@ -172,23 +182,23 @@ fn summarize(report: &str, model_dir: &Path) {
     println!("the full report is {}", model_dir.join("model.int8.json").display());
 }
 
-/// Whether a file is an image by its first bytes, whatever its name.
-fn is_image(path: &Path) -> bool {
+/// A file's image format by its first bytes, whatever its name.
+fn format_of(path: &Path) -> Option<Format> {
     let mut head = [0u8; 32];
     let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
-    sniff_format(&head[..n]).is_some()
+    sniff_format(&head[..n])
 }
 
 /// Links `photos` into `dir` under names the script reads (its extension by
 /// content), numbered so that files of the same name do not collide.
-fn link_all(photos: &[PathBuf], dir: &Path) -> anyhow::Result<PathBuf> {
+fn link_all(photos: &[Photo], dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (i, photo) in photos.iter().enumerate() {
-        let mut head = [0u8; 32];
-        let n = std::fs::File::open(photo).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
-        let ext = sniff_format(&head[..n]).map_or("jpg", |f| f.mime_type().trim_start_matches("image/"));
-        let ext = if ext == "jpeg" { "jpg" } else { ext };
-        let target = std::fs::canonicalize(photo).with_context(|| format!("reading {}", photo.display()))?;
+    for (i, Photo { path, format }) in photos.iter().enumerate() {
+        let ext = match format.mime_type().trim_start_matches("image/") {
+            "jpeg" => "jpg",
+            other => other,
+        };
+        let target = std::fs::canonicalize(path).with_context(|| format!("reading {}", path.display()))?;
         let link = dir.join(format!("{i:06}.{ext}"));
         std::os::unix::fs::symlink(&target, &link).with_context(|| format!("linking {}", link.display()))?;
     }
@@ -217,12 +227,13 @@ mod tests {
 
     #[test]
     fn every_fourth_photo_is_held_out_and_never_calibrated_on() {
-        let photos: Vec<PathBuf> = (0..10).map(|i| PathBuf::from(format!("{i}.jpg"))).collect();
+        let photo = |i: usize| Photo { path: PathBuf::from(format!("{i}.jpg")), format: Format::Jpeg };
+        let photos: Vec<Photo> = (0..10).map(photo).collect();
         let s = split(&photos, 300);
-        assert_eq!(s.held_out, vec![PathBuf::from("3.jpg"), PathBuf::from("7.jpg")]);
+        assert_eq!(s.held_out, vec![photo(3), photo(7)]);
         assert_eq!(s.calibration.len(), 8);
         assert!(s.calibration.iter().all(|p| !s.held_out.contains(p)));
-        assert_eq!(split(&photos, 2).calibration, vec![PathBuf::from("0.jpg"), PathBuf::from("1.jpg")]);
+        assert_eq!(split(&photos, 2).calibration, vec![photo(0), photo(1)]);
     }
 
     #[test]

@@ -185,8 +185,15 @@ fn load_precision(
     sessions: SessionConfig,
     precision: Precision,
 ) -> Result<(Vec<Box<dyn Classifier>>, Runtime), EngineError> {
-    let variant = model.variant(precision).map_err(|e| EngineError::Unsupported(e.to_string()))?;
-    let model = &variant;
+    // A precision is a property of a model variant: int8 runs the int8 file.
+    let int8;
+    let model = match precision {
+        Precision::Int8 => {
+            int8 = model.int8_variant().map_err(|e| EngineError::Unsupported(e.to_string()))?;
+            &int8
+        }
+        _ => model,
+    };
     let n = sessions.sessions.max(1);
     match engine {
         Engine::OnnxRuntime => {

@@ -112,28 +112,25 @@ impl ClientLimits {
     /// Takes a token from the client's bucket, or says how many seconds
     /// until one is there.
     pub fn check_rate(&self, id: &ClientId) -> Result<(), u64> {
-        let Some(rate) = &self.rate else { return Ok(()) };
-        if rate.len() >= self.max_clients && self.sweep_due() {
-            rate.retain_recent();
-            rate.shrink_to_fit();
-        }
-        let id = if rate.len() >= self.max_clients { &ClientId::Overflow } else { id };
-        rate.check_key(id).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            wait.as_secs_f64().ceil().max(1.0) as u64
-        })
+        self.rate.as_ref().map_or(Ok(()), |rate| self.take_token(rate, id))
     }
 
-    /// Takes a feedback token from the client's bucket, or says how many
-    /// seconds until one is there. Past `max_clients` clients, new ones share
-    /// the overflow bucket, as for [`Self::check_rate`].
+    /// Takes a token from the client's feedback bucket, or says how many
+    /// seconds until one is there.
     pub fn check_feedback(&self, id: &ClientId) -> Result<(), u64> {
-        let Some(feedback) = &self.feedback else { return Ok(()) };
-        if feedback.len() >= self.max_clients {
-            feedback.retain_recent();
+        self.feedback.as_ref().map_or(Ok(()), |feedback| self.take_token(feedback, id))
+    }
+
+    /// One token of `limiter` for `id`. While the table is full, refilled
+    /// buckets are dropped (at most once a second) and new clients share the
+    /// overflow bucket.
+    fn take_token(&self, limiter: &DefaultKeyedRateLimiter<ClientId>, id: &ClientId) -> Result<(), u64> {
+        if limiter.len() >= self.max_clients && self.sweep_due() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
         }
-        let id = if feedback.len() >= self.max_clients { &ClientId::Overflow } else { id };
-        feedback.check_key(id).map_err(|not_until| {
+        let id = if limiter.len() >= self.max_clients { &ClientId::Overflow } else { id };
+        limiter.check_key(id).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             wait.as_secs_f64().ceil().max(1.0) as u64
         })

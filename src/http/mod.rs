@@ -275,12 +275,17 @@ pub async fn serve(
 /// `main` writes where, on one line too). The connection stays up; the panic
 /// is a bug to fix.
 fn panicked(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let what = payload
+    let what = panic_message(payload.as_ref());
+    error::ApiError::Internal(format!("a handler panicked: {what}")).into_response()
+}
+
+/// The message a panic carries (a `&str` or a `String`), for one log line.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
         .downcast_ref::<String>()
         .map(String::as_str)
         .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("a panic without a message");
-    error::ApiError::Internal(format!("a handler panicked: {what}")).into_response()
+        .unwrap_or("a panic without a message")
 }
 
 /// Stage timings a handler attaches to its response, for the request log.
