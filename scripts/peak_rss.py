@@ -10,6 +10,7 @@ with the given extra flags, `--clients` threads posting distinct photos from tar
 """
 
 import argparse
+import os
 import re
 import shlex
 import subprocess
@@ -25,7 +26,8 @@ from pathlib import Path
 def run(name, flags, photos, seconds, clients):
     with tempfile.TemporaryDirectory() as data:
         argv = ["target/release/lens", "serve", "--addr", "127.0.0.1:0", "--cache-entries", "0", "--data-dir", data]
-        server = subprocess.Popen(argv + shlex.split(flags), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        env = {"LENS_GRPC_ADDR": "127.0.0.1:0", **os.environ}
+        server = subprocess.Popen(argv + shlex.split(flags), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         url = next(line.split()[-1] for line in server.stdout if line.startswith("listening on "))
         time.sleep(3)
         stop, answered, failed, lock = time.time() + seconds, [0], [0], threading.Lock()

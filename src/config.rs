@@ -115,6 +115,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LENS_ADDR", default_value = "0.0.0.0:8000")]
     pub addr: String,
 
+    /// Address of the gRPC endpoint (the Open Inference Protocol's
+    /// `inference.GRPCInferenceService`, as Triton serves it on 8001); an
+    /// empty value turns it off. Port 0 picks a free port (printed at start-up).
+    #[arg(long, env = "LENS_GRPC_ADDR", default_value = "0.0.0.0:8001")]
+    pub grpc_addr: String,
+
     /// A model repository: also serve every model under this folder, either a
     /// model directory (holding a model.toml) or `<name>/<version>/` version
     /// directories, of which the highest numbered is served. Enables the

@@ -58,6 +58,7 @@ pub mod cpu_policy;
 pub mod disk;
 pub mod engine;
 pub mod feedback;
+pub mod grpc;
 pub mod http;
 pub mod job;
 pub mod memory_budget;

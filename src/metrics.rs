@@ -14,12 +14,14 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
+    pub protocol: &'static str,
     pub route: String,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Route {
+    pub protocol: &'static str,
     pub route: String,
 }
 
@@ -225,9 +227,11 @@ impl Metrics {
         self.dropped_jobs.get_or_create(&Reason { reason }).inc();
     }
 
-    pub fn request(&self, route: &str, status: u16, d: Duration) {
-        self.requests.get_or_create(&RouteStatus { route: route.to_string(), status }).inc();
-        self.request_seconds.get_or_create(&Route { route: route.to_string() }).observe(d.as_secs_f64());
+    /// One request over `protocol` ("http" or "grpc"); a gRPC call's status
+    /// is the HTTP status its gRPC status stands for.
+    pub fn request(&self, protocol: &'static str, route: &str, status: u16, d: Duration) {
+        self.requests.get_or_create(&RouteStatus { protocol, route: route.to_string(), status }).inc();
+        self.request_seconds.get_or_create(&Route { protocol, route: route.to_string() }).observe(d.as_secs_f64());
     }
 
     /// The Prometheus text exposition.

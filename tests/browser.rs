@@ -33,6 +33,7 @@ impl Server {
     fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lens"))
             .args(["serve", "--addr", "127.0.0.1:0", "--body-limit", BODY_LIMIT, "--data-dir"])
+            .env("LENS_GRPC_ADDR", "127.0.0.1:0")
             .arg(data_dir)
             .args(extra)
             .current_dir(common::root())

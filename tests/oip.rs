@@ -29,6 +29,7 @@ impl Lens {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lens"))
             .arg("serve")
             .args(["--addr", "127.0.0.1:0", "--sessions", "1"])
+            .env("LENS_GRPC_ADDR", "127.0.0.1:0")
             .args(args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).unwrap())

@@ -9,6 +9,7 @@ then SIGKILL after 20 s).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -124,7 +125,9 @@ class Topology:
 
     def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen:
         with open(self.logdir / f"{key}.log", "wb") as logf:
-            p = subprocess.Popen(argv, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            # A free port for the gRPC front unless the caller chose one, so servers never collide.
+            env = {"LENS_GRPC_ADDR": "127.0.0.1:0", **os.environ}
+            p = subprocess.Popen(argv, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self.procs[key] = p
         return p
 

@@ -34,7 +34,14 @@ const ADMIN_PREFIXES: &[&str] = &[
     "/feedback/export",
     "/api/feedback/export",
     "/admin",
+    // The same over gRPC.
+    "/inference.GRPCInferenceService/RepositoryModelLoad",
+    "/inference.GRPCInferenceService/RepositoryModelUnload",
 ];
+
+/// The health RPCs of the gRPC front, open as `/v2/health/*` is.
+const OPEN_GRPC: [&str; 2] =
+    ["/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"];
 
 /// True if `path` needs an admin key: it is an entry of [`ADMIN_PREFIXES`]
 /// or lies below one.
@@ -45,7 +52,10 @@ pub fn is_admin_path(path: &str) -> bool {
 /// True if `path` is open even with keys on: the health probes (Kubernetes
 /// must reach them without a secret), and `/metrics` unless `metrics_auth`.
 pub fn is_open_path(path: &str, metrics_auth: bool) -> bool {
-    path.starts_with("/health/") || path.starts_with("/v2/health/") || (path == "/metrics" && !metrics_auth)
+    path.starts_with("/health/")
+        || path.starts_with("/v2/health/")
+        || OPEN_GRPC.contains(&path)
+        || (path == "/metrics" && !metrics_auth)
 }
 
 /// The caller a key identifies; in the request's (and response's) extensions.

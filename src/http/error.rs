@@ -77,7 +77,7 @@ impl ApiError {
             ApiError::UnknownModel(_) | ApiError::UnknownVersion(..) => StatusCode::NOT_FOUND,
             ApiError::Repository(e) => match e {
                 super::RepositoryError::NotFound(_) => StatusCode::NOT_FOUND,
-                super::RepositoryError::LoadFailed { .. } | super::RepositoryError::NoRepository => {
+                super::RepositoryError::LoadFailed { .. } | super::RepositoryError::NoRepository(_) => {
                     StatusCode::BAD_REQUEST
                 }
             },
@@ -160,20 +160,26 @@ impl IntoResponse for OipError {
 }
 
 impl ApiError {
+    /// The client-facing message; an internal error's details go to the log.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            ApiError::Predict(PredictError::Failed(detail)) => tracing::error!(%detail, "prediction failed"),
+            _ => {}
+        }
+        self.to_string()
+    }
+
+    /// The error as the gRPC front answers it: the status code its HTTP
+    /// status means ([`grpc_code`]) and the same message.
+    pub fn to_grpc(&self) -> tonic::Status {
+        tonic::Status::new(grpc_code(self.status_code()), self.message())
+    }
+
     /// The response with the body `body` builds from the client-facing message.
     fn respond(self, body: impl FnOnce(String) -> serde_json::Value) -> Response {
         let status = self.status_code();
-        let message = match &self {
-            ApiError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                self.to_string()
-            }
-            ApiError::Predict(PredictError::Failed(detail)) => {
-                tracing::error!(%detail, "prediction failed");
-                self.to_string()
-            }
-            _ => self.to_string(),
-        };
+        let message = self.message();
         let mut response = (status, axum::Json(body(message))).into_response();
         response.extensions_mut().insert(Rejected(self.reason()));
         if let Some(secs) = self.retry_after() {
@@ -198,6 +204,43 @@ pub struct ErrorBody {
     pub score: Option<f64>,
     /// What was wrong and what to do.
     pub error: String,
+}
+
+/// The gRPC status code an HTTP status means, both ways one table: bad
+/// input is INVALID_ARGUMENT, shedding, rate limits and sizes
+/// RESOURCE_EXHAUSTED, keys UNAUTHENTICATED and PERMISSION_DENIED, deadlines
+/// DEADLINE_EXCEEDED, draining and outages UNAVAILABLE.
+const GRPC_CODES: [(StatusCode, tonic::Code); 12] = [
+    (StatusCode::OK, tonic::Code::Ok),
+    (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
+    (StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
+    (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
+    (StatusCode::NOT_FOUND, tonic::Code::NotFound),
+    (StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted),
+    (StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::ResourceExhausted),
+    (StatusCode::INSUFFICIENT_STORAGE, tonic::Code::ResourceExhausted),
+    (StatusCode::GATEWAY_TIMEOUT, tonic::Code::DeadlineExceeded),
+    (StatusCode::REQUEST_TIMEOUT, tonic::Code::DeadlineExceeded),
+    (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
+    (StatusCode::NOT_IMPLEMENTED, tonic::Code::Unimplemented),
+];
+
+/// The gRPC status code for an HTTP status (any other is INTERNAL or UNKNOWN).
+pub fn grpc_code(status: StatusCode) -> tonic::Code {
+    GRPC_CODES.iter().find(|(s, _)| *s == status).map(|(_, c)| *c).unwrap_or(if status.is_server_error() {
+        tonic::Code::Internal
+    } else {
+        tonic::Code::Unknown
+    })
+}
+
+/// The HTTP status a gRPC status code stands for in the request metrics
+/// (the first of [`GRPC_CODES`] with that code; CANCELLED is 499, others 500).
+pub fn http_status_of_grpc(code: tonic::Code) -> StatusCode {
+    if code == tonic::Code::Cancelled {
+        return StatusCode::from_u16(499).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    GRPC_CODES.iter().find(|(_, c)| *c == code).map(|(s, _)| *s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// Marks a response as a refusal, for the metrics middleware to count.

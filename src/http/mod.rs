@@ -156,8 +156,11 @@ pub enum RepositoryError {
     NotFound(String),
     #[error("loading model {name:?} failed; the version already served keeps serving: {reason}")]
     LoadFailed { name: String, reason: String },
-    #[error("this server has no model repository: start it with --models-dir")]
-    NoRepository,
+    #[error(
+        "model {0:?} cannot be loaded or unloaded: this server serves only its --model and has no model \
+         repository; start it with --models-dir to load and unload models"
+    )]
+    NoRepository(String),
 }
 
 /// What a future of the repository returns.
@@ -241,18 +244,24 @@ pub fn app(state: AppState) -> Router {
     v2::document(&mut api);
     let doc = Bytes::from(api.to_pretty_json().unwrap_or_default());
     let serve_doc = move || async move { ([(header::CONTENT_TYPE, "application/json")], doc.clone()) };
+    let router = router.route("/openapi.json", get(serve_doc)).merge(v2::routes()).with_state(state.clone());
+    guarded(router, state)
+}
+
+/// `router` behind the middleware every request passes, whichever protocol
+/// carries it (the gRPC front uses it too): panics caught, security
+/// headers, the request log and metrics, cross-site refusal, API keys,
+/// per-client limits, then the body read under its limit and budget.
+pub fn guarded(router: Router, state: AppState) -> Router {
     router
-        .route("/openapi.json", get(serve_doc))
-        .merge(v2::routes())
         .layer(DefaultBodyLimit::max(state.limits.body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), body::read_body))
         .layer(middleware::from_fn_with_state(state.clone(), limits::limit))
         .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), csrf::refuse_cross_site))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn_with_state(state, observe))
         .layer(middleware::from_fn(security_headers))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .with_state(state)
 }
 
 /// Serves `app` on an already bound listener until `shutdown` resolves, then
@@ -267,7 +276,7 @@ pub async fn serve(
     let router = app(state)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(axum::http::StatusCode::GATEWAY_TIMEOUT, timeout));
     // The peer address is what per-client limits count by when keys are off.
-    server::serve(listener, router, connections, shutdown).await;
+    server::serve(listener, router, server::Protocol::Http1, connections, shutdown).await;
     Ok(())
 }
 
@@ -300,13 +309,23 @@ pub struct StageTimes {
 /// log line per request with its stage timings.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route =
-        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
+    let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let route = if grpc {
+        grpc_route(req.uri().path())
+    } else {
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned())
+    };
     let method = req.method().clone();
     let response = next.run(req).await;
     let elapsed = started.elapsed();
-    let status = response.status();
-    state.metrics.request(&route, status.as_u16(), elapsed);
+    // A gRPC error answers 200 with a `grpc-status` header: count the HTTP
+    // status that status stands for.
+    let status = match response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok()) {
+        Some(code) => error::http_status_of_grpc(tonic::Code::from(code)),
+        None => response.status(),
+    };
+    let protocol = if grpc { "grpc" } else { "http" };
+    state.metrics.request(protocol, &route, status.as_u16(), elapsed);
     if let Some(Rejected(reason)) = response.extensions().get::<Rejected>() {
         state.metrics.reject(reason);
     }
@@ -325,6 +344,32 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         "request"
     );
     response
+}
+
+/// The RPCs of the gRPC front, as the request metrics name them: one
+/// series each, whatever paths clients make up.
+pub const GRPC_METHODS: [&str; 12] = [
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelInfer",
+    "ModelStreamInfer",
+    "ModelConfig",
+    "ModelStatistics",
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+];
+
+/// The route label of a gRPC call's path: `/inference.GRPCInferenceService/M`
+/// for a method of [`GRPC_METHODS`], otherwise "unmatched".
+fn grpc_route(path: &str) -> String {
+    match path.strip_prefix("/inference.GRPCInferenceService/") {
+        Some(m) if GRPC_METHODS.contains(&m) => path.to_owned(),
+        _ => "unmatched".to_owned(),
+    }
 }
 
 async fn security_headers(req: Request, next: Next) -> Response {

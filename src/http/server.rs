@@ -18,6 +18,15 @@
 //!   half-sent head, a connection that sends nothing, and an idle keep-alive
 //!   connection alike.
 //!
+//! The gRPC front is served by the same loop speaking HTTP/2 only
+//! ([`Protocol::Http2`]), with the same connection cap. Its windows are
+//! bounded so that a connection holds at most [`H2_CONNECTION_WINDOW`] bytes
+//! its requests have not read yet (the body budget covers what they read),
+//! its head at most [`READ_BUFFER_BYTES`] of headers, and at most
+//! [`H2_MAX_STREAMS`] calls at once. A connection that sends no request for
+//! [`ConnectionLimits::header_timeout`] is pinged and, if it does not answer,
+//! closed.
+//!
 //! Otherwise this does what `axum::serve(..).with_graceful_shutdown(..)` did:
 //! the peer address goes into each request as `ConnectInfo<SocketAddr>`; on
 //! shutdown the listener closes, idle connections close, and requests in
@@ -32,7 +41,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -41,6 +50,22 @@ use tower::ServiceExt;
 
 /// The most a connection's read buffer may hold (hyper's floor is 8 KiB).
 pub const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The HTTP/2 flow-control windows: the bytes a stream, and a connection,
+/// may have in flight that the server has not read.
+pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// The most calls one HTTP/2 connection may have open at once.
+pub const H2_MAX_STREAMS: u32 = 128;
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1: the web API.
+    Http1,
+    /// HTTP/2 only (prior knowledge, as gRPC clients connect): the gRPC front.
+    Http2,
+}
 
 /// How long to back off when `accept` fails (typically out of file
 /// descriptors), so the loop does not spin while connections close.
@@ -65,6 +90,7 @@ impl Default for ConnectionLimits {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    protocol: Protocol,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -96,18 +122,33 @@ pub async fn serve(
             req.extensions_mut().insert(ConnectInfo(peer));
             req.map(Body::new)
         });
-        let mut stopped = stopped.clone();
+        let stopped = stopped.clone();
+        let service = TowerToHyperService::new(service);
+        let io = TokioIo::new(stream);
         connections.spawn(async move {
             let _open = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.max_buf_size(READ_BUFFER_BYTES).timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-            let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => log_end(result, peer),
-                _ = stopped.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    log_end(connection.await, peer);
+            match protocol {
+                Protocol::Http1 => {
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder
+                        .max_buf_size(READ_BUFFER_BYTES)
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout);
+                    let connection = builder.serve_connection(io, service);
+                    drive(connection, |c| c.graceful_shutdown(), stopped, peer).await;
+                }
+                Protocol::Http2 => {
+                    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    builder
+                        .timer(TokioTimer::new())
+                        .initial_stream_window_size(H2_STREAM_WINDOW)
+                        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                        .max_concurrent_streams(H2_MAX_STREAMS)
+                        .max_header_list_size(READ_BUFFER_BYTES as u32)
+                        .keep_alive_interval(limits.header_timeout)
+                        .keep_alive_timeout(limits.header_timeout);
+                    let connection = builder.serve_connection(io, service);
+                    drive(connection, |c| c.graceful_shutdown(), stopped, peer).await;
                 }
             }
         });
@@ -116,6 +157,24 @@ pub async fn serve(
     drop(stop);
     connections.close();
     connections.wait().await;
+}
+
+/// Runs one connection until it ends, or until `stopped` changes: then
+/// `graceful` asks it to finish its requests in flight and close.
+async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
+    connection: C,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+    mut stopped: watch::Receiver<()>,
+    peer: SocketAddr,
+) {
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => log_end(result, peer),
+        _ = stopped.changed() => {
+            graceful(connection.as_mut());
+            log_end(connection.await, peer);
+        }
+    }
 }
 
 fn log_end(result: Result<(), hyper::Error>, peer: SocketAddr) {

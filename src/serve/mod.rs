@@ -31,7 +31,7 @@ use crate::feedback::{FeedbackStore, ImageStore};
 use crate::http::auth::ApiKeys;
 use crate::http::body::BodyBudget;
 use crate::http::limits::{ClientLimits, LimitsConfig};
-use crate::http::server::ConnectionLimits;
+use crate::http::server::{ConnectionLimits, Protocol};
 use crate::http::{AppState, Limits, ModelRepository};
 use crate::metrics::Metrics;
 use crate::model::ModelDir;
@@ -101,16 +101,31 @@ impl Launcher {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&args.addr).await.with_context(|| format!("binding {}", args.addr))?;
-    let addr = listener.local_addr()?;
-    // Tests and scripts read this line to find the port.
-    println!("listening on http://{addr}");
+    let grpc = match args.grpc_addr.trim() {
+        "" => None,
+        addr => Some(TcpListener::bind(addr).await.with_context(|| format!("binding --grpc-addr {addr}"))?),
+    };
+    // Tests and scripts read these lines to find the ports. The second is
+    // written without panicking if no one reads it any more.
+    println!("listening on http://{}", listener.local_addr()?);
+    if let Some(grpc) = &grpc {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "grpc listening on {}", grpc.local_addr()?);
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::shutdown::on_signal(shutdown.clone()));
-    run_with(listener, args, shutdown).await
+    run_with(Listeners { http: listener, grpc }, args, shutdown).await
 }
 
-/// Serves on `listener` until `shutdown` is cancelled.
-pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Where `serve` listens: HTTP, and gRPC unless it is off.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub grpc: Option<TcpListener>,
+}
+
+/// Serves on `listeners` until `shutdown` is cancelled.
+pub async fn run_with(listeners: Listeners, args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Listeners { http: listener, grpc } = listeners;
     // Every Redis setting is checked before any model loads: a typo fails at once.
     let redis = args.redis.client()?;
     let metrics = Arc::new(Metrics::new());
@@ -159,7 +174,17 @@ pub async fn run_with(listener: TcpListener, args: ServeArgs, shutdown: Cancella
         max_connections: args.max_connections,
         header_timeout: secs(args.header_timeout_secs, "--header-timeout-secs")?,
     };
+    let grpc = grpc.map(|listener| {
+        let (router, stop) = (crate::grpc::app(state.clone()), shutdown.clone());
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving gRPC");
+        tokio::spawn(crate::http::server::serve(listener, router, Protocol::Http2, connections, async move {
+            stop.cancelled().await
+        }))
+    });
     crate::http::serve(listener, state, connections, async move { stop.cancelled().await }).await?;
+    if let Some(grpc) = grpc {
+        let _ = grpc.await;
+    }
     tracing::info!("stopped accepting; draining");
     if let Some(poller) = poller {
         let _ = poller.await;

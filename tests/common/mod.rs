@@ -44,6 +44,8 @@ pub fn csv_rows(text: &str) -> Vec<Vec<String>> {
 /// A server running in this process. Dropping it does not stop it; call `stop`.
 pub struct Server {
     pub url: String,
+    /// The gRPC endpoint, `http://127.0.0.1:PORT`.
+    pub grpc_url: String,
     pub data_dir: PathBuf,
     pub token: CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -72,14 +74,17 @@ impl Server {
         let args = Wrapper::try_parse_from(argv).unwrap().args;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_url = format!("http://{}", grpc.local_addr().unwrap());
         let token = CancellationToken::new();
-        let task = tokio::spawn(lens::serve::run_with(listener, args, token.clone()));
+        let listeners = lens::serve::Listeners { http: listener, grpc: Some(grpc) };
+        let task = tokio::spawn(lens::serve::run_with(listeners, args, token.clone()));
         let client = reqwest::Client::new();
         for _ in 0..300 {
             if let Ok(r) = client.get(format!("{url}/health/ready")).send().await
                 && r.status() == 200
             {
-                return Server { url, data_dir, token, task, _tmp: None };
+                return Server { url, grpc_url, data_dir, token, task, _tmp: None };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

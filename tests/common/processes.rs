@@ -103,6 +103,8 @@ pub struct LensProcess {
     pub child: Child,
     /// The first stdout line: where it listens, or that the worker serves.
     pub banner: String,
+    /// An API node's gRPC address (`host:port`), from the line after the banner.
+    pub grpc: Option<String>,
 }
 
 impl LensProcess {
@@ -118,7 +120,8 @@ impl LensProcess {
         let log_path = logs.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lens"));
-        cmd.args(args);
+        // A free port for the gRPC front, so that API nodes never collide.
+        cmd.args(args).env("LENS_GRPC_ADDR", "127.0.0.1:0");
         setup(&mut cmd);
         let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -136,7 +139,14 @@ impl LensProcess {
                 Err(e) => panic!("{name} did not start ({e}); see {}", log_path.display()),
             }
         };
-        LensProcess { child, banner }
+        let grpc = match banner.starts_with("listening on ") {
+            true => rx
+                .recv_timeout(Duration::from_secs(5))
+                .ok()
+                .and_then(|l| l.strip_prefix("grpc listening on ").map(str::to_owned)),
+            false => None,
+        };
+        LensProcess { child, banner, grpc }
     }
 
     /// The base URL an API node printed.

@@ -2,6 +2,10 @@
 //! binary tensors, the predictions, and the outputs as JSON, binary or
 //! classification strings.
 //!
+//! The protocol-neutral half (an [`Input`] checked into a [`Payload`],
+//! [`plan_outputs`], [`predict`], [`Rendered`] outputs) is shared with the
+//! gRPC front ([`crate::grpc`]): both protocols run one inference path.
+//!
 //! The input is either `BYTES`, one encoded image file per element (raw in
 //! binary data, base64 strings in JSON; each goes through the same path as
 //! `/predict`, cache included), or `FP32` `[N, 3, H, W]` (or NHWC, per
@@ -62,6 +66,27 @@ struct RequestedOutput {
     parameters: OutputParameters,
 }
 
+/// One input tensor, as either protocol carries it.
+#[derive(Debug)]
+pub struct Input {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: String,
+    /// The tensor's raw bytes (binary data over HTTP, `raw_input_contents`
+    /// over gRPC), if it came that way.
+    pub raw: Option<Bytes>,
+    /// The typed elements, if it came that way (JSON `data`, gRPC `contents`).
+    pub data: Option<Data>,
+}
+
+/// One requested output, as either protocol asks for it.
+#[derive(Debug, Default)]
+pub struct OutputRequest {
+    pub name: String,
+    pub binary: Option<bool>,
+    pub classification: Option<u64>,
+}
+
 // The parameters Lens reads; any other parameter is skipped while parsing
 // (serde's `IgnoredAny`), never built into a value.
 
@@ -81,16 +106,19 @@ struct OutputParameters {
     classification: Option<u64>,
 }
 
-/// The leaves of an input's JSON `data`, flattened in order while it is
-/// parsed: numbers straight into `f32`s (4 bytes for at least 2 of JSON),
-/// strings (base64 images) at most [`MAX_INFER_BATCH`] of them. No JSON
-/// value tree is built, so `data` costs a small multiple of its own bytes.
+/// An input's typed elements. From JSON `data` the leaves are flattened in
+/// order while it is parsed: numbers straight into `f32`s (4 bytes for at
+/// least 2 of JSON), strings (base64 images) at most [`MAX_INFER_BATCH`] of
+/// them; no JSON value tree is built, so `data` costs a small multiple of
+/// its own bytes. From gRPC, `fp32_contents` are the numbers and
+/// `bytes_contents` the blobs (raw image files).
 #[derive(Debug, Default)]
-enum Data {
+pub enum Data {
     #[default]
     Empty,
     Numbers(Vec<f32>),
     Strings(Vec<String>),
+    Blobs(Vec<Bytes>),
 }
 
 impl<'de> Deserialize<'de> for Data {
@@ -109,7 +137,7 @@ impl Leaves<'_> {
         match self.0 {
             Data::Empty => *self.0 = Data::Numbers(vec![v as f32]),
             Data::Numbers(values) => values.push(v as f32),
-            Data::Strings(_) => return Err(E::custom("data mixes numbers and strings")),
+            Data::Strings(_) | Data::Blobs(_) => return Err(E::custom("data mixes numbers and strings")),
         }
         Ok(())
     }
@@ -151,7 +179,7 @@ impl<'de> serde::de::Visitor<'de> for Leaves<'_> {
             Data::Empty => *self.0 = Data::Strings(vec![v.to_owned()]),
             Data::Strings(items) if items.len() < MAX_INFER_BATCH => items.push(v.to_owned()),
             Data::Strings(_) => return Err(E::custom(format!("data holds more than {MAX_INFER_BATCH} strings"))),
-            Data::Numbers(_) => return Err(E::custom("data mixes numbers and strings")),
+            Data::Numbers(_) | Data::Blobs(_) => return Err(E::custom("data mixes numbers and strings")),
         }
         Ok(())
     }
@@ -198,19 +226,48 @@ pub fn parse_request(model: &ModelFacts, header_length: Option<&[u8]>, body: Byt
         serde_json::from_slice(&json).map_err(|e| bad(format!("invalid infer request JSON: {e}")))?;
     drop(json);
     let [input] = req.inputs.as_mut_slice() else {
-        return Err(bad(format!("exactly one input is expected, got {}", req.inputs.len())));
+        return Err(one_input(req.inputs.len()));
     };
-    if req.id.as_ref().is_some_and(|id| id.len() > MAX_ID_BYTES) {
-        return Err(bad(format!("the request id is longer than {MAX_ID_BYTES} bytes")));
-    }
+    check_id(req.id.as_deref())?;
     let mut tensors = Tensors::new(binary);
-    let payload = read_input(model.shape, input, &mut tensors)?;
+    let raw = raw_data(input, &mut tensors)?;
+    let input = Input {
+        name: std::mem::take(&mut input.name),
+        shape: std::mem::take(&mut input.shape),
+        datatype: std::mem::take(&mut input.datatype),
+        raw,
+        data: input.data.take(),
+    };
+    let payload = read_input(model.shape, input)?;
     tensors.finish().map_err(|e| bad(e.0))?;
-    let outputs = plan_outputs(model, &req)?;
+    let requested: Vec<OutputRequest> = req
+        .outputs
+        .iter()
+        .map(|o| OutputRequest {
+            name: o.name.clone(),
+            binary: o.parameters.binary_data,
+            classification: o.parameters.classification,
+        })
+        .collect();
+    let default_binary = req.parameters.binary_data_output.unwrap_or(false);
+    let outputs = plan_outputs(model, default_binary, &requested)?;
     Ok(Checked { id: req.id, payload, outputs })
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
+/// The error for a request with `n` inputs: the models served take one.
+pub fn one_input(n: usize) -> ApiError {
+    bad(format!("exactly one input is expected, got {n}"))
+}
+
+/// A request id is echoed back, so it is bounded.
+pub fn check_id(id: Option<&str>) -> Result<(), ApiError> {
+    match id {
+        Some(id) if id.len() > MAX_ID_BYTES => Err(bad(format!("the request id is longer than {MAX_ID_BYTES} bytes"))),
+        _ => Ok(()),
+    }
+}
+
+pub fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
 }
 
@@ -224,20 +281,27 @@ pub async fn infer(
     let started = Instant::now();
     let parsed = parse(&p, &headers, body.map_err(|e| read_error(e, state.limits.body_bytes))).await;
     let Checked { id, payload, outputs: plans } = parsed.inspect_err(|_| p.stats().finish(false, started.elapsed()))?;
-    let rows = match payload {
-        Payload::Images(images) => predict_images(&p, images).await?,
-        Payload::Tensors(values, n) => predict_tensors(&p, values, n).await?,
-    };
+    let rows = predict(&p, payload).await?;
     let began_output = Instant::now();
-    let model = &p.model;
-    let facts =
-        Answering { model: p.name(), version: p.version(), output: &model.spec.output.name, labels: &model.labels };
-    let response = respond(&facts, id, &rows, &plans);
-    let per_row = began_output.elapsed() / rows.len().max(1) as u32;
-    for _ in &rows {
+    let response = respond(&Answering::of(&p), id, &rows, &plans);
+    record_output(&p, began_output, rows.len());
+    Ok(response)
+}
+
+/// Counts the time spent answering `rows` rows in the statistics extension.
+pub fn record_output(p: &Predictor, began: Instant, rows: usize) {
+    let per_row = began.elapsed() / rows.max(1) as u32;
+    for _ in 0..rows {
         p.stats().compute_output.add(per_row);
     }
-    Ok(response)
+}
+
+/// Predicts every element of a checked payload, in order.
+pub async fn predict(p: &Arc<Predictor>, payload: Payload) -> Result<Vec<Scores>, ApiError> {
+    match payload {
+        Payload::Images(images) => predict_images(p, images).await,
+        Payload::Tensors(values, n) => predict_tensors(p, values, n).await,
+    }
 }
 
 fn read_error(e: axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
@@ -276,9 +340,11 @@ fn elements(shape: &[i64]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
 }
 
-fn read_input(want: [i64; 4], input: &mut InferInput, tensors: &mut Tensors) -> Result<Payload, ApiError> {
-    let raw = raw_data(input, tensors)?;
-    let data = input.data.take();
+/// Checks one input against the model's input shape `want` (`[-1, C, H, W]`
+/// or NHWC): BYTES images or FP32 tensors, 1 to [`MAX_INFER_BATCH`] of them,
+/// with exactly as many elements as the shape says.
+pub fn read_input(want: [i64; 4], input: Input) -> Result<Payload, ApiError> {
+    let Input { raw, data, .. } = input;
     if raw.is_none() && data.is_none() {
         return Err(bad(format!("input {:?} has neither data nor binary_data_size", input.name)));
     }
@@ -328,6 +394,7 @@ fn read_input(want: [i64; 4], input: &mut InferInput, tensors: &mut Tensors) -> 
 fn base64_elements(data: Data) -> Result<Vec<Bytes>, ApiError> {
     let items = match data {
         Data::Strings(items) => items,
+        Data::Blobs(blobs) => return Ok(blobs),
         Data::Empty => Vec::new(),
         Data::Numbers(_) => return Err(bad("JSON BYTES elements must be base64 strings")),
     };
@@ -346,33 +413,36 @@ fn json_floats(data: Data) -> Result<Vec<f32>, ApiError> {
     match data {
         Data::Numbers(values) => Ok(values),
         Data::Empty => Ok(Vec::new()),
-        Data::Strings(_) => Err(bad("FP32 data must hold only numbers")),
+        Data::Strings(_) | Data::Blobs(_) => Err(bad("FP32 data must hold only numbers")),
     }
 }
 
 /// One plan per requested output. Each output name may be asked for once,
 /// and `classification` is capped at the model's classes, so the answer is
 /// at most one row of scores or labels per input ([`crate::cost`]).
-fn plan_outputs(model: &ModelFacts, req: &InferRequest) -> Result<Vec<OutputPlan>, ApiError> {
-    let default_binary = req.parameters.binary_data_output.unwrap_or(false);
-    if req.outputs.is_empty() {
+pub fn plan_outputs(
+    model: &ModelFacts,
+    default_binary: bool,
+    requested: &[OutputRequest],
+) -> Result<Vec<OutputPlan>, ApiError> {
+    if requested.is_empty() {
         return Ok(vec![OutputPlan { binary: default_binary, class_count: None }]);
     }
-    if req.outputs.len() > 1 {
+    if requested.len() > 1 {
         return Err(bad(format!(
             "each output may be requested once: the model has one output, {:?}, and {} were requested",
             model.output,
-            req.outputs.len()
+            requested.len()
         )));
     }
-    req.outputs
+    requested
         .iter()
         .map(|o| {
             if o.name != model.output {
                 return Err(bad(format!("unknown output {:?}: the model has {:?}", o.name, model.output)));
             }
-            let binary = o.parameters.binary_data.unwrap_or(default_binary);
-            let class_count = match o.parameters.classification {
+            let binary = o.binary.unwrap_or(default_binary);
+            let class_count = match o.classification {
                 None => None,
                 Some(0) => return Err(bad("classification must be a positive count, got 0")),
                 Some(k) => Some(usize::try_from(k).unwrap_or(usize::MAX).min(model.classes)),
@@ -446,36 +516,85 @@ pub struct Answering<'a> {
     pub labels: &'a [String],
 }
 
+impl<'a> Answering<'a> {
+    pub fn of(p: &'a Predictor) -> Self {
+        let model = &p.model;
+        Answering { model: p.name(), version: p.version(), output: &model.spec.output.name, labels: &model.labels }
+    }
+}
+
+/// One output's answer for every row, before either protocol encodes it.
+pub enum Rendered {
+    /// `classification: k`: `[n, k]` strings `"score:index:label"`.
+    Classes { strings: Vec<String>, shape: [usize; 2] },
+    /// The class probabilities, `[n, classes]`.
+    Scores { values: Vec<f32>, shape: [usize; 2] },
+}
+
+impl Rendered {
+    pub fn new(plan: &OutputPlan, labels: &[String], rows: &[Scores]) -> Self {
+        let n = rows.len();
+        match plan.class_count {
+            Some(k) => Rendered::Classes {
+                strings: rows
+                    .iter()
+                    .flat_map(|s| ranked(s, labels, k))
+                    .map(|c| format!("{}:{}:{}", c.score, c.index, c.label))
+                    .collect(),
+                shape: [n, k],
+            },
+            None => Rendered::Scores {
+                values: rows.iter().flat_map(|s| s.iter().copied()).collect(),
+                shape: [n, labels.len()],
+            },
+        }
+    }
+
+    pub fn datatype(&self) -> &'static str {
+        match self {
+            Rendered::Classes { .. } => "BYTES",
+            Rendered::Scores { .. } => "FP32",
+        }
+    }
+
+    pub fn shape(&self) -> [usize; 2] {
+        match self {
+            Rendered::Classes { shape, .. } | Rendered::Scores { shape, .. } => *shape,
+        }
+    }
+
+    /// The tensor as raw bytes: length-prefixed strings, or little-endian floats.
+    pub fn raw(&self) -> Vec<u8> {
+        match self {
+            Rendered::Classes { strings, .. } => binary::encode_bytes(strings),
+            Rendered::Scores { values, .. } => crate::job::f32_to_le_bytes(values),
+        }
+    }
+
+    fn json(&self) -> Value {
+        match self {
+            Rendered::Classes { strings, .. } => json!(strings),
+            Rendered::Scores { values, .. } => json!(values),
+        }
+    }
+}
+
 /// The response: JSON, or JSON then binary tensors when any output asks.
 /// Pure, and a fuzz target's second half: its size stays within
 /// [`crate::cost::response_bound`] of the number of rows.
 pub fn respond(p: &Answering, id: Option<String>, rows: &[Scores], plans: &[OutputPlan]) -> Response {
-    let n = rows.len();
     let mut tail = Vec::new();
     let outputs: Vec<Value> = plans
         .iter()
         .map(|plan| {
-            let (datatype, shape, raw, data) = match plan.class_count {
-                Some(k) => {
-                    let strings: Vec<String> = rows
-                        .iter()
-                        .flat_map(|s| ranked(s, p.labels, k))
-                        .map(|c| format!("{}:{}:{}", c.score, c.index, c.label))
-                        .collect();
-                    ("BYTES", [n, k], binary::encode_bytes(&strings), json!(strings))
-                }
-                None => {
-                    let values: Vec<f32> = rows.iter().flat_map(|s| s.iter().copied()).collect();
-                    let raw = if plan.binary { crate::job::f32_to_le_bytes(&values) } else { Vec::new() };
-                    ("FP32", [n, p.labels.len()], raw, json!(values))
-                }
-            };
-            let mut out = json!({"name": p.output, "datatype": datatype, "shape": shape});
+            let rendered = Rendered::new(plan, p.labels, rows);
+            let mut out = json!({"name": p.output, "datatype": rendered.datatype(), "shape": rendered.shape()});
             if plan.binary {
+                let raw = rendered.raw();
                 out["parameters"] = json!({"binary_data_size": raw.len()});
                 tail.extend(raw);
             } else {
-                out["data"] = data;
+                out["data"] = rendered.json();
             }
             out
         })

@@ -57,18 +57,18 @@ fn table() -> Vec<Route> {
         route(HttpMethod::Get, "/v2/health/live", "Server liveness", get(super::ops::live)),
         route(HttpMethod::Get, "/v2/health/ready", "Server readiness", get(super::ops::ready)),
         route(HttpMethod::Get, "/v2/models/stats", "Statistics of every model", get(stats::all_stats)),
-        route(HttpMethod::Post, "/v2/repository/index", "The model repository's index", post(repository::index)),
+        route(HttpMethod::Post, "/v2/repository/index", "The model repository's index", post(repository::index_route)),
         route(
             HttpMethod::Post,
             "/v2/repository/models/{name}/load",
             "Load (or reload) a model; admin key",
-            post(repository::load),
+            post(repository::load_route),
         ),
         route(
             HttpMethod::Post,
             "/v2/repository/models/{name}/unload",
             "Unload a model; admin key",
-            post(repository::unload),
+            post(repository::unload_route),
         ),
     ];
     for prefix in ["/v2/models/{name}", "/v2/models/{name}/versions/{version}"] {
@@ -118,6 +118,21 @@ pub struct ModelPath {
     version: Option<String>,
 }
 
+impl ModelPath {
+    /// `version: None` is whichever version is served.
+    pub fn new(name: &str, version: Option<&str>) -> Self {
+        ModelPath { name: name.to_owned(), version: version.map(str::to_owned) }
+    }
+}
+
+/// The platform name clients read in the model metadata.
+pub fn platform(p: &Predictor) -> &'static str {
+    match p.model.runtime.engine {
+        Engine::OnnxRuntime => "onnxruntime_onnx",
+        Engine::OpenVino => "openvino_onnx",
+    }
+}
+
 /// The version of `path.name` served now, if it is the one the path names.
 pub fn served(state: &AppState, path: &ModelPath) -> Result<Arc<Predictor>, ApiError> {
     let p = state.models.get(&path.name).ok_or_else(|| ApiError::UnknownModel(path.name.clone()))?;
@@ -143,10 +158,7 @@ async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPat
     let p = served(&state, &path)?;
     let spec = &p.model.spec;
     let runtime = p.model.runtime;
-    let platform = match runtime.engine {
-        Engine::OnnxRuntime => "onnxruntime_onnx",
-        Engine::OpenVino => "openvino_onnx",
-    };
+    let platform = platform(&p);
     Ok(Json(json!({
         "name": spec.name,
         "versions": [spec.version],
