@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use axum::body::HttpBody as _;
+use axum::http::header::CONTENT_LENGTH;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -163,7 +164,9 @@ pub async fn read_body(State(state): State<AppState>, req: Request, next: Next) 
     match declared {
         Some(n) if n > limit => return refuse(ApiError::TooLarge(state.limits.body_bytes)),
         Some(0) => return next.run(req).await,
-        None if !headers.contains_key(TRANSFER_ENCODING) => return next.run(req).await,
+        // HTTP/1 with neither length nor chunks has no body; HTTP/2 (gRPC)
+        // declares no length, and says at the head when there is no body.
+        None if req.body().is_end_stream() => return next.run(req).await,
         _ => {}
     }
     let (parts, body) = req.into_parts();
