@@ -530,3 +530,74 @@ async fn feedback_keeps_only_images_and_each_client_has_a_quota() {
     assert!((19..=21).contains(&accepted), "{statuses:?}");
     assert_eq!(statuses.last(), Some(&429));
 }
+
+/// The v2 attacks above, over gRPC: amplifying outputs, one bad image among
+/// many, work for a client that left, an oversized message and inputs that
+/// once panicked cost the same as over HTTP, beside normal traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_v2_attacks_over_grpc_cost_what_they_cost_over_http() {
+    use lens::grpc::proto::model_infer_request::InferRequestedOutputTensor;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let t = Target::start("lens", &["--body-limit", "4000000"]);
+    let grpc = t.lens.grpc.clone().expect("a gRPC address");
+    let dog = fixture("dog.jpeg");
+    let photos: Vec<Vec<u8>> = (0..64).map(|i| variant(&dog, 3_000_000 + i)).collect();
+    let mut bad = vec![b"not an image".to_vec()];
+    bad.extend((0..63).map(|_| screen_gif()));
+    let attack_photos = photos.clone();
+    beside_normal_traffic(&t, |_| async move {
+        let mut c = common::grpc_client(&grpc).await;
+        for _ in 0..5 {
+            // 100 output entries: refused, with a short message.
+            let mut req = common::grpc_images(&attack_photos);
+            req.outputs =
+                (0..100).map(|_| InferRequestedOutputTensor { name: "logits".into(), ..Default::default() }).collect();
+            let status = c.model_infer(req).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().len() < 1024);
+            // One bad image among 64: refused from its header, nothing decoded.
+            let status = c.model_infer(common::grpc_images(&bad)).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains("element 0"), "{}", status.message());
+            // A message over --body-limit.
+            let status = c.model_infer(common::grpc_images(&vec![vec![0u8; 1 << 20]; 5])).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        }
+        // Inputs that once panicked a parser: a clean INVALID_ARGUMENT.
+        for shape in [vec![i64::MIN], vec![-1, -1], vec![i64::MAX, 2], vec![]] {
+            let mut req = common::grpc_images(&[screen_gif()]);
+            req.inputs[0].shape = shape;
+            assert_eq!(c.model_infer(req).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        }
+    })
+    .await;
+    // The largest answer that can be asked for stays within its bound.
+    let mut c = common::grpc_client(t.lens.grpc.as_deref().unwrap()).await;
+    let mut req = common::grpc_images(&photos[..8]);
+    req.outputs = vec![InferRequestedOutputTensor {
+        name: "logits".into(),
+        parameters: [(
+            "classification".to_owned(),
+            lens::grpc::proto::InferParameter {
+                parameter_choice: Some(lens::grpc::proto::infer_parameter::ParameterChoice::Int64Param(100_000)),
+            },
+        )]
+        .into(),
+    }];
+    let answer = c.model_infer(req).await.unwrap().into_inner();
+    let size = prost::Message::encoded_len(&answer);
+    assert!(size <= lens::cost::response_bound(8), "{size} bytes for 8 inputs");
+    // 64 distinct photos, and the call's deadline is 50 ms: what was not
+    // started by then is never inferred.
+    let before = t.metric("lens_inferred_images_total").await;
+    let mut req = tonic::Request::new(common::grpc_images(&photos));
+    req.set_timeout(Duration::from_millis(50));
+    // tonic's client ends the call itself at its deadline (CANCELLED); the
+    // server's own deadline (DEADLINE_EXCEEDED) is tests/grpc_client.py's.
+    let status = c.model_infer(req).await.unwrap_err();
+    assert!(matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{status:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let inferred = t.metric("lens_inferred_images_total").await - before;
+    println!("inferred {inferred} of 64 after the call's deadline");
+    assert!(inferred < 48.0, "{inferred} of 64 images inferred for a call that ended");
+}

@@ -98,7 +98,8 @@ async fn keys_guard_grpc_as_they_guard_http_and_repository_calls_need_an_admin()
         std::fs::copy(root().join("models").join(MODEL).join(f), v1.join(f)).unwrap();
     }
     let keys = logs.join("keys");
-    let lens = serve_model(&logs, &v1, &["--api-keys-file", keys.to_str().unwrap(), "--models-dir", repo.to_str().unwrap()]);
+    let lens =
+        serve_model(&logs, &v1, &["--api-keys-file", keys.to_str().unwrap(), "--models-dir", repo.to_str().unwrap()]);
     // Readiness is open to probes.
     wait_ready(&lens).await;
     tokio::task::block_in_place(|| scenario(&lens, "keys", &["user-key-123456", "admin-key-123456"]));
@@ -123,9 +124,7 @@ async fn a_rate_limited_client_gets_resource_exhausted() {
 }
 
 async fn connect(url: &str) -> GrpcInferenceServiceClient<Channel> {
-    let url = if url.starts_with("http") { url.to_owned() } else { format!("http://{url}") };
-    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
-    GrpcInferenceServiceClient::new(channel).max_decoding_message_size(64 << 20)
+    common::grpc_client(url).await
 }
 
 fn input(datatype: &str, shape: &[i64]) -> InferInputTensor {
@@ -242,7 +241,10 @@ async fn malformed_requests_get_invalid_argument_and_never_a_panic() {
         ),
         (
             "an id past 256 bytes",
-            ModelInferRequest { id: "i".repeat(300), ..request(vec![input("BYTES", &[1])], vec![bytes_tensor(&[&dog])]) },
+            ModelInferRequest {
+                id: "i".repeat(300),
+                ..request(vec![input("BYTES", &[1])], vec![bytes_tensor(&[&dog])])
+            },
             "id",
         ),
     ];
@@ -290,7 +292,8 @@ async fn malformed_requests_get_invalid_argument_and_never_a_panic() {
 
 /// A ModelInfer of one distinct FP32 tensor (distinct, so nothing is cached).
 fn tensor_request(seed: usize) -> ModelInferRequest {
-    let values: Vec<u8> = (0..3 * 224 * 224).flat_map(|i| (((i * 31 + seed * 7) % 255) as f32 / 128.0 - 1.0).to_le_bytes()).collect();
+    let values: Vec<u8> =
+        (0..3 * 224 * 224).flat_map(|i| (((i * 31 + seed * 7) % 255) as f32 / 128.0 - 1.0).to_le_bytes()).collect();
     request(vec![input("FP32", &[1, 3, 224, 224])], vec![Bytes::from(values)])
 }
 
@@ -335,9 +338,20 @@ async fn an_api_node_on_redis_serves_grpc_through_the_job_queue() {
     let api = LensProcess::spawn(
         &logs,
         "api",
-        &["serve", "--redis", &url, "--addr", "127.0.0.1:0", "--model", model, "--data-dir", logs.join("d").to_str().unwrap()],
+        &[
+            "serve",
+            "--redis",
+            &url,
+            "--addr",
+            "127.0.0.1:0",
+            "--model",
+            model,
+            "--data-dir",
+            logs.join("d").to_str().unwrap(),
+        ],
     );
-    let _worker = LensProcess::spawn(&logs, "worker", &["worker", "--redis", &url, "--model", model, "--sessions", "1"]);
+    let _worker =
+        LensProcess::spawn(&logs, "worker", &["worker", "--redis", &url, "--model", model, "--sessions", "1"]);
     wait_ready(&api).await;
     let mut c = connect(api.grpc.as_deref().unwrap()).await;
     let dog = Bytes::from(fixture("dog.jpeg"));

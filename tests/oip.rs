@@ -306,7 +306,8 @@ async fn binary_outputs_carry_their_lengths_and_errors_are_oip_shaped() {
         assert!(err["error"].is_string() && err.get("success").is_none(), "{path}: {err}");
     }
     // Without --models-dir the index still lists what is served, as Triton's does.
-    let index: Value = c.post(format!("{}/v2/repository/index", s.url)).body("{}").send().await.unwrap().json().await.unwrap();
+    let index: Value =
+        c.post(format!("{}/v2/repository/index", s.url)).body("{}").send().await.unwrap().json().await.unwrap();
     assert_eq!(index, json!([{"name": MODEL, "version": "1", "state": "READY", "reason": ""}]));
     let cfg: Value = c.get(format!("{}/v2/models/{MODEL}/config", s.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(cfg["instance_group"][0]["count"], 1);

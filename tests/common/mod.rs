@@ -172,3 +172,36 @@ pub fn png_header(w: u32, h: u32) -> Vec<u8> {
     out.extend(b"\0\0\0\0IDAT\x35\xaf\x06\x1e");
     out
 }
+
+/// A raw gRPC client of the Open Inference Protocol at `url` (`host:port`
+/// or `http://host:port`).
+pub async fn grpc_client(
+    url: &str,
+) -> lens::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel> {
+    let url = if url.starts_with("http") { url.to_owned() } else { format!("http://{url}") };
+    let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+    lens::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// A ModelInfer of the default model: one BYTES input of these images.
+pub fn grpc_images(images: &[Vec<u8>]) -> lens::grpc::proto::ModelInferRequest {
+    use lens::grpc::proto::model_infer_request::InferInputTensor;
+    let mut raw = Vec::new();
+    for image in images {
+        raw.extend((image.len() as u32).to_le_bytes());
+        raw.extend(image);
+    }
+    lens::grpc::proto::ModelInferRequest {
+        model_name: "efficientnet-lite0".into(),
+        inputs: vec![InferInputTensor {
+            name: "image".into(),
+            datatype: "BYTES".into(),
+            shape: vec![images.len() as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![bytes::Bytes::from(raw)],
+        ..Default::default()
+    }
+}

@@ -1,12 +1,13 @@
 //! Fuzzing the trust boundary: multipart forms, image headers and decoding,
-//! KServe v2 bodies, the Redis job and reply codec, and `model.toml`.
+//! KServe v2 bodies, gRPC `ModelInferRequest` messages, the Redis job and
+//! reply codec, and `model.toml`.
 //!
 //! `scripts/fuzz TARGET SECONDS` runs [`fuzz_one_target`] (ignored here) for
 //! one target; every panic it finds is written to `tests/fuzz_corpus/TARGET/`.
 //! [`the_corpus_replays_through_every_target`] runs every seed and every
 //! regression file through every target on each `cargo test`.
 //!
-//! The `form` and `v2` targets check cost as well as crashes: a counting
+//! The `form`, `v2` and `grpc` targets check cost as well as crashes: a counting
 //! allocator measures the peak bytes each parse allocates, which must stay
 //! within a small multiple of the input's size, and the v2 target renders
 //! an answer, which must stay within `lens::cost::response_bound`.

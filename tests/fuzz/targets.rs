@@ -20,10 +20,11 @@ use redis::streams::StreamId;
 
 use super::engine::Target;
 
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     Target { name: "form", seeds: form_seeds, dictionary: FORM_DICT, run: form, max_len: 64 * 1024 },
     Target { name: "image", seeds: image_seeds, dictionary: IMAGE_DICT, run: image, max_len: 64 * 1024 },
     Target { name: "v2", seeds: v2_seeds, dictionary: V2_DICT, run: v2, max_len: 16 * 1024 },
+    Target { name: "grpc", seeds: grpc_seeds, dictionary: GRPC_DICT, run: grpc, max_len: 16 * 1024 },
     Target { name: "codec", seeds: codec_seeds, dictionary: CODEC_DICT, run: codec_target, max_len: 4 * 1024 },
     Target { name: "model_toml", seeds: toml_seeds, dictionary: TOML_DICT, run: model_toml, max_len: 8 * 1024 },
 ];
@@ -299,6 +300,113 @@ const V2_DICT: &[&[u8]] = &[
     b"18446744073709551615",
     b"\"\\u0000\"",
     b"\"=\"",
+];
+
+// ------------------------------------------------------------ gRPC ModelInfer
+
+/// A `ModelInferRequest` as protobuf bytes, decoded as tonic decodes it and
+/// checked as the gRPC front checks it; an accepted one is answered, and the
+/// answer must stay within [`lens::cost::response_bound`].
+fn grpc(data: &[u8]) -> String {
+    use lens::grpc::proto::ModelInferRequest;
+    use lens::http::v2::infer::{OutputPlan, Rendered};
+    use prost::Message;
+    let model = ModelFacts { shape: [-1, 3, 2, 2], classes: 5, output: "logits" };
+    let base = crate::cost::start();
+    let decoded = ModelInferRequest::decode(bytes::Bytes::copy_from_slice(data));
+    let checked = decoded.map_err(|e| format!("protobuf: {e}")).map(|req| lens::grpc::service::check(&model, req));
+    within_cost("gRPC decode and check", data.len(), crate::cost::peak_since(base));
+    match checked {
+        Err(e) => label(e),
+        Ok(Ok(plan)) => {
+            let n = match &plan.payload {
+                Payload::Images(i) => i.len(),
+                Payload::Tensors(values, n) => {
+                    assert_eq!(values.len(), n * 12, "tensors of the wrong size");
+                    *n
+                }
+            };
+            let labels: Vec<String> = ["cat", "dog", "bird", "fish", "x"].map(String::from).into();
+            let rows: Vec<Scores> = (0..n).map(|i| Scores::from(vec![0.1 * i as f32, 0.2, 0.3, 0.15, 0.25])).collect();
+            let size: usize =
+                plan.outputs.iter().map(|p: &OutputPlan| Rendered::new(p, &labels, &rows).raw().len()).sum();
+            assert!(size <= lens::cost::response_bound(n), "an answer of {size} bytes for {n} inputs");
+            let classes: Vec<_> = plan.outputs.iter().map(|o| o.class_count).collect();
+            format!("ok {} inputs, classification {classes:?}", n.min(3))
+        }
+        Ok(Err(e)) if e.to_string().starts_with("datatype ") => "datatype unsupported".into(),
+        Ok(Err(e)) => label(e),
+    }
+}
+
+fn grpc_seeds() -> Vec<Vec<u8>> {
+    use lens::grpc::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+    use lens::grpc::proto::{InferParameter, InferTensorContents, ModelInferRequest, infer_parameter};
+    use prost::Message;
+    let input = |datatype: &str, shape: Vec<i64>, contents: Option<InferTensorContents>| InferInputTensor {
+        name: "x".into(),
+        datatype: datatype.into(),
+        shape,
+        contents,
+        ..Default::default()
+    };
+    let mut png = Vec::new();
+    let image = tiny(ImageFormat::Png);
+    png.extend((image.len() as u32).to_le_bytes());
+    png.extend(&image);
+    let classify = InferRequestedOutputTensor {
+        name: "logits".into(),
+        parameters: [(
+            "classification".to_owned(),
+            InferParameter { parameter_choice: Some(infer_parameter::ParameterChoice::Int64Param(3)) },
+        )]
+        .into(),
+    };
+    let floats: Vec<u8> = (0..12).flat_map(|i| (i as f32 / 4.0).to_le_bytes()).collect();
+    [
+        ModelInferRequest {
+            id: "a".into(),
+            inputs: vec![input("BYTES", vec![1], None)],
+            outputs: vec![classify],
+            raw_input_contents: vec![png.into()],
+            ..Default::default()
+        },
+        ModelInferRequest {
+            inputs: vec![input("FP32", vec![1, 3, 2, 2], None)],
+            raw_input_contents: vec![floats.into()],
+            ..Default::default()
+        },
+        ModelInferRequest {
+            inputs: vec![input(
+                "FP32",
+                vec![1, 3, 2, 2],
+                Some(InferTensorContents { fp32_contents: vec![0.5; 12], ..Default::default() }),
+            )],
+            ..Default::default()
+        },
+        ModelInferRequest {
+            inputs: vec![input(
+                "BYTES",
+                vec![1, 1],
+                Some(InferTensorContents { bytes_contents: vec![image.into()], ..Default::default() }),
+            )],
+            ..Default::default()
+        },
+    ]
+    .iter()
+    .map(Message::encode_to_vec)
+    .collect()
+}
+
+const GRPC_DICT: &[&[u8]] = &[
+    b"BYTES",
+    b"FP32",
+    b"INT64",
+    b"logits",
+    b"classification",
+    b"\xff\xff\xff\xff\x0f",
+    b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+    b"\x00\x00\x00\x00",
 ];
 
 // ------------------------------------------------------------ the Redis codec
