@@ -9,13 +9,15 @@
 //! | connections open | `--max-connections` (4096); more wait in the accept queue | `http::server` |
 //! | a connection that sends no whole request head | `--header-timeout-secs` (10 s), idle keep-alive included | `http::server` |
 //! | request head | 16 KiB read buffer, else 431 | `http::server` |
+//! | a gRPC connection (HTTP/2) | 128 calls at once; 1 MiB of unread frames (256 KiB a call); 16 KiB of headers; pinged and closed when silent for `--header-timeout-secs` | `http::server` |
+//! | a gRPC message | `--body-limit`, and the same body budget and timeout as an HTTP body; past its `grpc-timeout` a call ends and its unstarted work is dropped | `http::body`, `grpc` |
 //! | body bytes | `--body-limit` (10 MiB); a larger `Content-Length` is refused unread | `http::body` |
 //! | body memory | twice the bytes that arrived, from `--body-memory-mb` (64 MiB) shared by all bodies | `http::body` |
 //! | a stalled body | `--body-timeout-secs` (10 s) without a byte, then 408 | `http::body` |
 //! | a refused request (401, 403, 413, 429) | no body byte read; `Connection: close` | `http::body::refuse` |
 //! | multipart / urlencoded parts | `--max-parts` (16), counted while parsing | `http::form`, `http::feedback` |
 //! | v2 JSON | one value per leaf, no JSON tree: numbers as `f32`, at most 64 strings, unknown parameters skipped | `http::v2::infer` |
-//! | v2 inputs per request | 64 images or tensors ([`crate::http::v2::infer::MAX_INFER_BATCH`]) | `http::v2::infer` |
+//! | v2 inputs per request (HTTP or gRPC) | 64 images or tensors ([`crate::http::v2::infer::MAX_INFER_BATCH`]) | `http::v2::infer` |
 //! | v2 answer | one output entry per output name; `classification` at most the model's classes; `id` at most 256 bytes | `http::v2::infer` |
 //! | decoded pixels | `--max-pixels` (40 M), and at most [`MAX_PIXELS_PER_BYTE`] per byte of the file past [`PIXEL_FLOOR`] | [`allowed_pixels`] |
 //! | decode memory | what the header says, conversion copies included, from `--decode-memory-mb` (128 MiB); one image needing more is refused (413) | `predictor` |
