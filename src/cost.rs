@@ -9,7 +9,7 @@
 //! | connections open | `--max-connections` (4096); more wait in the accept queue | `http::server` |
 //! | a connection that sends no whole request head | `--header-timeout-secs` (10 s), idle keep-alive included | `http::server` |
 //! | request head | 16 KiB read buffer, else 431 | `http::server` |
-//! | a gRPC connection (HTTP/2) | 128 calls at once; 1 MiB of unread frames (256 KiB a call); 16 KiB of headers; pinged and closed when silent for `--header-timeout-secs` | `http::server` |
+//! | a gRPC connection (HTTP/2) | 128 calls at once; 4 MiB of unread frames (1 MiB a call); 16 KiB of headers; pinged and closed when silent for `--header-timeout-secs` | `http::server` |
 //! | a gRPC message | `--body-limit`, and the same body budget and timeout as an HTTP body; past its `grpc-timeout` a call ends and its unstarted work is dropped | `http::body`, `grpc` |
 //! | body bytes | `--body-limit` (10 MiB); a larger `Content-Length` is refused unread | `http::body` |
 //! | body memory | twice the bytes that arrived, from `--body-memory-mb` (64 MiB) shared by all bodies | `http::body` |
