@@ -325,7 +325,9 @@ pub struct AccessArgs {
 #[derive(Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL: redis://[USER[:PASSWORD]@]HOST[:PORT][/DB], or rediss://
-    /// for TLS. `serve` then runs an API node whose jobs go to workers
+    /// for TLS; or Sentinels that name the primary and follow its failovers:
+    /// redis+sentinel://[USER[:PASSWORD]@]HOST:PORT,HOST:PORT,.../SERVICE[/DB]
+    /// (rediss+sentinel:// for TLS to Sentinels and data nodes). `serve` then runs an API node whose jobs go to workers
     /// through Redis; `worker` needs it. Without a password in the URL, the
     /// one in LENS_REDIS_PASSWORD is used. Passwords are never logged.
     #[arg(long, env = "LENS_REDIS", hide_env_values = true)]
@@ -344,6 +346,12 @@ pub struct RedisArgs {
     /// With rediss://: PEM private key of --redis-client-cert.
     #[arg(long, env = "LENS_REDIS_CLIENT_KEY", requires_all = ["redis", "redis_client_cert"])]
     pub redis_client_key: Option<PathBuf>,
+
+    /// With Redis replicas: each job counts as queued only once this many
+    /// replicas acknowledged it (Redis `WAIT`, up to 1 s); otherwise the
+    /// request is answered 503. 0: no waiting. Costs throughput (see the README).
+    #[arg(long, env = "LENS_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
 
     /// A job a worker took but did not acknowledge within this many
     /// milliseconds (the worker died) is reclaimed by another worker.
@@ -373,7 +381,7 @@ impl RedisArgs {
     /// The Redis client, if `--redis` is set, with every setting checked
     /// (URL, TLS files, password from [`PASSWORD_ENV`]) and no connection
     /// made: callers build it before anything slow, such as loading a model.
-    pub fn client(&self) -> Result<Option<redis::Client>, ConfigError> {
+    pub fn client(&self) -> Result<Option<crate::redis::conn::Redis>, ConfigError> {
         let Some(url) = &self.redis else { return Ok(None) };
         let tls = TlsFiles {
             ca_file: self.redis_ca_file.clone(),

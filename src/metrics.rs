@@ -122,6 +122,12 @@ pub struct Metrics {
     pub api_keys: Gauge,
     /// Clients the per-client limits track.
     pub tracked_clients: Gauge,
+    /// Jobs an API node put on a Redis stream again because Redis lost them
+    /// (a restart, or a failover to a replica that lacked them).
+    pub requeued_jobs: Counter,
+    /// Redis failovers followed, and connections made to a primary, by
+    /// connections that follow Sentinels.
+    redis: crate::redis::conn::sentinel::Events,
     store_bytes: Family<StoreLabel, Gauge>,
     store_files: Family<StoreLabel, Gauge>,
     store_cap: Family<StoreLabel, Gauge>,
@@ -154,6 +160,8 @@ impl Metrics {
             key_requests: Family::default(),
             api_keys: Gauge::default(),
             tracked_clients: Gauge::default(),
+            requeued_jobs: Counter::default(),
+            redis: Default::default(),
             store_bytes: Family::default(),
             store_files: Family::default(),
             store_cap: Family::default(),
@@ -176,6 +184,21 @@ impl Metrics {
             m.coalesced.clone(),
         );
         registry.register("rejected_requests", "Requests refused, by reason", m.rejected.clone());
+        registry.register(
+            "requeued_jobs",
+            "Jobs put on a Redis stream again after Redis lost them",
+            m.requeued_jobs.clone(),
+        );
+        registry.register(
+            "redis_failovers",
+            "Moves to a new Redis primary named by Sentinels",
+            m.redis.failovers.clone(),
+        );
+        registry.register(
+            "redis_reconnects",
+            "Connections made to a Redis primary named by Sentinels",
+            m.redis.reconnects.clone(),
+        );
         registry.register("dropped_jobs", "Jobs dropped before inference, by reason", m.dropped_jobs.clone());
         registry.register("key_requests", "Requests let in, by API key name", m.key_requests.clone());
         registry.register("api_keys", "API keys loaded", m.api_keys.clone());
@@ -204,6 +227,11 @@ impl Metrics {
             refused: self.store_refused.clone(),
             store,
         }
+    }
+
+    /// The counters a connection following Sentinels keeps.
+    pub fn redis_events(&self) -> crate::redis::conn::sentinel::Events {
+        self.redis.clone()
     }
 
     pub fn key_request(&self, key: &str) {

@@ -290,7 +290,7 @@ fn an_imagefolder_export_is_ready_for_eval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_from_redis_in_every_format() {
     let redis = RedisServer::plain(false);
-    let client = redis::Client::open(redis.url()).unwrap();
+    let client = lens::redis::conn::Redis::Server(Box::new(redis::Client::open(redis.url()).unwrap()));
     let mirror = lens::redis::feedback::FeedbackMirror::new(&client).unwrap();
     let dog = std::fs::read(common::fixture_path("dog.jpeg")).unwrap();
     let dog_name = format!("{}.jpeg", sha256_hex(&dog));

@@ -259,9 +259,17 @@ async fn an_api_node_and_a_worker_round_trip_over_tls_as_an_acl_user() {
     }
 }
 
+/// The client of a `redis[s]://` URL (not Sentinels).
+fn server(redis: conn::Redis) -> redis::Client {
+    match redis {
+        conn::Redis::Server(client) => *client,
+        conn::Redis::Sentinels(_) => panic!("a single server was expected"),
+    }
+}
+
 fn tls_client(redis: &TlsRedis, ca: &str, pki: &Pki) -> redis::Client {
     let tls = TlsFiles { ca_file: Some(pki.path(ca)), ..Default::default() };
-    conn::client(&redis.url(Some(PASSWORD)), &tls, None).unwrap()
+    server(conn::client(&redis.url(Some(PASSWORD)), &tls, None).unwrap())
 }
 
 #[tokio::test]
@@ -278,7 +286,7 @@ async fn a_server_certificate_from_another_ca_or_a_wrong_password_is_refused() {
     let err = ping(tls_client(&redis, "other-ca.crt", &pki)).await.unwrap_err().to_string();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     let tls = TlsFiles { ca_file: Some(pki.path("ca.crt")), ..Default::default() };
-    let wrong = conn::client(&redis.url(Some("not-the-password")), &tls, None).unwrap();
+    let wrong = server(conn::client(&redis.url(Some("not-the-password")), &tls, None).unwrap());
     let err = ping(wrong).await.unwrap_err().to_string();
     assert!(!err.contains("not-the-password"), "{err}");
     // Plain TCP to a TLS-only port gets nowhere.
@@ -380,11 +388,11 @@ fn configuration_errors_are_caught_before_connecting() {
 #[test]
 fn the_password_comes_from_the_url_first_then_the_environment() {
     let none = TlsFiles::default();
-    let c = conn::client("redis://lens@h:1", &none, Some("fromenv")).unwrap();
+    let c = server(conn::client("redis://lens@h:1", &none, Some("fromenv")).unwrap());
     let settings = c.get_connection_info().redis_settings();
     assert_eq!((settings.username(), settings.password()), (Some("lens"), Some("fromenv")));
-    let c = conn::client("redis://lens:fromurl@h:1", &none, Some("fromenv")).unwrap();
+    let c = server(conn::client("redis://lens:fromurl@h:1", &none, Some("fromenv")).unwrap());
     assert_eq!(c.get_connection_info().redis_settings().password(), Some("fromurl"));
-    let c = conn::client("redis://h:1", &none, Some("")).unwrap();
+    let c = server(conn::client("redis://h:1", &none, Some("")).unwrap());
     assert_eq!(c.get_connection_info().redis_settings().password(), None);
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::conn::Conn;
 
 use super::keys::{self, CACHE_TIMEOUT, SUBMIT_TIMEOUT};
 use crate::cache::{Key, Lookup, SharedCache};
@@ -14,7 +14,7 @@ use crate::job::{f32_from_le_bytes, f32_to_le_bytes};
 /// Answers shared through Redis. A lookup that fails or is slow counts as a
 /// miss, and nothing is sent while Redis was last seen unreachable.
 pub struct RedisCache {
-    conn: ConnectionManager,
+    conn: Conn,
     model: String,
     version: String,
     ttl: Duration,
@@ -23,7 +23,7 @@ pub struct RedisCache {
 }
 
 impl RedisCache {
-    pub fn new(conn: ConnectionManager, model: &str, version: &str, ttl: Duration, up: Arc<AtomicBool>) -> Self {
+    pub fn new(conn: Conn, model: &str, version: &str, ttl: Duration, up: Arc<AtomicBool>) -> Self {
         RedisCache { conn, model: model.to_owned(), version: version.to_owned(), ttl, up }
     }
 

@@ -13,8 +13,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::conn::Conn;
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 
 use super::keys::{self, COMMAND_TIMEOUT};
@@ -27,12 +27,12 @@ const PAGE: usize = 100;
 
 /// Pushes this node's reports to `lens:feedback`.
 pub struct FeedbackMirror {
-    conn: ConnectionManager,
+    conn: Conn,
     node: String,
 }
 
 impl FeedbackMirror {
-    pub fn new(client: &redis::Client) -> redis::RedisResult<Self> {
+    pub fn new(client: &conn::Redis) -> redis::RedisResult<Self> {
         Ok(FeedbackMirror { conn: conn::connect(client, COMMAND_TIMEOUT)?, node: clock::unique_id("api") })
     }
 
@@ -66,11 +66,11 @@ impl FeedbackMirror {
 /// Writes every report in `lens:feedback` to `out` in `format` (see
 /// [`crate::feedback::export`]); with `drain`, then deletes them from Redis.
 pub async fn export(url: &str, out: &Path, format: ExportFormat, drain: bool) -> anyhow::Result<ExportSummary> {
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
     // rediss:// URLs verify against the system's trust store here.
     let password = std::env::var(conn::PASSWORD_ENV).ok();
-    let client = conn::client(url, &conn::TlsFiles::default(), password.as_deref())?;
-    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.context("connecting to Redis")?;
+    let redis = conn::client(url, &conn::TlsFiles::default(), password.as_deref())?;
+    redis.check().await.context("asking the Redis Sentinels for the primary")?;
+    let mut conn = conn::connect(&redis, Duration::from_secs(30)).context("connecting to Redis")?;
     let mut exporter = Exporter::create(out, format, true)?;
     let mut exported = Vec::new();
     let mut start = "-".to_owned();

@@ -23,6 +23,9 @@ pub const DEAD_MAXLEN: usize = 10_000;
 
 /// Longest a request waits for Redis to accept its job.
 pub const SUBMIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest an API node waits for replicas to acknowledge a job
+/// (`--redis-wait-replicas`).
+pub const WAIT_REPLICAS_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest a shared-cache lookup may delay a request.
 pub const CACHE_TIMEOUT: Duration = Duration::from_millis(250);
 /// How often an API node re-reads worker liveness and the stream length.

@@ -30,15 +30,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::conn::Conn;
 use prometheus_client::metrics::gauge::Gauge;
-use redis::aio::ConnectionManager;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::RedisCache;
 use super::codec::{self, Liveness};
-use super::keys::{self, REPLY_DRAIN_BATCH, REPLY_POP_BLOCK, RETRY_PAUSE, SUBMIT_TIMEOUT, SWEEP_GRACE, WATCH_EVERY};
+use super::keys::{
+    self, REPLY_DRAIN_BATCH, REPLY_POP_BLOCK, RETRY_PAUSE, SUBMIT_TIMEOUT, SWEEP_GRACE, WAIT_REPLICAS_TIMEOUT,
+    WATCH_EVERY,
+};
 use super::{clock, conn};
 use crate::job::{JobResult, ModelInput};
 use crate::model::ModelSpec;
@@ -55,6 +58,18 @@ static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
          return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))",
     )
 });
+
+/// How an API node's queue on Redis behaves.
+pub struct QueueSettings {
+    /// Most jobs the stream may hold (`--queue-capacity`).
+    pub capacity: usize,
+    /// `--redis-wait-replicas`.
+    pub wait_replicas: u32,
+    /// The queue depth, for the metrics.
+    pub depth: Gauge,
+    /// Jobs put back after Redis lost them, for the metrics.
+    pub requeued: prometheus_client::metrics::counter::Counter,
+}
 
 /// A request waiting for its reply, with what it takes to enqueue its job
 /// again if Redis loses it.
@@ -76,8 +91,12 @@ struct Inner {
     reply_key: String,
     /// Most jobs the stream may hold; beyond it, [`SubmitError::Full`].
     capacity: usize,
+    /// Replicas that must acknowledge a job before it counts as queued.
+    wait_replicas: u32,
+    /// Counts jobs put back after Redis lost them.
+    requeued: prometheus_client::metrics::counter::Counter,
     /// Multiplexed connection for everything but the blocking pop.
-    conn: ConnectionManager,
+    conn: Conn,
     /// Requests waiting for a reply, by job id. The listener removes an entry
     /// when its reply arrives; its sweep drops those whose request is gone
     /// (deadline passed, client left), so the map cannot grow without bound.
@@ -140,12 +159,12 @@ impl RedisQueue {
     /// listener and the liveness watch, which run until `stop` is cancelled.
     /// The queue is not ready until the watch has seen Redis and a live worker.
     pub fn start(
-        client: &redis::Client,
+        client: &conn::Redis,
         spec: &ModelSpec,
-        capacity: usize,
-        depth_gauge: Gauge,
+        settings: QueueSettings,
         stop: CancellationToken,
     ) -> redis::RedisResult<(Self, Vec<tokio::task::JoinHandle<()>>)> {
+        let QueueSettings { capacity, wait_replicas, depth: depth_gauge, requeued } = settings;
         let node = clock::unique_id("api");
         let inner = Arc::new(Inner {
             model: spec.name.clone(),
@@ -154,6 +173,8 @@ impl RedisQueue {
             registry: keys::workers(&spec.name),
             reply_key: keys::replies(&node),
             capacity,
+            wait_replicas,
+            requeued,
             conn: conn::connect(client, SUBMIT_TIMEOUT)?,
             waiting: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -206,19 +227,44 @@ impl RedisQueue {
         let mut conn = inner.conn.clone();
         let added = tokio::time::timeout(SUBMIT_TIMEOUT, call.invoke_async::<Option<String>>(&mut conn)).await;
         let refused = match added {
-            Ok(Ok(Some(entry))) => {
-                // The reply may have come already; then there is nothing to keep.
-                if let Some(w) = inner.waiting().get_mut(&id) {
-                    w.entry = Some(entry);
+            Ok(Ok(Some(entry))) => match self.replicated(&mut conn).await {
+                Ok(()) => {
+                    // The reply may have come already; then there is nothing to keep.
+                    if let Some(w) = inner.waiting().get_mut(&id) {
+                        w.entry = Some(entry);
+                    }
+                    return Ok(rx);
                 }
-                return Ok(rx);
-            }
+                Err(e) => e,
+            },
             Ok(Ok(None)) => SubmitError::Full,
             Ok(Err(e)) => SubmitError::Unavailable(format!("Redis refused the job: {e}")),
             Err(_) => SubmitError::Unavailable("Redis did not answer in time".into()),
         };
         inner.waiting().remove(&id);
         Err(refused)
+    }
+
+    /// With `--redis-wait-replicas N`: waits (up to [`WAIT_REPLICAS_TIMEOUT`])
+    /// until N replicas acknowledged every write this connection made, the
+    /// job just added included. A failover then cannot lose it.
+    async fn replicated(&self, conn: &mut Conn) -> Result<(), SubmitError> {
+        let want = self.inner.wait_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let waited = redis::cmd("WAIT")
+            .arg(want)
+            .arg(WAIT_REPLICAS_TIMEOUT.as_millis() as u64)
+            .query_async::<u32>(conn)
+            .await
+            .map_err(|e| SubmitError::Unavailable(format!("Redis refused WAIT: {e}")))?;
+        match waited >= want {
+            true => Ok(()),
+            false => Err(SubmitError::Unavailable(format!(
+                "only {waited} of {want} Redis replicas acknowledged the job within {WAIT_REPLICAS_TIMEOUT:?}"
+            ))),
+        }
     }
 
     /// The Redis result cache for this model version, or `None` if `ttl` is
@@ -288,7 +334,7 @@ impl RedisQueue {
 }
 
 /// Pops this node's replies and hands each to its waiting request.
-async fn listen(inner: Arc<Inner>, mut conn: ConnectionManager, stop: CancellationToken) {
+async fn listen(inner: Arc<Inner>, mut conn: Conn, stop: CancellationToken) {
     let mut last_sweep = Instant::now();
     let mut failing = false;
     loop {

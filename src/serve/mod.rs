@@ -39,6 +39,7 @@ use crate::predictor::{ModelInfo, Predictor, PredictorConfig};
 use crate::queue::LocalQueue;
 use crate::redis::RedisQueue;
 use crate::redis::feedback::FeedbackMirror;
+use crate::redis::queue::QueueSettings;
 use crate::sessions::{SessionPool, load_pool};
 use crate::worker::{Worker, WorkerConfig};
 use repository::Repository;
@@ -81,7 +82,7 @@ impl Running {
 pub(crate) struct Launcher {
     args: ServeArgs,
     /// The Redis client, checked at start-up; `None` in-process.
-    redis: Option<redis::Client>,
+    redis: Option<crate::redis::conn::Redis>,
     metrics: Arc<Metrics>,
     batcher_stop: CancellationToken,
     redis_stop: CancellationToken,
@@ -129,6 +130,10 @@ pub async fn run_with(listeners: Listeners, args: ServeArgs, shutdown: Cancellat
     // Every Redis setting is checked before any model loads: a typo fails at once.
     let redis = args.redis.client()?;
     let metrics = Arc::new(Metrics::new());
+    if let Some(redis) = &redis {
+        redis.check().await.context("asking the Redis Sentinels for the primary")?;
+        redis.observe(metrics.redis_events());
+    }
     // Checked before any model loads, so a bad keys file costs no start-up.
     let (keys, client_limits) = access(&args, &metrics)?;
     let (uploads, feedback) = stores(&args, &metrics)?;
@@ -313,14 +318,20 @@ pub fn serve_locally(
 /// workers. Ready once Redis is reachable and a live worker serves it.
 async fn start_remote_model(
     model: ModelDir,
-    client: &redis::Client,
+    client: &crate::redis::conn::Redis,
     args: &ServeArgs,
     metrics: Arc<Metrics>,
     (batcher_stop, redis_stop): (CancellationToken, CancellationToken),
 ) -> anyhow::Result<Running> {
     let depth = metrics.queue_depth(&model.spec.name);
-    let (queue, redis_tasks) = RedisQueue::start(client, &model.spec, args.queue_capacity, depth, redis_stop.clone())
-        .context("connecting to Redis")?;
+    let settings = QueueSettings {
+        capacity: args.queue_capacity,
+        wait_replicas: args.redis.redis_wait_replicas,
+        depth,
+        requeued: metrics.requeued_jobs.clone(),
+    };
+    let (queue, redis_tasks) =
+        RedisQueue::start(client, &model.spec, settings, redis_stop.clone()).context("connecting to Redis")?;
     let ttl = if args.cache_entries == 0 { Duration::ZERO } else { Duration::from_secs(args.redis_cache_ttl_secs) };
     let shared_cache = queue.shared_cache(ttl).map(|c| Arc::new(c) as Arc<dyn SharedCache>);
     let cores = available_cores();

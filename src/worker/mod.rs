@@ -35,8 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::redis::conn::Conn;
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 use redis::streams::StreamId;
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +52,7 @@ use crate::sessions::{SessionPool, load_pool};
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// The Redis client, checked at start-up ([`RedisArgs::client`]).
-    pub redis: redis::Client,
+    pub redis: crate::redis::conn::Redis,
     pub batch: BatchConfig,
     /// A job taken but not acknowledged this long is reclaimed by a worker.
     pub visibility: Duration,
@@ -63,7 +63,7 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// The one place a worker's settings are built, for `lens worker` and
     /// for `lens serve --redis --workers N`; clap has checked their ranges.
-    pub fn new(client: &redis::Client, redis: &RedisArgs, batch: &BatchArgs) -> Self {
+    pub fn new(client: &crate::redis::conn::Redis, redis: &RedisArgs, batch: &BatchArgs) -> Self {
         WorkerConfig {
             redis: client.clone(),
             batch: batch.config(),
@@ -77,6 +77,7 @@ impl WorkerConfig {
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     // Every Redis setting is checked before the model loads: a typo fails at once.
     let client = args.redis.client()?.context("`lens worker` needs --redis redis[s]://HOST:PORT")?;
+    client.check().await.context("asking the Redis Sentinels for the primary")?;
     let cfg = WorkerConfig::new(&client, &args.redis, &args.batch);
     let model =
         ModelDir::load(&args.model.model).with_context(|| format!("loading model {}", args.model.model.display()))?;
@@ -84,6 +85,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let engine = args.model.engine_options(&model.spec);
     let pool = Arc::new(load_pool(&model, &engine, args.model.session_config(), slow).await?);
     let metrics = Arc::new(Metrics::new());
+    client.observe(metrics.redis_events());
     if let Some(r) = pool.runtime() {
         metrics.model_runtime(&model.spec.name, r.engine.as_str(), r.precision.as_str());
     }
@@ -111,9 +113,9 @@ pub struct Worker {
     registry: String,
     cfg: WorkerConfig,
     /// Every non-blocking command: claims, replies, acks, heartbeats.
-    conn: ConnectionManager,
+    conn: Conn,
     /// Only the blocking `XREADGROUP`, which would hold up `conn`.
-    reader: ConnectionManager,
+    reader: Conn,
     pool: Arc<SessionPool>,
     metrics: Arc<Metrics>,
     /// Entry ids taken and not yet acknowledged; the heartbeat refreshes

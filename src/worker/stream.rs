@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis::conn::Conn;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadOptions, StreamReadReply};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -100,7 +100,7 @@ impl Worker {
     /// half visibility timeout), else new entries, filled per the batching rule.
     async fn take(
         &self,
-        reader: &mut ConnectionManager,
+        reader: &mut Conn,
         cursor: &mut String,
         last_reclaim: &mut Option<Instant>,
     ) -> redis::RedisResult<Vec<Delivery>> {
@@ -130,12 +130,7 @@ impl Worker {
         Ok(batch)
     }
 
-    async fn read(
-        &self,
-        reader: &mut ConnectionManager,
-        count: usize,
-        block: Duration,
-    ) -> redis::RedisResult<Vec<Delivery>> {
+    async fn read(&self, reader: &mut Conn, count: usize, block: Duration) -> redis::RedisResult<Vec<Delivery>> {
         // BLOCK 0 would mean forever.
         let block_ms = (block.as_millis() as usize).max(1);
         let opts = StreamReadOptions::default().group(keys::GROUP, &self.id).count(count).block(block_ms);

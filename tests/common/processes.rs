@@ -83,6 +83,14 @@ impl RedisServer {
         }
     }
 
+    /// Hard kill (SIGKILL): no flush, no goodbye, as a machine dies.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// `redis://127.0.0.1:PORT`, for a server without TLS.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -163,5 +171,141 @@ impl Drop for LensProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Redis high availability on loopback: a primary, one replica and three
+/// Sentinels (quorum 2, `down-after-milliseconds` 1000) watching the service
+/// [`SentinelSet::SERVICE`]. `tls`: every server and Sentinel speaks only TLS
+/// with these `(cert, key, ca)` files, and the replica and Sentinels use it
+/// to reach the primary.
+pub struct SentinelSet {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<RedisServer>,
+    tls: Option<[PathBuf; 3]>,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelSet {
+    pub const SERVICE: &'static str = "lens";
+
+    pub fn start(tls: Option<[PathBuf; 3]>) -> SentinelSet {
+        let dir = tempfile::tempdir().unwrap();
+        let tls_args = |port: u16| -> Vec<String> {
+            match &tls {
+                None => vec!["--port".into(), port.to_string()],
+                Some([cert, key, ca]) => [
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port.to_string(),
+                    "--tls-cert-file",
+                    cert.to_str().unwrap(),
+                    "--tls-key-file",
+                    key.to_str().unwrap(),
+                    "--tls-ca-cert-file",
+                    ca.to_str().unwrap(),
+                    "--tls-replication",
+                    "yes",
+                    "--tls-auth-clients",
+                    "no",
+                ]
+                .map(String::from)
+                .into(),
+            }
+        };
+        let data = |name: &str| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            let mut args: Vec<String> =
+                ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"].map(String::from).into();
+            args.push(d.display().to_string());
+            args
+        };
+        let (p, r) = (free_port(), free_port());
+        let primary =
+            RedisServer::start(p, [tls_args(p), data("primary")].concat(), Some(dir.path().join("primary.log")));
+        let mut replica_args = [tls_args(r), data("replica")].concat();
+        replica_args.extend(["--replicaof".to_owned(), "127.0.0.1".to_owned(), p.to_string()]);
+        let replica = RedisServer::start(r, replica_args, Some(dir.path().join("replica.log")));
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf = dir.path().join(format!("sentinel-{i}.conf"));
+            let mut text = format!(
+                "bind 127.0.0.1\nsentinel monitor {s} 127.0.0.1 {p} 2\nsentinel down-after-milliseconds {s} 1000\n\
+                 sentinel failover-timeout {s} 10000\nsentinel parallel-syncs {s} 1\n",
+                s = Self::SERVICE
+            );
+            match &tls {
+                None => text.push_str(&format!("port {port}\n")),
+                Some([cert, key, ca]) => text.push_str(&format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                     tls-replication yes\ntls-auth-clients no\n",
+                    cert.display(),
+                    key.display(),
+                    ca.display()
+                )),
+            }
+            std::fs::write(&conf, text).unwrap();
+            let args = vec![conf.display().to_string(), "--sentinel".to_owned()];
+            sentinels.push(RedisServer::start(port, args, Some(dir.path().join(format!("sentinel-{i}.log")))));
+        }
+        let set = SentinelSet { primary, replica, sentinels, tls, _dir: dir };
+        // Ready once the replica is in sync and every Sentinel knows both
+        // servers and the other Sentinels.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = set.cli(set.replica.port, &["INFO", "replication"]).contains("master_link_status:up");
+            let known = set.sentinels.iter().all(|s| {
+                let info = set.cli(s.port, &["SENTINEL", "MASTER", Self::SERVICE]);
+                let field = |name: &str| info.lines().skip_while(|l| *l != name).nth(1).map(str::to_owned);
+                field("num-slaves").as_deref() == Some("1") && field("num-other-sentinels").as_deref() == Some("2")
+            });
+            if synced && known {
+                return set;
+            }
+            assert!(Instant::now() < deadline, "the Sentinel set did not settle; see {}", set._dir.path().display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis-cli` against the server or Sentinel on `port`; its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some([cert, key, ca]) = &self.tls {
+            cmd.args(["--tls", "--cert"]).arg(cert).arg("--key").arg(key).arg("--cacert").arg(ca);
+        }
+        let out = cmd.args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The Sentinels' URL for Lens.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        let scheme = if self.tls.is_some() { "rediss+sentinel" } else { "redis+sentinel" };
+        format!("{scheme}://{}/{}", hosts.join(","), Self::SERVICE)
+    }
+
+    /// The primary's port as the first Sentinel that answers names it.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            let out = self.cli(s.port, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::SERVICE]);
+            out.lines().nth(1)?.trim().parse().ok()
+        })
+    }
+
+    /// Waits until the Sentinels name a primary other than `old`; its port.
+    pub fn wait_for_new_primary(&self, old: u16, limit: Duration) -> u16 {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(port) = self.primary_port().filter(|p| *p != old) {
+                return port;
+            }
+            assert!(Instant::now() < deadline, "no failover within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }

@@ -82,6 +82,7 @@ impl RedisQueue {
             }
             requeued += 1;
         }
+        inner.requeued.inc_by(requeued as u64);
         if requeued > 0 {
             tracing::warn!(model = %inner.model, jobs = requeued, "Redis lost jobs of this node; enqueued them again");
         }

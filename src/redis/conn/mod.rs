@@ -1,6 +1,8 @@
-//! Connections to Redis: the client, built once from the configuration (URL,
-//! TLS files, password) and checked before anything slow starts, and
-//! connections that reconnect by themselves.
+//! Connections to Redis: where Redis is ([`Redis`]: one server, or the
+//! primary that Sentinels name), built once from the configuration (URL, TLS
+//! files, password) and checked before anything slow starts, and connections
+//! ([`Conn`]) that reconnect by themselves and, on Sentinels, follow the
+//! primary through a failover ([`sentinel`]).
 //!
 //! `rediss://` URLs use TLS through rustls (ring provider). Without
 //! `--redis-ca-file` the system's trust store verifies the server; with it,
@@ -9,11 +11,14 @@
 //! URL (`rediss://user:password@host:port`), or the password from
 //! `LENS_REDIS_PASSWORD`. A URL is only ever shown through [`redact`].
 
+pub mod sentinel;
+
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionAddr, IntoConnectionInfo};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -34,7 +39,10 @@ pub struct TlsFiles {
 /// A Redis configuration that cannot work. Messages never hold a password.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("the Redis URL {url} is not valid: {reason} (expected redis[s]://[USER[:PASSWORD]@]HOST[:PORT][/DB])")]
+    #[error(
+        "the Redis URL {url} is not valid: {reason} (expected redis[s]://[USER[:PASSWORD]@]HOST[:PORT][/DB] or \
+         redis[s]+sentinel://[USER[:PASSWORD]@]HOST:PORT,HOST:PORT,.../SERVICE[/DB])"
+    )]
     Url { url: String, reason: String },
     #[error("--redis-ca-file, --redis-client-cert and --redis-client-key need a rediss:// URL, and {0} is not one")]
     TlsWithoutRediss(String),
@@ -48,12 +56,48 @@ pub enum ConfigError {
     Invalid { what: &'static str, path: PathBuf, reason: String },
 }
 
-/// Builds the Redis client from `url`, `tls` and `env_password` (the value of
+/// Where Redis is: one server (`redis://`, `rediss://`), or the primary a set
+/// of Sentinels names (`redis+sentinel://`, `rediss+sentinel://`).
+#[derive(Clone, Debug)]
+pub enum Redis {
+    Server(Box<redis::Client>),
+    Sentinels(Arc<sentinel::Sentinels>),
+}
+
+impl Redis {
+    /// Counts failovers and reconnections (Sentinels only) in `events`.
+    pub fn observe(&self, events: sentinel::Events) {
+        if let Redis::Sentinels(s) = self {
+            s.observe(events);
+        }
+    }
+
+    /// At start-up, with Sentinels: that one answers and names a primary, or
+    /// a clear error (all down, an unknown service). A single server is not
+    /// checked: it may still be starting, and the node waits for it.
+    pub async fn check(&self) -> Result<(), redis::RedisError> {
+        match self {
+            Redis::Server(_) => Ok(()),
+            Redis::Sentinels(s) => s.primary().await.map(|(_, address)| {
+                tracing::info!(sentinels = %s.shown, primary = %address, "the Sentinels name the Redis primary");
+            }),
+        }
+    }
+}
+
+/// Builds where Redis is from `url`, `tls` and `env_password` (the value of
 /// [`PASSWORD_ENV`], used when the URL carries none), checking everything that
-/// can be checked without connecting: the URL, that TLS files go with
-/// `rediss://`, that they are readable PEM, and that the key fits the
-/// certificate. Connecting is left for later: Redis may still be starting.
-pub fn client(url: &str, tls: &TlsFiles, env_password: Option<&str>) -> Result<redis::Client, ConfigError> {
+/// can be checked without connecting: the URL, that TLS files go with TLS,
+/// that they are readable PEM, and that the key fits the certificate.
+/// Connecting is left for later: Redis may still be starting.
+pub fn client(url: &str, tls: &TlsFiles, env_password: Option<&str>) -> Result<Redis, ConfigError> {
+    if sentinel::is_sentinel_url(url) {
+        return Ok(Redis::Sentinels(Arc::new(sentinel::Sentinels::new(url, tls, env_password)?)));
+    }
+    server(url, tls, env_password).map(|c| Redis::Server(Box::new(c)))
+}
+
+fn server(url: &str, tls: &TlsFiles, env_password: Option<&str>) -> Result<redis::Client, ConfigError> {
     let shown = redact(url);
     let info =
         url.into_connection_info().map_err(|e| ConfigError::Url { url: shown.clone(), reason: e.to_string() })?;
@@ -80,7 +124,7 @@ pub fn client(url: &str, tls: &TlsFiles, env_password: Option<&str>) -> Result<r
 }
 
 /// Reads and checks the TLS files the way rustls will use them.
-fn tls_certificates(tls: &TlsFiles) -> Result<redis::TlsCertificates, ConfigError> {
+pub(crate) fn tls_certificates(tls: &TlsFiles) -> Result<redis::TlsCertificates, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
     let root_cert = match &tls.ca_file {
         Some(path) => {
@@ -148,16 +192,56 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}://{user}@{host}{path}")
 }
 
-/// A connection that reconnects by itself. It connects lazily, so a node
-/// starts while Redis is down; commands fail fast while it is down (one
+/// A connection that reconnects by itself; on Sentinels, to whichever server
+/// is the primary now ([`sentinel::Following`]). It connects lazily, so a
+/// node starts while Redis is down; commands fail fast while it is down (one
 /// reconnect attempt per command, then an error), and the callers decide
 /// what to retry. `response_timeout` must exceed the longest blocking
 /// command sent on it.
-pub fn connect(client: &redis::Client, response_timeout: Duration) -> redis::RedisResult<ConnectionManager> {
+pub fn connect(redis: &Redis, response_timeout: Duration) -> redis::RedisResult<Conn> {
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500))
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(response_timeout));
-    ConnectionManager::new_lazy_with_config(client.clone(), config)
+    match redis {
+        Redis::Server(client) => Ok(Conn::Server(ConnectionManager::new_lazy_with_config(client.as_ref().clone(), config)?)),
+        Redis::Sentinels(s) => Ok(Conn::Following(sentinel::Following::new(Arc::clone(s), config))),
+    }
+}
+
+/// A multiplexed connection that reconnects by itself ([`connect`]). Cheap
+/// to clone: clones share the connection.
+#[derive(Clone)]
+pub enum Conn {
+    Server(ConnectionManager),
+    Following(sentinel::Following),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Following(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Following(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Following(c) => c.get_db(),
+        }
+    }
 }
