@@ -205,7 +205,9 @@ pub fn connect(redis: &Redis, response_timeout: Duration) -> redis::RedisResult<
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(response_timeout));
     match redis {
-        Redis::Server(client) => Ok(Conn::Server(ConnectionManager::new_lazy_with_config(client.as_ref().clone(), config)?)),
+        Redis::Server(client) => {
+            Ok(Conn::Server(ConnectionManager::new_lazy_with_config(client.as_ref().clone(), config)?))
+        }
         Redis::Sentinels(s) => Ok(Conn::Following(sentinel::Following::new(Arc::clone(s), config))),
     }
 }
