@@ -396,3 +396,46 @@ fn the_password_comes_from_the_url_first_then_the_environment() {
     let c = server(conn::client("redis://h:1", &none, Some("")).unwrap());
     assert_eq!(c.get_connection_info().redis_settings().password(), None);
 }
+
+/// `rediss+sentinel://`: TLS to the Sentinels and to the data nodes, with
+/// the same CA file; the replica and the Sentinels reach the primary over
+/// TLS too. Without the CA, a clear error at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_and_data_nodes_over_tls() {
+    let _serial = SERIAL.lock().await;
+    let logs = log_dir("sentinel");
+    let pki = Pki::make();
+    let files = [pki.path("server.crt"), pki.path("server.key"), pki.path("ca.crt")];
+    let set = tokio::task::block_in_place(|| common::processes::SentinelSet::start(Some(files)));
+    let url = set.url();
+    assert!(url.starts_with("rediss+sentinel://"), "{url}");
+    let (ca, model, data) = (pki.arg("ca.crt"), model(), logs.join("api-data"));
+    let untrusted =
+        Command::new(env!("CARGO_BIN_EXE_lens")).args(["worker", "--redis", &url, "--model", &model]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(!untrusted.status.success() && stderr.contains("no primary"), "{stderr}");
+    let api = spawn_lens(
+        &logs,
+        "api",
+        &["serve", "--redis", &url, "--redis-ca-file", &ca, "--addr", "127.0.0.1:0", "--model", &model, "--data-dir"]
+            .into_iter()
+            .chain([data.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    let _worker = spawn_lens(
+        &logs,
+        "worker",
+        &["worker", "--redis", &url, "--redis-ca-file", &ca, "--model", &model, "--sessions", "1"],
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client.get(format!("{}/health/ready", api.url())).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "the API node never became ready; see {}", logs.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bytes = common::variant(&common::fixture("dog.jpeg"), 8100);
+    let (code, body) = common::predict(&client, &api.url(), "dog.jpeg", bytes).await;
+    assert_eq!((code, body["prediction"].as_str()), (200, Some("Eskimo_dog")), "{body}");
+}
