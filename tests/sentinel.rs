@@ -69,9 +69,15 @@ struct Answer {
     status: Result<u16, String>,
 }
 
-/// `clients` closed-loop clients sending `total` distinct photos to
+/// `clients` closed-loop clients sending `total` distinct photos (never
+/// sent before in the test: no cache answers) to
 /// `/predict`, each sleeping `Retry-After` after a 503.
 fn load(url: String, clients: usize, total: usize) -> tokio::task::JoinHandle<Vec<Answer>> {
+    load_from(url, clients, total, 50_000)
+}
+
+/// [`load`] with photos `first..first + total`.
+fn load_from(url: String, clients: usize, total: usize, first: usize) -> tokio::task::JoinHandle<Vec<Answer>> {
     tokio::spawn(async move {
         let dog = Arc::new(fixture("dog.jpeg"));
         let next = Arc::new(AtomicUsize::new(0));
@@ -89,7 +95,7 @@ fn load(url: String, clients: usize, total: usize) -> tokio::task::JoinHandle<Ve
                     let started = Instant::now();
                     let sent = http
                         .post(format!("{url}/predict"))
-                        .multipart(form("dog.jpeg", variant(&dog, 50_000 + i)))
+                        .multipart(form("dog.jpeg", variant(&dog, first + i)))
                         .send()
                         .await;
                     let status = sent.as_ref().map(|r| r.status().as_u16()).map_err(|e| e.to_string());
@@ -223,4 +229,64 @@ fn sentinels_that_are_all_down_or_know_no_such_service_are_a_clear_error() {
     let malformed = run("redis+sentinel://127.0.0.1:1");
     assert!(malformed.contains("no service"), "{malformed}");
     std::fs::write(logs.join("stderr.txt"), format!("{down}\n{unknown}\n{malformed}")).unwrap();
+}
+
+/// `--redis-wait-replicas 1`: a job counts as queued only once the replica
+/// has it, so a failover cannot lose it; with no replica to acknowledge,
+/// requests are refused (503), not queued unsafely. Prints what waiting
+/// costs: two API nodes on one worker, one waiting and one not, in
+/// alternating rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_for_replicas_holds_jobs_until_a_replica_has_them() {
+    let _one = SERIAL.lock().await;
+    let logs = log_dir("wait");
+    let mut set = tokio::task::block_in_place(|| SentinelSet::start(None));
+    let (plain, _worker) = lens_on(&set, &logs).await;
+    let (url, model) = (set.url(), root().join("models/efficientnet-lite0"));
+    let data = logs.join("waiting-data");
+    let waiting = LensProcess::spawn(
+        &logs,
+        "waiting",
+        &[
+            "serve",
+            "--redis",
+            &url,
+            "--redis-wait-replicas",
+            "1",
+            "--addr",
+            "127.0.0.1:0",
+            "--model",
+            model.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    let http = reqwest::Client::new();
+    while !http.get(format!("{}/health/ready", waiting.url())).send().await.is_ok_and(|r| r.status() == 200) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut rates: [Vec<f64>; 2] = Default::default();
+    for round in 0..3 {
+        for (i, node) in [&plain, &waiting].into_iter().enumerate() {
+            let started = Instant::now();
+            let answers = load_from(node.url(), 16, 300, 100_000 + (round * 2 + i) * 1000).await.unwrap();
+            assert!(answers.iter().all(|a| a.status == Ok(200)), "round {round}: {answers:?}");
+            rates[i].push(answers.len() as f64 / started.elapsed().as_secs_f64());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (no_wait, wait) = (median(&mut rates[0]), median(&mut rates[1]));
+    println!("--redis-wait-replicas 0: {no_wait:.1}/s, 1: {wait:.1}/s ({:.2}x), medians of 3 rounds", wait / no_wait);
+    // Without its replica the waiting node refuses, fast and clearly.
+    set.replica.kill();
+    let dog = variant(&fixture("dog.jpeg"), 90_000);
+    let started = Instant::now();
+    let r = http.post(format!("{}/predict", waiting.url())).multipart(form("dog.jpeg", dog)).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(started.elapsed() < FAST, "{:?}", started.elapsed());
+    let body = r.text().await.unwrap();
+    assert!(body.contains("replicas acknowledged"), "{body}");
 }
