@@ -640,7 +640,8 @@ fn deployment_files_are_well_formed() {
         Ok(out) => {
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let services = String::from_utf8_lossy(&out.stdout);
-            for s in ["redis", "api", "worker"] {
+            // The `sentinel` profile adds a replica and three Sentinels.
+            for s in ["redis", "api", "worker", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"] {
                 assert!(services.lines().any(|l| l == s), "service {s} missing: {services}");
             }
         }
@@ -678,6 +679,10 @@ fn deployment_files_are_well_formed() {
     assert_eq!(keda["stream"], lens::redis::keys::jobs("efficientnet-lite0", "1"), "the stream workers read");
     assert_eq!(keda["consumerGroup"], lens::redis::keys::GROUP);
     assert!(keda["lagCount"].as_str().unwrap().parse::<u32>().unwrap() >= 1);
+    // The Redis high-availability option: a primary and a replica, three Sentinels.
+    assert_eq!(k8s["StatefulSet/redis-ha"]["replicas"], 2);
+    assert_eq!(k8s["StatefulSet/redis-sentinel"]["replicas"], 3);
+    assert_eq!(k8s["ConfigMap/redis-ha"]["keys"], serde_json::json!(["redis.sh", "sentinel.sh"]));
     let hpa = &k8s["HorizontalPodAutoscaler/lens-api"];
     assert_eq!((&hpa["target"], &hpa["metrics"]), (&"lens-api".into(), &serde_json::json!(["cpu"])));
 }

@@ -5,7 +5,7 @@ deploy/k8s/schemas/keda-scaledobject.json. Also checks that each validator
 refuses a broken copy, so a pass means something. Prints one JSON object:
 kind/name -> the few facts tests/distributed.rs asserts on.
 
-    validate_manifests.py DEPLOY_K8S_DIR
+    validate_manifests.py DEPLOY_K8S_DIR      (also validates DEPLOY_K8S_DIR/ha/)
 """
 
 import copy
@@ -41,17 +41,18 @@ def refused(doc):
 
 
 out = {}
-for path in sorted(glob.glob(os.path.join(root, "*.yaml"))):
+# deploy/k8s/*.yaml, and the Redis high-availability option in deploy/k8s/ha/.
+for path in sorted(glob.glob(os.path.join(root, "*.yaml")) + glob.glob(os.path.join(root, "ha", "*.yaml"))):
     for doc in yaml.safe_load_all(open(path)):
         if not doc:
             continue
         validate(doc)
         name = doc["kind"] + "/" + doc["metadata"]["name"]
         broken = copy.deepcopy(doc)
-        broken["spec"]["replicaz"] = 3
+        broken["spec" if "spec" in doc else "metadata"]["replicaz"] = 3
         assert refused(broken), f"{name}: an unknown field passed validation"
-        facts = {"file": os.path.basename(path)}
-        spec = doc["spec"]
+        facts = {"file": os.path.relpath(path, root)}
+        spec = doc.get("spec", {})
         if doc["kind"] == "Deployment":
             c = spec["template"]["spec"]["containers"][0]
             facts.update({
@@ -63,6 +64,11 @@ for path in sorted(glob.glob(os.path.join(root, "*.yaml"))):
                 "env": sorted(e["name"] for e in c.get("env", [])),
                 "grace": spec["template"]["spec"].get("terminationGracePeriodSeconds"),
             })
+        elif doc["kind"] == "StatefulSet":
+            facts.update({"replicas": spec.get("replicas"), "service": spec["serviceName"],
+                          "command": spec["template"]["spec"]["containers"][0].get("command", [])})
+        elif doc["kind"] == "ConfigMap":
+            facts.update({"keys": sorted(doc["data"])})
         elif doc["kind"] == "ScaledObject":
             t = spec["triggers"][0]
             facts.update({"target": spec["scaleTargetRef"]["name"], "trigger": t["type"], **t["metadata"]})
