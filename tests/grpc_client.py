@@ -15,13 +15,16 @@ import os
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from PIL import Image
 from tritonclient.utils import InferenceServerException
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+from reference_predict import preprocess  # noqa: E402
 
 SCENARIO, GRPC, HTTP, MODEL, FIXTURES = sys.argv[1:6]
 HTTP = HTTP.removeprefix("http://")
@@ -43,15 +46,10 @@ def images(photos):
     return i
 
 
-def tensor_of(photo):
-    """The FP32 NCHW tensor lite0 takes, prepared here as model.toml says."""
-    img = Image.open(os.path.join(FIXTURES, photo)).convert("RGB")
-    w, h = img.size
-    side = int(0.875 * min(w, h))
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side)).resize((224, 224), Image.BICUBIC)
-    x = (np.asarray(img, dtype=np.float32) - 127.0) / 128.0
-    return x.transpose(2, 0, 1)[None].copy()
+def tensor_of(photo, model_dir):
+    """The FP32 tensor the model takes, prepared by the reference preprocessing."""
+    cfg = tomllib.loads(open(os.path.join(model_dir, "model.toml")).read())
+    return preprocess(os.path.join(FIXTURES, photo), cfg)
 
 
 def classes(result):
@@ -123,7 +121,7 @@ def protocol(model_dir):
 
     # An FP32 tensor (raw_input_contents): the photo's class.
     t = grpcclient.InferInput("input", [1, 3, 224, 224], "FP32")
-    t.set_data_from_numpy(tensor_of("dog.jpeg"))
+    t.set_data_from_numpy(tensor_of("dog.jpeg", model_dir))
     assert int(c.infer(MODEL, [t]).as_numpy("logits").argmax()) == DOG
 
     # async_infer: the callback gets the answer.

@@ -26,11 +26,12 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .server import ROOT, free_port
 
@@ -46,18 +47,13 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def tensors_from(photos: list[bytes], n: int) -> list[np.ndarray]:
-    """lite0's input for the first `n` photos: centre crop 0.875, bicubic 224, (x - 127) / 128."""
-    out = []
-    for data in photos[:n]:
-        img = Image.open(io.BytesIO(data)).convert("RGB")
-        w, h = img.size
-        side = int(0.875 * min(w, h))
-        left, top = (w - side + 1) // 2, (h - side + 1) // 2
-        img = img.crop((left, top, left + side, top + side)).resize((224, 224), Image.BICUBIC)
-        x = (np.asarray(img, dtype=np.float32) - 127.0) / 128.0
-        out.append(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))
-    return out
+def tensors_from(photos: list[bytes], n: int, model_dir: Path) -> list[np.ndarray]:
+    """The model's input for the first `n` photos, by the reference preprocessing."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from reference_predict import preprocess
+
+    cfg = tomllib.loads((model_dir / "model.toml").read_text())
+    return [preprocess(io.BytesIO(data), cfg) for data in photos[:n]]
 
 
 class Config:
@@ -213,8 +209,8 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no photos in {args.images}: run scripts/make_distinct_images.py first")
     photos = [f.read_bytes() for f in files]
-    tensors = tensors_from(photos, 256) if "tensors" in kinds else []
     model_dir = ROOT / "models" / MODEL
+    tensors = tensors_from(photos, 256, model_dir) if "tensors" in kinds else []
 
     procs = []
     lens, lens_http, lens_grpc = start_lens(args.lens, args.lens_args)
