@@ -7,7 +7,8 @@
 //! The gRPC router runs behind the same middleware as HTTP (keys, per-client
 //! limits, the body read under `--body-limit` and the body memory budget,
 //! the request log and metrics, panics caught), served by the same accept
-//! loop speaking HTTP/2 ([`crate::http::server`]). Around that:
+//! loop speaking HTTP/2 ([`crate::http::server`]). Inside it, [`framing`]
+//! checks that the body read is whole, uncompressed messages. Around it:
 //! - [`deadline`]: the client's `grpc-timeout`, capped by
 //!   `--request-timeout-secs`; past it the call ends (its work is dropped,
 //!   as when the client goes) with DEADLINE_EXCEEDED;
@@ -53,10 +54,47 @@ pub fn app(state: AppState) -> Router {
             .max_decoding_message_size(limit)
             // Answers are bounded by the cost model (crate::cost::response_bound).
             .max_encoding_message_size(usize::MAX);
-    let router = tonic::service::Routes::new(service).into_axum_router();
+    let router = tonic::service::Routes::new(service).into_axum_router().layer(middleware::from_fn(framing));
     crate::http::guarded(router, state)
         .layer(middleware::from_fn_with_state(timeout, deadline))
         .layer(middleware::from_fn(statuses))
+}
+
+/// Checks, once the body is read, that it is whole gRPC messages: each a
+/// flag byte (0: uncompressed; compression is not offered) and a 4-byte
+/// length, then that many bytes. A truncated or compressed message is the
+/// client's error (INVALID_ARGUMENT), not a decoding failure of the server's.
+async fn framing(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    // The body was read whole by the body middleware: this takes it back, no copy.
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::BadRequest("cannot read the gRPC message".into()).into_response();
+    };
+    if let Err(why) = check_frames(&bytes) {
+        return ApiError::BadRequest(why).into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// `Ok` if `body` is a sequence of complete uncompressed gRPC messages.
+pub fn check_frames(mut body: &[u8]) -> Result<(), String> {
+    while !body.is_empty() {
+        let Some((head, rest)) = body.split_first_chunk::<5>() else {
+            return Err(format!(
+                "the gRPC message is truncated: {} bytes where its 5-byte prefix should be",
+                body.len()
+            ));
+        };
+        if head[0] != 0 {
+            return Err("compressed gRPC messages are not accepted: send them uncompressed".into());
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > rest.len() {
+            return Err(format!("the gRPC message is truncated: it declares {len} bytes and {} follow", rest.len()));
+        }
+        body = &rest[len..];
+    }
+    Ok(())
 }
 
 /// Ends the call at the client's `grpc-timeout` or the server's request
@@ -113,6 +151,15 @@ fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_whole_uncompressed_messages_pass() {
+        assert!(check_frames(b"").is_ok());
+        assert!(check_frames(b"\0\0\0\0\x02ab\0\0\0\0\0").is_ok());
+        assert!(check_frames(b"\0\0\0\0\x10abc").unwrap_err().contains("declares 16 bytes and 3 follow"));
+        assert!(check_frames(b"\0\0\0").unwrap_err().contains("5-byte prefix"));
+        assert!(check_frames(b"\x01\0\0\0\x01a").unwrap_err().contains("compressed"));
+    }
 
     #[test]
     fn grpc_timeouts_parse_by_their_unit_and_reject_the_rest() {
