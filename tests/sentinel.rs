@@ -144,8 +144,22 @@ async fn a_killed_primary_fails_over_with_no_lost_or_hung_request() {
     let logs = log_dir("kill");
     let mut set = tokio::task::block_in_place(|| SentinelSet::start(None));
     let (api, _worker) = lens_on(&set, &logs).await;
-    let running = load(api.url(), 16, 1500);
+    let running = load(api.url(), 16, 3000);
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Readiness, every 100 ms from the kill until the load ends.
+    let (url, polling) = (api.url(), Arc::new(std::sync::atomic::AtomicBool::new(true)));
+    let ready = tokio::spawn({
+        let polling = Arc::clone(&polling);
+        async move {
+            let mut seen = Vec::new();
+            while polling.load(Ordering::Relaxed) {
+                let r = reqwest::get(format!("{url}/health/ready")).await.map(|r| r.status().as_u16());
+                seen.push(r.unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
+        }
+    });
     let old = set.primary.port;
     set.primary.kill();
     let killed = Instant::now();
@@ -154,6 +168,11 @@ async fn a_killed_primary_fails_over_with_no_lost_or_hung_request() {
     assert_eq!(new, set.replica.port);
     println!("promoted {:?} after the kill", promoted - killed);
     let answers = running.await.unwrap();
+    polling.store(false, Ordering::Relaxed);
+    let seen = ready.await.unwrap();
+    // Not ready while no primary was reachable, ready again after.
+    assert!(seen.contains(&503), "readiness never dropped: {seen:?}");
+    assert_eq!(seen.last(), Some(&200), "{seen:?}");
     let resumed = check(&answers, killed).expect("no 200 after the kill");
     println!("answering resumed {:?} after the promotion", resumed.saturating_duration_since(promoted));
     assert!(
@@ -226,6 +245,15 @@ fn sentinels_that_are_all_down_or_know_no_such_service_are_a_clear_error() {
     let url = set.url().replace(&format!("/{}", SentinelSet::SERVICE), "/no-such-service");
     let unknown = run(&url);
     assert!(unknown.contains("no-such-service"), "{unknown}");
+    // `lens feedback export` reads through the Sentinels too.
+    let out = logs.join("export");
+    let export = std::process::Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args(["feedback", "export", "--redis", &set.url()])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    assert!(out.join("feedback.csv").exists());
     let malformed = run("redis+sentinel://127.0.0.1:1");
     assert!(malformed.contains("no service"), "{malformed}");
     std::fs::write(logs.join("stderr.txt"), format!("{down}\n{unknown}\n{malformed}")).unwrap();
