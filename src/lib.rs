@@ -3,7 +3,7 @@
 //! A request travels one straight path:
 //!
 //! ```text
-//! HTTP (axum) -> validate, decode on a bounded CPU pool -> cache / coalesce
+//! HTTP / gRPC -> validate, decode on a bounded CPU pool -> cache / coalesce
 //!   -> job queue -> batcher -> model session (OpenVINO or ONNX Runtime) -> reply
 //! ```
 //!
@@ -23,9 +23,12 @@
 //! - [`cli`]: the offline subcommands: `lens predict`, `lens eval`, `lens bench`,
 //!   `lens feedback export`.
 //! - [`config`]: command-line and `LENS_*` environment settings.
+//! - [`grpc`]: the Open Inference Protocol over gRPC (tonic), a second front
+//!   on the `/v2` handlers' inference path, behind the same middleware.
 //! - [`http`]: routes, handlers, the upload and review pages, errors to
-//!   responses, the accept loop.
-//! - [`redis`]: the Redis side: [`redis::RedisQueue`], [`redis::RedisCache`],
+//!   responses, the accept loop (HTTP/1.1, and HTTP/2 for gRPC).
+//! - [`redis`]: the Redis side (one server, or Sentinels whose failovers its
+//!   connections follow): [`redis::RedisQueue`], [`redis::RedisCache`],
 //!   the feedback mirror, and the wire codec, keys and timings workers share.
 //! - [`predictor`]: the prediction path every endpoint shares (admission,
 //!   cache and coalescing, decode pool, queue, deadline). Knows no backend.

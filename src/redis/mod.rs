@@ -14,7 +14,8 @@
 //! - [`codec`]: stream entries, replies and heartbeats on the wire.
 //! - [`keys`]: key names, and every timeout and interval.
 //! - [`clock`]: wall-clock deadlines across machines; unique ids.
-//! - [`conn`]: connections that reconnect by themselves.
+//! - [`conn`]: where Redis is (one server or Sentinels), and connections
+//!   that reconnect by themselves and follow a failover.
 
 pub mod cache;
 pub mod clock;
