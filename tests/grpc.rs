@@ -14,11 +14,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::processes::{LensProcess, RedisServer, signal};
 use common::{Server, fixture, root};
-use lens::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use lens::grpc::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use lens::grpc::proto::{self, InferParameter, InferTensorContents, ModelInferRequest, infer_parameter};
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// One test at a time: each runs the model on a two-core machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -62,17 +60,8 @@ fn scenario(lens: &LensProcess, name: &str, extra: &[&str]) {
     eprintln!("{text}");
 }
 
-async fn wait_ready(lens: &LensProcess) {
-    let http = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(r) = http.get(format!("{}/health/ready", lens.url())).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("lens serve did not become ready");
+async fn wait_ready(lens: &LensProcess, logs: &Path) {
+    common::wait_ready(&lens.url(), Duration::from_secs(60), logs).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,7 +69,7 @@ async fn the_grpc_client_library_speaks_to_lens() {
     let _one = SERIAL.lock().await;
     let logs = logs("protocol");
     let lens = serve(&logs, &[]);
-    wait_ready(&lens).await;
+    wait_ready(&lens, &logs).await;
     let model_dir = root().join("models").join(MODEL);
     tokio::task::block_in_place(|| scenario(&lens, "protocol", &[model_dir.to_str().unwrap()]));
 }
@@ -101,7 +90,7 @@ async fn keys_guard_grpc_as_they_guard_http_and_repository_calls_need_an_admin()
     let lens =
         serve_model(&logs, &v1, &["--api-keys-file", keys.to_str().unwrap(), "--models-dir", repo.to_str().unwrap()]);
     // Readiness is open to probes.
-    wait_ready(&lens).await;
+    wait_ready(&lens, &logs).await;
     tokio::task::block_in_place(|| scenario(&lens, "keys", &["user-key-123456", "admin-key-123456"]));
 }
 
@@ -110,7 +99,7 @@ async fn oversized_messages_are_refused_and_calls_past_their_deadline_are_not_in
     let _one = SERIAL.lock().await;
     let logs = logs("limits");
     let lens = serve(&logs, &["--body-limit", "1000000"]);
-    wait_ready(&lens).await;
+    wait_ready(&lens, &logs).await;
     tokio::task::block_in_place(|| scenario(&lens, "limits", &[]));
 }
 
@@ -119,12 +108,8 @@ async fn a_rate_limited_client_gets_resource_exhausted() {
     let _one = SERIAL.lock().await;
     let logs = logs("rate");
     let lens = serve(&logs, &["--rate-limit", "1", "--rate-burst", "2"]);
-    wait_ready(&lens).await;
+    wait_ready(&lens, &logs).await;
     tokio::task::block_in_place(|| scenario(&lens, "rate", &[]));
-}
-
-async fn connect(url: &str) -> GrpcInferenceServiceClient<Channel> {
-    common::grpc_client(url).await
 }
 
 fn input(datatype: &str, shape: &[i64]) -> InferInputTensor {
@@ -153,7 +138,7 @@ fn bytes_tensor(elements: &[&[u8]]) -> Bytes {
 async fn malformed_requests_get_invalid_argument_and_never_a_panic() {
     let _one = SERIAL.lock().await;
     let server = Server::start(&["--sessions", "1"]).await;
-    let mut c = connect(&server.grpc_url).await;
+    let mut c = common::grpc_client(&server.grpc_url).await;
     let pixels = 3 * 224 * 224;
     let classification = |v: infer_parameter::ParameterChoice| InferRequestedOutputTensor {
         name: "logits".into(),
@@ -302,8 +287,8 @@ async fn graceful_shutdown_answers_every_accepted_grpc_call() {
     let _one = SERIAL.lock().await;
     let logs = logs("shutdown");
     let lens = serve(&logs, &[]);
-    wait_ready(&lens).await;
-    let c = connect(lens.grpc.as_deref().unwrap()).await;
+    wait_ready(&lens, &logs).await;
+    let c = common::grpc_client(lens.grpc.as_deref().unwrap()).await;
     // 24 calls in flight (seconds of work on one session), then SIGTERM.
     let calls: Vec<_> = (0..24)
         .map(|k| {
@@ -352,8 +337,8 @@ async fn an_api_node_on_redis_serves_grpc_through_the_job_queue() {
     );
     let _worker =
         LensProcess::spawn(&logs, "worker", &["worker", "--redis", &url, "--model", model, "--sessions", "1"]);
-    wait_ready(&api).await;
-    let mut c = connect(api.grpc.as_deref().unwrap()).await;
+    wait_ready(&api, &logs).await;
+    let mut c = common::grpc_client(api.grpc.as_deref().unwrap()).await;
     let dog = Bytes::from(fixture("dog.jpeg"));
     let answer = c.model_infer(request(vec![input("BYTES", &[2])], vec![bytes_tensor(&[&dog, &dog])])).await.unwrap();
     let raw = &answer.get_ref().raw_output_contents[0];

@@ -429,12 +429,8 @@ async fn sentinels_and_data_nodes_over_tls() {
         &["worker", "--redis", &url, "--redis-ca-file", &ca, "--model", &model, "--sessions", "1"],
         &[],
     );
+    common::wait_ready(&api.url(), Duration::from_secs(60), &logs).await;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client.get(format!("{}/health/ready", api.url())).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "the API node never became ready; see {}", logs.display());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let bytes = common::variant(&common::fixture("dog.jpeg"), 8100);
     let (code, body) = common::predict(&client, &api.url(), "dog.jpeg", bytes).await;
     assert_eq!((code, body["prediction"].as_str()), (200, Some("Eskimo_dog")), "{body}");

@@ -47,17 +47,8 @@ async fn lens_on(set: &SentinelSet, logs: &Path) -> (LensProcess, LensProcess) {
         &["serve", "--redis", &url, "--addr", "127.0.0.1:0", "--model", model, "--data-dir", data.to_str().unwrap()],
     );
     let worker = LensProcess::spawn(logs, "worker", &["worker", "--redis", &url, "--model", model, "--sessions", "1"]);
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(r) = http.get(format!("{}/health/ready", api.url())).send().await
-            && r.status() == 200
-        {
-            return (api, worker);
-        }
-        assert!(Instant::now() < deadline, "the API node did not become ready; see {}", logs.display());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_ready(&api.url(), Duration::from_secs(90), logs).await;
+    (api, worker)
 }
 
 /// One request's fate.
@@ -289,10 +280,8 @@ async fn waiting_for_replicas_holds_jobs_until_a_replica_has_them() {
             data.to_str().unwrap(),
         ],
     );
+    common::wait_ready(&waiting.url(), Duration::from_secs(90), &logs).await;
     let http = reqwest::Client::new();
-    while !http.get(format!("{}/health/ready", waiting.url())).send().await.is_ok_and(|r| r.status() == 200) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let mut rates: [Vec<f64>; 2] = Default::default();
     for round in 0..3 {
         for (i, node) in [&plain, &waiting].into_iter().enumerate() {

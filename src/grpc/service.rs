@@ -250,21 +250,24 @@ impl GrpcInferenceService for Oip {
     }
 
     async fn model_metadata(&self, req: Request<proto::ModelMetadataRequest>) -> Answer<proto::ModelMetadataResponse> {
-        use proto::model_metadata_response::TensorMetadata;
         let req = req.into_inner();
         let p = self.served(&req.name, &req.version)?;
         let spec = &p.model.spec;
-        let tensor = |name: &str, datatype: &str, shape: &[i64]| TensorMetadata {
-            name: name.to_owned(),
-            datatype: datatype.to_owned(),
-            shape: shape.to_vec(),
+        let to_proto = |tensors: Vec<v2::TensorMetadata>| -> Vec<_> {
+            let tensor = |t: v2::TensorMetadata| proto::model_metadata_response::TensorMetadata {
+                name: t.name,
+                datatype: t.datatype.to_owned(),
+                shape: t.shape,
+            };
+            tensors.into_iter().map(tensor).collect()
         };
+        let (inputs, outputs) = v2::tensors(&p);
         Ok(Response::new(proto::ModelMetadataResponse {
             name: spec.name.clone(),
             versions: vec![spec.version.clone()],
             platform: v2::platform(&p).into(),
-            inputs: vec![tensor(&spec.input.name, "FP32", &input_shape(&p)), tensor("image", "BYTES", &[-1])],
-            outputs: vec![tensor(&spec.output.name, "FP32", &[-1, p.model.labels.len() as i64])],
+            inputs: to_proto(inputs),
+            outputs: to_proto(outputs),
         }))
     }
 

@@ -173,6 +173,17 @@ pub fn png_header(w: u32, h: u32) -> Vec<u8> {
     out
 }
 
+/// Waits until `GET {url}/health/ready` answers 200; panics after `limit`,
+/// pointing at `logs`.
+pub async fn wait_ready(url: &str, limit: Duration, logs: &Path) {
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + limit;
+    while !http.get(format!("{url}/health/ready")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(std::time::Instant::now() < deadline, "{url} did not become ready; see {}", logs.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A raw gRPC client of the Open Inference Protocol at `url` (`host:port`
 /// or `http://host:port`).
 pub async fn grpc_client(

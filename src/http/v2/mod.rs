@@ -125,6 +125,25 @@ impl ModelPath {
     }
 }
 
+/// One tensor of the model metadata, as both protocols describe it.
+#[derive(Debug, serde::Serialize)]
+pub struct TensorMetadata {
+    pub name: String,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+}
+
+/// The model's inputs (the FP32 tensor, and `image`: encoded files as
+/// BYTES) and its output (the class probabilities).
+pub fn tensors(p: &Predictor) -> (Vec<TensorMetadata>, Vec<TensorMetadata>) {
+    let spec = &p.model.spec;
+    let tensor =
+        |name: &str, datatype, shape: &[i64]| TensorMetadata { name: name.to_owned(), datatype, shape: shape.to_vec() };
+    let inputs = vec![tensor(&spec.input.name, "FP32", &input_shape(p)), tensor("image", "BYTES", &[-1])];
+    let outputs = vec![tensor(&spec.output.name, "FP32", &[-1, p.model.labels.len() as i64])];
+    (inputs, outputs)
+}
+
 /// The platform name clients read in the model metadata.
 pub fn platform(p: &Predictor) -> &'static str {
     match p.model.runtime.engine {
@@ -157,6 +176,7 @@ async fn server_metadata() -> Json<Value> {
 async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPath>) -> Result<Json<Value>, OipError> {
     let p = served(&state, &path)?;
     let spec = &p.model.spec;
+    let (inputs, outputs) = tensors(&p);
     let runtime = p.model.runtime;
     let platform = platform(&p);
     Ok(Json(json!({
@@ -164,11 +184,8 @@ async fn model_metadata(State(state): State<AppState>, Path(path): Path<ModelPat
         "versions": [spec.version],
         "platform": platform,
         "parameters": {"engine": runtime.engine.as_str(), "precision": runtime.precision.as_str()},
-        "inputs": [
-            {"name": spec.input.name, "datatype": "FP32", "shape": input_shape(&p)},
-            {"name": "image", "datatype": "BYTES", "shape": [-1]},
-        ],
-        "outputs": [{"name": spec.output.name, "datatype": "FP32", "shape": [-1, p.model.labels.len()]}],
+        "inputs": inputs,
+        "outputs": outputs,
     })))
 }
 
