@@ -39,9 +39,6 @@ pub mod proto {
     tonic::include_proto!("inference");
 }
 
-/// The service's path prefix; every RPC is `/{SERVICE}/{Method}`.
-pub const SERVICE: &str = "inference.GRPCInferenceService";
-
 /// The longest error body read back to make a gRPC status message.
 const ERROR_BODY_BYTES: usize = 16 * 1024;
 
@@ -151,6 +148,19 @@ fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_generated_service_has_the_name_keys_and_metrics_know() {
+        use tonic::server::NamedService;
+        type Server = proto::grpc_inference_service_server::GrpcInferenceServiceServer<service::Oip>;
+        assert_eq!(<Server as NamedService>::NAME, crate::http::GRPC_SERVICE);
+        for method in crate::http::GRPC_METHODS {
+            let path = format!("/{}/{method}", crate::http::GRPC_SERVICE);
+            let needs_key = !crate::http::auth::is_open_path(&path, false);
+            assert_eq!(needs_key, !matches!(method, "ServerLive" | "ServerReady"), "{path}");
+            assert_eq!(crate::http::auth::is_admin_path(&path), method.starts_with("RepositoryModel"), "{path}");
+        }
+    }
 
     #[test]
     fn only_whole_uncompressed_messages_pass() {

@@ -346,6 +346,9 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     response
 }
 
+/// The gRPC front's service; its RPCs are `/{GRPC_SERVICE}/{method}`.
+pub const GRPC_SERVICE: &str = "inference.GRPCInferenceService";
+
 /// The RPCs of the gRPC front, as the request metrics name them: one
 /// series each, whatever paths clients make up.
 pub const GRPC_METHODS: [&str; 12] = [
@@ -366,7 +369,8 @@ pub const GRPC_METHODS: [&str; 12] = [
 /// The route label of a gRPC call's path: `/inference.GRPCInferenceService/M`
 /// for a method of [`GRPC_METHODS`], otherwise "unmatched".
 fn grpc_route(path: &str) -> String {
-    match path.strip_prefix("/inference.GRPCInferenceService/") {
+    let method = path.strip_prefix('/').and_then(|p| p.strip_prefix(GRPC_SERVICE)).and_then(|p| p.strip_prefix('/'));
+    match method {
         Some(m) if GRPC_METHODS.contains(&m) => path.to_owned(),
         _ => "unmatched".to_owned(),
     }
