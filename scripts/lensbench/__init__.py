@@ -32,8 +32,8 @@ The load-test matrix (``scripts/bench``):
 - ``rows``: the rows, and the rule that says what limited each.
 - ``loads``: starts a row's generator (locust or openloop), parses its output.
 - ``goals``: the verdict on each goal.
-- ``report``, ``plot``: results.json to docs/benchmarks.md (from
-  ``templates/benchmarks.md``) and docs/benchmarks.png.
+- ``report``, ``plot``: results.json to docs/results/benchmarks.md (from
+  ``templates/benchmarks.md``) and docs/results/benchmarks.png.
 - ``markdown``: tables, milliseconds and the header line of every report.
 
 The others:

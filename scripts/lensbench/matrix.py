@@ -32,7 +32,7 @@ after the rows, and the goals divide by the mean of the two: this machine's
 speed drifts over the minutes between them.
 
 Everything a run produces goes to target/bench/<time>/ (results.json, per-row
-logs and locust CSVs); the report and plot go to docs/ (full run) or next to
+logs and locust CSVs); the report and plot go to docs/results/ (full run) or next to
 results.json (--quick), unless --out says otherwise. ``--report-only
 results.json`` redraws a report from saved results.
 """
@@ -303,7 +303,7 @@ def parser() -> argparse.ArgumentParser:
                     help=f"12 MP photos for the phone rows (default {PHONE_DIR.relative_to(ROOT)}, made by tools/phone_photos.py)")
     ap.add_argument("--idle-wait", type=float, help="wait up to this many seconds before each row for other work on the machine to calm down (default 30; quick 10; 0: never)")
     ap.add_argument("--lens", type=Path, default=DEFAULT_LENS, help="the lens binary (copied aside for the run)")
-    ap.add_argument("--out", type=Path, help="report path (default docs/benchmarks.md; quick: next to results.json)")
+    ap.add_argument("--out", type=Path, help="report path (default docs/results/benchmarks.md; quick: next to results.json)")
     ap.add_argument("--keep-data", action="store_true", help="keep each row's --data-dir")
     ap.add_argument("--report-only", type=Path, metavar="RESULTS_JSON", help="only redraw the report from saved results")
     return ap
@@ -371,7 +371,7 @@ def main() -> None:
 
     if args.report_only:
         data = json.loads(args.report_only.read_text())
-        md = args.out or (ROOT / "docs" / "benchmarks.md" if not data["meta"]["quick"] else args.report_only.parent / "benchmarks.md")
+        md = args.out or (ROOT / "docs" / "results" / "benchmarks.md" if not data["meta"]["quick"] else args.report_only.parent / "benchmarks.md")
         print(report(data, md, md.with_suffix(".png")))
         log(f"wrote {md} and {md.with_suffix('.png')}")
         return
@@ -451,7 +451,7 @@ def main() -> None:
         log(f"ceiling after the rows: {json.dumps(ceil['model-only-after'])[:300]}")
     data = save()
     lens.unlink(missing_ok=True)  # 90 MB; results.json keeps its sha256
-    md = args.out or ((outdir / "benchmarks.md") if args.quick else ROOT / "docs" / "benchmarks.md")
+    md = args.out or ((outdir / "benchmarks.md") if args.quick else ROOT / "docs" / "results" / "benchmarks.md")
     table = report(data, md, md.with_suffix(".png"))
     print()
     print(table)

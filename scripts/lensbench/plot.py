@@ -1,4 +1,4 @@
-"""docs/benchmarks.png: throughput, p99, peak RSS, CPU split and the ceiling, one figure."""
+"""docs/results/benchmarks.png: throughput, p99, peak RSS, CPU split and the ceiling, one figure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""docs/benchmarks.md from results.json: the tables, filled into templates/benchmarks.md."""
+"""docs/results/benchmarks.md from results.json: the tables, filled into templates/benchmarks.md."""
 
 from __future__ import annotations
 

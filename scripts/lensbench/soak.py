@@ -15,10 +15,10 @@
 4. Every 10 s: the server's RSS, threads and open FDs (/proc), disk used
    under the data dir, its CPU, and the last window's answers (2xx/4xx/5xx,
    no answer) and p50/p99.
-5. Stops the server (also on Ctrl-C) and writes docs/soak.md and
-   docs/soak.png (``--out``), with verdicts against the goals. Raw samples
+5. Stops the server (also on Ctrl-C) and writes docs/results/soak.md and
+   docs/results/soak.png (``--out``), with verdicts against the goals. Raw samples
    and the server log are kept in target/soak/<time>/. An interrupted run
-   writes its report there, not to docs/.
+   writes its report there, not to docs/results/.
 
 Every request goes to the 127.0.0.1 server this script started; the number
 of requests is rate x duration, each with a timeout, and at most 512 are
@@ -211,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default 60, above Lens's 30 s deadline)")
     ap.add_argument("--seed", type=int, default=7, help="seed of the traffic mix (default 7)")
     ap.add_argument("--lens", type=Path, default=DEFAULT_LENS, help="the lens binary (copied aside for the run)")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "soak.md", help="report path; the plot goes beside it as .png (default docs/soak.md)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "soak.md", help="report path; the plot goes beside it as .png (default docs/results/soak.md)")
     ap.add_argument("--keep-data", action="store_true", help="keep the temporary --data-dir")
     return ap
 

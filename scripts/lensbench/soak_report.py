@@ -1,4 +1,4 @@
-"""docs/soak.md and docs/soak.png: the soak's verdicts, settings, per-kind outcomes and samples."""
+"""docs/results/soak.md and docs/results/soak.png: the soak's verdicts, settings, per-kind outcomes and samples."""
 
 from __future__ import annotations
 
