@@ -1,5 +1,7 @@
 # Lens: `make run` sets everything up and starts the service on the default
 # model; `make test` runs every test. Both are idempotent.
+# `make run` installs only what serving needs (requirements.txt); `make test`
+# and `make bench` add the test and benchmark tools (requirements-dev.txt).
 
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -8,7 +10,7 @@ LENS    := target/release/lens
 # One target dir for the binary, the tests and the benches.
 CARGO   := cargo
 
-.PHONY: run setup venv model build test test-deps bench clean
+.PHONY: run setup venv dev-venv model build test test-deps bench clean
 
 run: setup
 	$(LENS) serve
@@ -20,6 +22,12 @@ $(VENV)/.installed: requirements.txt
 	scripts/system-deps run
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# Both files in one resolve, so a tool cannot move a serving pin.
+dev-venv: $(VENV)/.installed-dev
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	touch $@
 
 model: $(MODEL)/model.onnx $(MODEL)/model.int8.onnx
@@ -43,10 +51,10 @@ build:
 test-deps:
 	scripts/system-deps test
 
-test: setup test-deps
+test: setup dev-venv test-deps
 	$(CARGO) test --release --locked
 
-bench: setup
+bench: setup dev-venv
 	$(CARGO) bench --bench preprocess
 
 clean:

@@ -655,7 +655,7 @@ fn deployment_files_are_well_formed() {
         .arg(common::root().join("tests/validate_manifests.py"))
         .arg(deploy.join("k8s"))
         .output()
-        .expect("the project venv (make setup) has kubernetes-validate");
+        .expect("the project venv has kubernetes-validate (requirements-dev.txt, installed by make test)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let k8s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for kind in

@@ -1,6 +1,6 @@
 //! The Open Inference Protocol over gRPC, as its clients use it: the
 //! standard Python client library (`tritonclient[grpc]`, from
-//! requirements.txt) against a real `lens serve` process (the scenarios are
+//! requirements-dev.txt) against a real `lens serve` process (the scenarios are
 //! in tests/grpc_client.py), and a raw tonic client for what no well-behaved
 //! client sends: negative or overflowing shapes, raw contents that disagree
 //! with the shape, unknown datatypes.
@@ -54,7 +54,7 @@ fn scenario(lens: &LensProcess, name: &str, extra: &[&str]) {
         .arg(root().join("tests/fixtures"))
         .args(extra)
         .output()
-        .expect("the project venv (make setup) runs the client library");
+        .expect("the project venv has tritonclient (requirements-dev.txt, installed by make test)");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains(&format!("ok {name}")), "{name} failed:\n{text}");
     eprintln!("{text}");

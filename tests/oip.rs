@@ -1,5 +1,5 @@
 //! The Open Inference Protocol as its clients use it: the standard Python
-//! client library (`tritonclient[http]`, from requirements.txt) against a
+//! client library (`tritonclient[http]`, from requirements-dev.txt) against a
 //! real `lens serve` process (tests/oip_client.py holds the scenarios), and
 //! raw HTTP for what no well-behaved client sends: malformed binary bodies,
 //! lying lengths, no content type.
@@ -83,7 +83,7 @@ fn client_scenario(scenario: &str, url: &str, last: &Path) {
         .arg(root().join("tests/fixtures"))
         .arg(last)
         .output()
-        .expect("the project venv (make setup) runs the client library");
+        .expect("the project venv has tritonclient (requirements-dev.txt, installed by make test)");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains(&format!("ok {scenario}")), "{scenario} failed:\n{text}");
     eprintln!("{text}");
