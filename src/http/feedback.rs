@@ -27,7 +27,7 @@ use super::render::{self, MessageKind, PageView};
 use crate::feedback::{FeedbackError, FeedbackRecord, FeedbackStore, ImageStore, MAX_REPORT_CHARS, sha256_hex};
 
 /// `GET /feedback`: the page, as the original answered.
-#[utoipa::path(get, path = "/feedback", tag = "feedback", responses((status = 200, description = "The upload page, as the original answered.", content_type = "text/html")))]
+#[utoipa::path(get, path = "/feedback", tag = "feedback", operation_id = "feedback_page", responses((status = 200, description = "The upload page, as the original answered.", content_type = "text/html")))]
 pub async fn page(State(state): State<AppState>) -> Html<String> {
     let view = PageView { model: state.models.default_name(), result: None, message: None };
     Html(render::render(&view))

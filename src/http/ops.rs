@@ -73,7 +73,7 @@ pub async fn asset(Path(name): Path<String>) -> Response {
 
 /// `GET /uploads/{sha256}.{ext}`: an image uploaded through the page. The
 /// store accepts only content-addressed names, so no path can escape it.
-#[utoipa::path(get, path = "/uploads/{name}", tag = "page", params(("name" = String, Path, description = "`<sha256>.<ext>`")), responses((status = 200, description = "An image uploaded through the page."), (status = 404, description = "Not stored (or not a content-addressed name).")))]
+#[utoipa::path(get, path = "/uploads/{name}", tag = "page", operation_id = "uploaded_image", params(("name" = String, Path, description = "`<sha256>.<ext>`")), responses((status = 200, description = "An image uploaded through the page."), (status = 404, description = "Not stored (or not a content-addressed name).")))]
 pub async fn upload(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     stored_image(&state.uploads, &name, "private, max-age=3600").await
 }

@@ -24,7 +24,7 @@ pub async fn show(State(state): State<AppState>) -> Html<String> {
 /// the error's status code); no file, or no multipart body at all, shows the
 /// form with a message as a 200, as the original did. An image that cannot
 /// be kept (cap or disk full) is still classified; the page says so.
-#[utoipa::path(post, path = "/", tag = "page", request_body(content_type = "multipart/form-data", description = "The image in the field `file`."), responses((status = 200, description = "The page with the image, `Predicted class` and `Score`, and the report form; with no file, the form and a message.", content_type = "text/html"), (status = 400, description = "A bad image, shown on the page.", content_type = "text/html")))]
+#[utoipa::path(post, path = "/", tag = "page", operation_id = "page_upload", request_body(content_type = "multipart/form-data", description = "The image in the field `file`."), responses((status = 200, description = "The page with the image, `Predicted class` and `Score`, and the report form; with no file, the form and a message.", content_type = "text/html"), (status = 400, description = "A bad image, shown on the page.", content_type = "text/html")))]
 pub async fn upload(
     State(state): State<AppState>,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,

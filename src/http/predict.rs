@@ -18,6 +18,7 @@ use crate::ranking::{ClassScore, ranked};
 pub const MAX_TOP_K: usize = 10;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PredictQuery {
     /// Ask for the `k` best classes (at most 10) and the extra fields.
     pub top_k: Option<usize>,

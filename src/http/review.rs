@@ -25,7 +25,7 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// `GET /review`: the reports matching the filters, newest first.
-#[utoipa::path(get, path = "/review", tag = "feedback",
+#[utoipa::path(get, path = "/review", tag = "feedback", operation_id = "review_page",
     params(("label" = Option<String>, Query, description = "Only reports about this label"),
            ("status" = Option<String>, Query, description = "pending | accepted | relabelled | rejected")),
     responses((status = 200, description = "The review page.", content_type = "text/html"),

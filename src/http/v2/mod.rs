@@ -27,13 +27,15 @@ use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use utoipa::openapi::path::{HttpMethod, OperationBuilder};
-use utoipa::openapi::{OpenApi, Response as DocResponse};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::{Content, ObjectBuilder, OpenApi, Required, Response as DocResponse, Schema, Type};
 
 use super::AppState;
 use super::error::{ApiError, OipError};
 use crate::model::Layout;
 use crate::predictor::Predictor;
+use infer::HEADER_LENGTH;
 
 /// The extensions `GET /v2` announces.
 pub const EXTENSIONS: [&str; 5] =
@@ -103,12 +105,51 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Adds every v2 route to `doc`, tagged `oip`; the request and answer bodies
-/// are the protocol's (its specification is their reference).
+/// are the protocol's (its specification is their reference). Each `{name}`
+/// of a path is declared as a required path parameter, and `infer` declares
+/// its body and the binary extension's header where they live.
 pub fn document(doc: &mut OpenApi) {
     for r in table() {
-        let op = OperationBuilder::new().summary(Some(r.summary)).tag("oip").response("200", DocResponse::new("OK"));
+        let mut op =
+            OperationBuilder::new().summary(Some(r.summary)).tag("oip").response("200", DocResponse::new("OK"));
+        for name in path_parameters(&r.path) {
+            let what = if name == "version" { "A version of the model" } else { "The model's name" };
+            op = op.parameter(parameter(name, ParameterIn::Path, Required::True, what));
+        }
+        if r.path.ends_with("/infer") {
+            op = op
+                .parameter(parameter(
+                    HEADER_LENGTH,
+                    ParameterIn::Header,
+                    Required::False,
+                    "The JSON header's length when binary tensor data follows it",
+                ))
+                .request_body(Some(
+                    RequestBodyBuilder::new()
+                        .description(Some("A v2 inference request: JSON, or a JSON header and binary tensor data"))
+                        .content("application/json", Content::new(None::<Schema>))
+                        .content("application/octet-stream", Content::new(None::<Schema>))
+                        .required(Some(Required::True))
+                        .build(),
+                ));
+        }
         doc.paths.add_path_operation(&r.path, vec![r.method], op.build());
     }
+}
+
+/// The `{name}` segments of a route path, in order.
+fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+}
+
+fn parameter(name: &str, at: ParameterIn, required: Required, description: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(at)
+        .required(required)
+        .description(Some(description))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build()
 }
 
 /// A model, and the version if the route names one.
