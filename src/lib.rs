@@ -1,15 +1,34 @@
 //! Lens: an image-classification serving system.
 //!
+//! One binary serves an upload page, the original Flask service's JSON API,
+//! the KServe Open Inference Protocol (v2) over HTTP and gRPC, and Prometheus
+//! metrics, with a dynamic batcher in front of OpenVINO or ONNX Runtime.
+//! The user guides are in the repository's `docs/` folder; this documentation
+//! is for changing the code.
+//!
+//! # The data path
+//!
 //! A request travels one straight path:
 //!
 //! ```text
-//! HTTP / gRPC -> validate, decode on a bounded CPU pool -> cache / coalesce
-//!   -> job queue -> batcher -> model session (OpenVINO or ONNX Runtime) -> reply
+//! HTTP (axum) / gRPC (tonic)
+//!   -> validate, then decode on a bounded CPU pool     (http, grpc, predictor, preprocess)
+//!   -> result cache / coalesce identical requests       (cache)
+//!   -> job queue: in-process, or a Redis stream         (queue, redis)
+//!   -> batcher: max batch size, max wait                (batcher)
+//!   -> model session on its own thread, in an engine    (sessions, engine)
+//!   -> reply to the waiting request                     (job, ranking)
 //! ```
+//!
+//! Every step is bounded: the admission permits, the decode pool and its
+//! memory budget ([`memory_budget`]), the queue's capacity; [`cost`] lists
+//! what one request may cost and which limit bounds it.
 //!
 //! Scaled out (`lens serve --redis`), the job queue is a Redis stream, and
 //! the batcher and model sessions run in `lens worker` processes on any
-//! machine; the README's "Scaling out on Redis" section describes the protocol.
+//! machine; the code above the queue does not know which queue it talks to
+//! ([`queue::JobQueue`] is the seam), nor which engine runs the model
+//! ([`engine::Classifier`]). `docs/deployment.md` describes the Redis protocol.
 //!
 //! # Layout
 //!
@@ -23,6 +42,7 @@
 //! - [`cli`]: the offline subcommands: `lens predict`, `lens eval`, `lens bench`,
 //!   `lens feedback export`.
 //! - [`config`]: command-line and `LENS_*` environment settings.
+//! - [`version`]: what `lens --version` prints: version, commit, engines.
 //! - [`grpc`]: the Open Inference Protocol over gRPC (tonic), a second front
 //!   on the `/v2` handlers' inference path, behind the same middleware.
 //! - [`http`]: routes, handlers, the upload and review pages, errors to
@@ -75,4 +95,5 @@ pub mod redis;
 pub mod serve;
 pub mod sessions;
 pub mod shutdown;
+pub mod version;
 pub mod worker;

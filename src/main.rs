@@ -10,13 +10,13 @@ use lens::cpu_policy::CpuPolicy;
 
 /// Lens: an image-classification serving system.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = lens::version::SHORT, long_version = lens::version::long(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Linux scheduling policy of every thread: `batch` (SCHED_BATCH) stops a
     /// thread that wakes up from preempting a running inference; `normal` is
-    /// Linux's default (SCHED_OTHER). See the README's "CPU scheduling".
+    /// Linux's default (SCHED_OTHER). See docs/operations.md, "CPU scheduling".
     #[arg(long, global = true, value_enum, env = "LENS_CPU_POLICY", default_value_t = CpuPolicy::Batch)]
     cpu_policy: CpuPolicy,
 }
