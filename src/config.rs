@@ -349,7 +349,7 @@ pub struct RedisArgs {
 
     /// With Redis replicas: each job counts as queued only once this many
     /// replicas acknowledged it (Redis `WAIT`, up to 1 s); otherwise the
-    /// request is answered 503. 0: no waiting. Costs throughput (see the README).
+    /// request is answered 503. 0: no waiting. Adds one replication round trip per job.
     #[arg(long, env = "LENS_REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
 

@@ -12,8 +12,8 @@
 //! preemptions per image, and on ImageNet-size photos Lens spent 9% less CPU
 //! per answer and answered 9% more per second (medians of 5 interleaved
 //! rounds); on larger photos, whose decode dominates, it made no measurable
-//! difference. The README's "CPU scheduling" gives the figures and the
-//! command.
+//! difference. docs/benchmarks.md ("CPU scheduling") gives the figures and
+//! the command.
 //!
 //! The policy is set once, in `main`, before any thread exists: every thread
 //! inherits it from the one that creates it, the engines' own threads

@@ -74,8 +74,8 @@ impl Plan {
     /// agreed on 40/40. On 400 distinct photos of 400-1280 px, top-1 agreement
     /// was 98.5%, 98.8%, 99.2% and 99.2% for factors 1, 1.25, 1.5 and 2; on all
     /// 2000 of them, Lens built with factor 1.5 agreed on 99.05% against 99.20%
-    /// for 9% fewer prepare instructions. The README's "Decoding" paragraph has
-    /// the table.
+    /// for 9% fewer prepare instructions. docs/models.md ("Decoding") has the
+    /// table.
     pub fn dct_denominator(&self) -> u32 {
         [8, 4, 2]
             .into_iter()

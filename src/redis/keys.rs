@@ -1,5 +1,5 @@
 //! Key names, and every timeout and interval of the Redis protocol, shared
-//! by API nodes and workers. The README's "Scaling out on Redis" section
+//! by API nodes and workers. docs/deployment.md ("Scaling out on Redis")
 //! documents them.
 
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! [`RedisQueue`] puts each job on `lens:jobs:{model}:{version}` and routes the
 //! workers' replies back to the waiting requests. Workers
 //! ([`crate::worker`]) read the stream through a consumer group. The
-//! README's "Scaling out on Redis" section has the whole protocol.
+//! whole protocol is in docs/deployment.md ("Scaling out on Redis").
 //!
 //! - [`queue`]: [`RedisQueue`], the [`crate::queue::JobQueue`] on a stream.
 //! - [`cache`]: [`RedisCache`], the [`crate::cache::SharedCache`] in Redis.

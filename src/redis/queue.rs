@@ -10,7 +10,7 @@
 //! (`lens:replies:{node}`) on a dedicated connection and routes each reply to
 //! its waiter; nothing polls per request. Workers ([`crate::worker`]) read the
 //! stream through a consumer group and acknowledge a job only once its reply
-//! is written. The README's "Scaling out on Redis" section has the whole protocol.
+//! is written. docs/deployment.md ("Scaling out on Redis") has the whole protocol.
 //!
 //! Every Redis call made on a request's path fails fast: while Redis is down
 //! the node answers 503 (with `Retry-After`) and is not ready; it reconnects
