@@ -324,10 +324,10 @@ pub struct AccessArgs {
 /// `Debug` shows the URL redacted.
 #[derive(Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL: redis://[USER[:PASSWORD]@]HOST[:PORT][/DB], or rediss://
+    /// Redis URL: `redis://[USER[:PASSWORD]@]HOST[:PORT][/DB]`, or `rediss://`
     /// for TLS; or Sentinels that name the primary and follow its failovers:
-    /// redis+sentinel://[USER[:PASSWORD]@]HOST:PORT,HOST:PORT,.../SERVICE[/DB]
-    /// (rediss+sentinel:// for TLS to Sentinels and data nodes). `serve` then runs an API node whose jobs go to workers
+    /// `redis+sentinel://[USER[:PASSWORD]@]HOST:PORT,HOST:PORT,.../SERVICE[/DB]`
+    /// (`rediss+sentinel://` for TLS to Sentinels and data nodes). `serve` then runs an API node whose jobs go to workers
     /// through Redis; `worker` needs it. Without a password in the URL, the
     /// one in LENS_REDIS_PASSWORD is used. Passwords are never logged.
     #[arg(long, env = "LENS_REDIS", hide_env_values = true)]
@@ -421,7 +421,7 @@ pub struct WorkerArgs {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum FeedbackCommand {
     /// Write the reports and their images into DIR: a CSV (the default), JSON
-    /// Lines, or an ImageFolder tree (DIR/<label>/<sha256>.<ext>) for `lens eval`
+    /// Lines, or an ImageFolder tree (`DIR/<label>/<sha256>.<ext>`) for `lens eval`
     /// and training.
     Export(ExportArgs),
 }
@@ -432,7 +432,7 @@ pub struct ExportArgs {
     /// Output folder.
     pub dir: PathBuf,
     /// csv: DIR/feedback.csv and DIR/images/; jsonl: DIR/feedback.jsonl and
-    /// DIR/images/; imagefolder: DIR/<label>/<sha256>.<ext>, the label being the
+    /// DIR/images/; imagefolder: `DIR/<label>/<sha256>.<ext>`, the label being the
     /// reviewer's, else the reporter's (rejected reports and reports without an
     /// image or label are skipped).
     #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]

@@ -45,7 +45,7 @@
 //!
 //! # Layout
 //!
-//! - [`geometry`]: crop box, orientation maps, DCT-scale rule (pure).
+//! - `geometry`: crop box, orientation maps, DCT-scale rule (pure).
 //! - `jpeg_header`: the JPEG marker walk (frame size, EXIF) before any decoding.
 //! - `jpeg`: libjpeg-turbo (TurboJPEG's C API) with DCT-domain scaling and
 //!   cropped decoding; CMYK/YCCK.

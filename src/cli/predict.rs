@@ -1,5 +1,5 @@
 //! `lens predict`: classify files and folders offline on the serving code path
-//! (the same [`prepare`] and [`Classifier`] the server uses). On a terminal
+//! (the same [`crate::preprocess::prepare`] and [`crate::engine::Classifier`] the server uses). On a terminal
 //! a progress bar runs on stderr; with `--json` or when piped, none.
 
 use std::io::Write;

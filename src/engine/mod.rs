@@ -5,9 +5,9 @@
 //! [`Classifier`] is the seam between serving and the model. It is synchronous
 //! and `&mut self` because a session runs one batch at a time; the server
 //! gives every session its own OS thread, never a tokio task. Two engines
-//! implement it: [`OrtClassifier`] (ONNX Runtime, [`onnxruntime`]) and
-//! [`OvClassifier`] (OpenVINO, [`openvino`]); tests of the batching logic use
-//! a fake. [`select`] chooses the engine and precision and loads the sessions.
+//! implement it: [`OrtClassifier`] (ONNX Runtime, `onnxruntime`) and
+//! [`OvClassifier`] (OpenVINO, `openvino`); tests of the batching logic use
+//! a fake. `select` chooses the engine and precision and loads the sessions.
 //!
 //! The batch tensor is assembled here from [`ModelInput`]s: RGB8 images, whose
 //! channel order, normalisation and layout come from `model.toml` (so one code
@@ -85,7 +85,7 @@ impl Engine {
 
 /// The arithmetic precision inside the model (its inputs and outputs stay f32).
 /// `Int8` is a property of a model variant: the quantized file beside the
-/// fp32 one ([`crate::model::ModelDir::variant`]), which either engine runs.
+/// fp32 one ([`crate::model::ModelDir::int8_variant`]), which either engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Precision {
     Fp32,

@@ -7,12 +7,12 @@
 //! The gRPC router runs behind the same middleware as HTTP (keys, per-client
 //! limits, the body read under `--body-limit` and the body memory budget,
 //! the request log and metrics, panics caught), served by the same accept
-//! loop speaking HTTP/2 ([`crate::http::server`]). Inside it, [`framing`]
+//! loop speaking HTTP/2 ([`crate::http::server`]). Inside it, `framing`
 //! checks that the body read is whole, uncompressed messages. Around it:
-//! - [`deadline`]: the client's `grpc-timeout`, capped by
+//! - `deadline`: the client's `grpc-timeout`, capped by
 //!   `--request-timeout-secs`; past it the call ends (its work is dropped,
 //!   as when the client goes) with DEADLINE_EXCEEDED;
-//! - [`statuses`]: a refusal made by the shared middleware (an HTTP status
+//! - `statuses`: a refusal made by the shared middleware (an HTTP status
 //!   and a JSON error) becomes the gRPC status that status means, with the
 //!   same message.
 //!
@@ -34,7 +34,15 @@ use crate::http::error::{ApiError, grpc_code};
 use crate::predictor::PredictError;
 
 /// The generated messages and service (`proto/grpc_service.proto`).
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
+// The proto's comments are Triton's prose, not rustdoc: `<model name>` is no HTML tag.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    missing_docs,
+    rustdoc::invalid_html_tags,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::bare_urls
+)]
 pub mod proto {
     tonic::include_proto!("inference");
 }

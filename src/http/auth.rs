@@ -43,7 +43,7 @@ const ADMIN_PREFIXES: &[&str] = &[
 const OPEN_GRPC: [&str; 2] =
     ["/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"];
 
-/// True if `path` needs an admin key: it is an entry of [`ADMIN_PREFIXES`]
+/// True if `path` needs an admin key: it is an entry of `ADMIN_PREFIXES`
 /// or lies below one.
 pub fn is_admin_path(path: &str) -> bool {
     ADMIN_PREFIXES.iter().any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))

@@ -235,7 +235,7 @@ pub fn grpc_code(status: StatusCode) -> tonic::Code {
 }
 
 /// The HTTP status a gRPC status code stands for in the request metrics
-/// (the first of [`GRPC_CODES`] with that code; CANCELLED is 499, others 500).
+/// (the first of `GRPC_CODES` with that code; CANCELLED is 499, others 500).
 pub fn http_status_of_grpc(code: tonic::Code) -> StatusCode {
     if code == tonic::Code::Cancelled {
         return StatusCode::from_u16(499).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -23,7 +23,7 @@
 //! although unanswered, it puts those jobs back on the stream under the same
 //! job id. A job may then be answered twice (a worker that had it finishes
 //! after Redis came back); the first reply wins and later ones are dropped.
-//! [`recovery`] does this.
+//! `recovery` does this.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

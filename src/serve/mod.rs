@@ -4,7 +4,7 @@
 //! With `--redis`, each model gets a [`RedisQueue`] instead and the node loads
 //! no session, unless `--workers N` also runs N [`Worker`]s in this process.
 //!
-//! The served models and versions are a [`repository::Repository`]: it loads
+//! The served models and versions are a `repository::Repository`: it loads
 //! a new version beside the old one, swaps it in, and drains the old one.
 //!
 //! Drain order, of a replaced version and of every version on shutdown: the

@@ -19,9 +19,9 @@
 //! Shutdown (SIGTERM): stop reading, finish the batches in flight, write
 //! their replies and acknowledge them, leave the registry, exit.
 //!
-//! - [`stream`]: the read, run, reply and acknowledge loop.
-//! - [`heartbeat`]: the registry entry, claim refreshes, leaving.
-//! - [`health`]: the optional `/health/*` and `/metrics` endpoint.
+//! - `stream`: the read, run, reply and acknowledge loop.
+//! - `heartbeat`: the registry entry, claim refreshes, leaving.
+//! - `health`: the optional `/health/*` and `/metrics` endpoint.
 //!
 //! [`next_step`]: crate::batcher::next_step
 //! [`run_batch`]: crate::batcher::run_batch
