@@ -14,11 +14,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::job::{Job, JobError, JobOutput, JobResult, ModelInput};
 use crate::metrics::{self, Metrics};
 use crate::queue::Queued;
 use crate::sessions::SessionPool;
+use crate::telemetry;
 
 /// The batching rule's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,14 +91,20 @@ pub fn triage(job: &impl Batched, now: Instant) -> Fate {
 /// triage, then run the live jobs on the reserved session. One answer per
 /// job, in order: `None` for an abandoned job, `DeadlineExceeded` for an
 /// expired one. Drops and stage times are counted here.
+///
+/// `span` is the batch's own span (see [`batch_span`]): it links to each
+/// request it ran, and each job gets an inference span under its own
+/// request that links back to it.
 pub async fn run_batch<B: Batched>(
     batch: &[B],
     slot: OwnedSemaphorePermit,
     pool: &SessionPool,
     metrics: &Metrics,
+    span: &tracing::Span,
 ) -> Vec<Option<JobResult>> {
     let now = Instant::now();
     let fates: Vec<Fate> = batch.iter().map(|b| triage(b, now)).collect();
+    let traced = traced_jobs(batch, &fates, pool, span, now);
     let mut inputs = Vec::with_capacity(batch.len());
     for (b, fate) in batch.iter().zip(&fates) {
         match fate {
@@ -108,7 +116,11 @@ pub async fn run_batch<B: Batched>(
             Fate::Abandoned => metrics.drop_job("client_gone"),
         }
     }
-    let mut ran = if inputs.is_empty() { Vec::new() } else { execute(pool, slot, inputs, metrics).await }.into_iter();
+    let running = tracing::debug_span!(parent: span, "engine run", lens.batch.size = inputs.len() as i64);
+    let mut ran =
+        if inputs.is_empty() { Vec::new() } else { execute(pool, slot, inputs, metrics).instrument(running).await }
+            .into_iter();
+    drop(traced);
     fates
         .into_iter()
         .map(|fate| match fate {
@@ -121,6 +133,49 @@ pub async fn run_batch<B: Batched>(
 
 /// Runs `inputs` on a reserved session and turns the scores into one
 /// [`JobResult`] per input.
+/// A batch's own span, a trace of its own: it links to the requests it
+/// runs, and its assembly, engine run and replies are its children.
+pub fn batch_span() -> tracing::Span {
+    tracing::debug_span!(parent: None, "batch", lens.batch.size = tracing::field::Empty)
+}
+
+/// One inference span per job that runs, under the span the job was queued
+/// under, with the engine, precision, batch size and queue wait; the batch
+/// span and these link to each other. Empty when traces are off.
+fn traced_jobs<B: Batched>(
+    batch: &[B],
+    fates: &[Fate],
+    pool: &SessionPool,
+    span: &tracing::Span,
+    now: Instant,
+) -> Vec<tracing::Span> {
+    if !telemetry::enabled() {
+        return Vec::new();
+    }
+    let size = fates.iter().filter(|f| **f == Fate::Run).count();
+    span.record("lens.batch.size", size as i64);
+    let batch_ref = telemetry::SpanRef::of(span);
+    let runtime = pool.runtime();
+    let (engine, precision) = runtime.map_or(("", ""), |r| (r.engine.as_str(), r.precision.as_str()));
+    let running = batch.iter().zip(fates).filter(|(_, f)| **f == Fate::Run);
+    running
+        .map(|(b, _)| {
+            let job = b.job();
+            let inference = tracing::debug_span!(
+                parent: &job.parent,
+                "inference",
+                lens.engine = engine,
+                lens.precision = precision,
+                lens.batch.size = size as i64,
+                lens.queue_wait_ms = now.saturating_duration_since(job.enqueued).as_secs_f64() * 1000.0,
+            );
+            telemetry::link(&inference, batch_ref);
+            telemetry::link(span, telemetry::SpanRef::of(&job.parent));
+            inference
+        })
+        .collect()
+}
+
 async fn execute(
     pool: &SessionPool,
     slot: OwnedSemaphorePermit,
@@ -169,6 +224,8 @@ pub async fn run_local(
             _ = cancel.cancelled() => { jobs.close(); jobs.recv().await }
         };
         let Some(first) = first else { break };
+        let span = batch_span();
+        let assembling = tracing::debug_span!(parent: &span, "batch assembly");
         let mut batch = vec![first];
         loop {
             while batch.len() < cfg.max_batch {
@@ -185,11 +242,12 @@ pub async fn run_local(
                 },
             }
         }
+        drop(assembling);
         depth.dec_by(batch.len() as i64);
         let pool = Arc::clone(&pool);
         let metrics = Arc::clone(&metrics);
         in_flight.spawn(async move {
-            let results = run_batch(&batch, slot, &pool, &metrics).await;
+            let results = run_batch(&batch, slot, &pool, &metrics, &span).await;
             for (queued, result) in batch.into_iter().zip(results) {
                 if let Some(result) = result {
                     let _ = queued.reply.send(result);
@@ -258,7 +316,7 @@ mod tests {
         drop(rx3);
         let (live2, _rx4) = queued(Duration::from_secs(10));
         let slot = pool.reserve().await.unwrap();
-        let out = run_batch(&[live, late, gone, live2], slot, &pool, &metrics).await;
+        let out = run_batch(&[live, late, gone, live2], slot, &pool, &metrics, &batch_span()).await;
         assert!(matches!(out[0], Some(Ok(_))));
         assert_eq!(out[1], Some(Err(JobError::DeadlineExceeded)));
         assert_eq!(out[2], None);

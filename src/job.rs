@@ -49,11 +49,16 @@ pub struct Job {
     pub input: Arc<ModelInput>,
     pub enqueued: Instant,
     pub deadline: Instant,
+    /// The span the job's inference span goes under: the request's queue
+    /// span in-process, the job's span on a worker. Disabled when traces
+    /// are off.
+    pub parent: tracing::Span,
 }
 
 impl Job {
+    /// A job queued now, under the current span.
     pub fn new(input: Arc<ModelInput>, deadline: Instant) -> Self {
-        Job { input, enqueued: Instant::now(), deadline }
+        Job { input, enqueued: Instant::now(), deadline, parent: tracing::Span::current() }
     }
 }
 

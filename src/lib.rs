@@ -69,6 +69,9 @@
 //! - [`preprocess`]: hostile-input-safe decode, EXIF orientation, crop and resize.
 //! - [`model`]: a model directory (`model.toml`, ONNX file, labels).
 //! - [`metrics`]: Prometheus metrics.
+//! - [`telemetry`]: OpenTelemetry traces over OTLP, set by the standard
+//!   `OTEL_*` variables; the W3C context in and out (HTTP headers, gRPC
+//!   metadata, Redis jobs).
 //! - [`shutdown`]: SIGTERM and Ctrl-C as a cancellation token.
 //! - [`cpu_policy`]: the Linux scheduling policy every thread runs under.
 
@@ -95,5 +98,6 @@ pub mod redis;
 pub mod serve;
 pub mod sessions;
 pub mod shutdown;
+pub mod telemetry;
 pub mod version;
 pub mod worker;

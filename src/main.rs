@@ -50,12 +50,25 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Worker(a) => a.log_json,
         _ => false,
     };
-    init_logging(json_logs);
+    let role = match &cli.command {
+        Command::Serve(_) => "serve",
+        Command::Worker(_) => "worker",
+        _ => "cli",
+    };
+    let tracing = init_logging(json_logs, role)?;
     match policy {
         Ok(()) => tracing::debug!(policy = cli.cpu_policy.as_str(), "CPU scheduling policy set"),
         Err(e) => tracing::warn!(policy = cli.cpu_policy.as_str(), "cannot set the CPU scheduling policy: {e}"),
     }
-    match cli.command {
+    let code = run(cli.command);
+    if let Some(tracing) = tracing {
+        tracing.shutdown(std::time::Duration::from_secs(2));
+    }
+    code
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Serve(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(lens::serve::run(*args))?;
@@ -101,18 +114,35 @@ fn limit_malloc_arenas() {
 /// Logs to stderr: text with colours only on a terminal, or JSON lines. A
 /// panic becomes one log line (where and what; a backtrace only when
 /// `RUST_BACKTRACE` asks for one), never a page of frames per request.
-fn init_logging(json: bool) {
+///
+/// For `serve` and `worker`, traces go to an OTLP collector when the
+/// standard `OTEL_*` variables say so ([`lens::telemetry`]); their layer
+/// sees Lens's own spans at debug level and above, whatever `RUST_LOG`
+/// shows, and without it those spans are never created.
+fn init_logging(json: bool, role: &str) -> anyhow::Result<Option<lens::telemetry::Tracing>> {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, filter};
+    let env_filter = filter::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let logs = if json { text.json().boxed() } else { text.boxed() };
+    let export = match role {
+        "serve" | "worker" => lens::telemetry::Export::from_env(|k| std::env::var(k).ok())?,
+        _ => lens::telemetry::Export::Off,
+    };
+    let registry = tracing_subscriber::registry().with(logs.with_filter(env_filter));
+    let tracing = match lens::telemetry::Tracing::start(&export, role)? {
+        Some((tracing, spans)) => {
+            let ours = filter::Targets::new().with_target("lens", tracing::Level::DEBUG);
+            registry.with(spans.with_filter(ours)).init();
+            Some(tracing)
+        }
+        None => {
+            registry.init();
+            None
+        }
+    };
     std::panic::set_hook(Box::new(|info| {
         let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         let what = lens::http::panic_message(info.payload());
@@ -122,4 +152,5 @@ fn init_logging(json: bool) {
             _ => tracing::error!(at, what, "panic"),
         }
     }));
+    Ok(tracing)
 }

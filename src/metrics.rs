@@ -208,6 +208,16 @@ impl Metrics {
         registry.register("store_cap_bytes", "An image store's cap in bytes", m.store_cap.clone());
         registry.register("store_evictions", "Images evicted to stay under the cap", m.store_evictions.clone());
         registry.register("store_refused_writes", "Images not stored, by reason", m.store_refused.clone());
+        registry.register(
+            "trace_spans_dropped",
+            "Trace spans not exported, by reason (queue_full, export_failed)",
+            crate::telemetry::spans_dropped().clone(),
+        );
+        registry.register(
+            "trace_spans_exported",
+            "Trace spans the collector accepted",
+            crate::telemetry::spans_exported().clone(),
+        );
         Metrics { registry, ..m }
     }
 

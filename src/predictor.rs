@@ -14,6 +14,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::cache::{Coalescer, Key, ResultCache, Role, SharedCache};
 use crate::engine::Runtime;
@@ -23,6 +24,7 @@ use crate::metrics::{self, Metrics, ModelStats};
 use crate::model::{ModelSpec, ResizeSpec};
 use crate::preprocess::{ImageError, inspect, prepare};
 use crate::queue::{Capacity, JobQueue, SubmitError};
+use crate::telemetry;
 
 /// Why a prediction failed. `Clone`, so coalesced requests share it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -70,6 +72,8 @@ pub struct Timings {
     pub infer: Duration,
     /// Answered from the shared (Redis) cache: no stage ran.
     pub cached: bool,
+    /// The span of the computation that answered, for a coalesced request's link.
+    pub computed_by: Option<telemetry::SpanRef>,
 }
 
 /// Tunables of the prediction path.
@@ -230,7 +234,9 @@ impl Predictor {
         let deadline = Instant::now() + self.config.deadline;
         let _admitted = self.admit()?;
         let hashed = bytes.clone();
-        let sha: [u8; 32] = self.on_decode_pool((), move || Sha256::digest(&hashed).into()).await?;
+        let lookup = tracing::debug_span!("cache lookup", lens.cache.hit = tracing::field::Empty);
+        let sha: [u8; 32] =
+            self.on_decode_pool((), move || Sha256::digest(&hashed).into()).instrument(lookup.clone()).await?;
         let sha256 = hex::encode(sha);
         let key = Key {
             model: self.model.spec.name.clone(),
@@ -238,14 +244,19 @@ impl Predictor {
             runtime: self.model.runtime,
             sha256: sha,
         };
-        if let Some(scores) = self.cache.get(&key) {
+        let hit = self.cache.get(&key);
+        lookup.record("lens.cache.hit", hit.is_some());
+        drop(lookup);
+        if let Some(scores) = hit {
             self.metrics.cache_hits.inc();
             return Ok(Answer { scores, sha256, cached: true, timings: Timings::default() });
         }
         self.metrics.cache_misses.inc();
+        let mut following = None;
         let rx = match self.coalescer.join(&key) {
             Role::Follower(rx) => {
                 self.metrics.coalesced.inc();
+                following = Some(tracing::debug_span!("coalesced"));
                 rx
             }
             Role::Leader => {
@@ -259,12 +270,17 @@ impl Predictor {
                 // the leader's client and every follower are gone, it stops.
                 let (mut tx, rx) = tokio::sync::oneshot::channel();
                 let this = Arc::clone(self);
-                tokio::spawn(async move {
+                let computing = tracing::debug_span!("compute");
+                let computed_by = telemetry::SpanRef::of(&computing);
+                let task = async move {
                     let _place = place;
-                    let Some(result) = this.compute_while_wanted(&key, bytes, deadline, tx.closed()).await else {
+                    let Some(mut result) = this.compute_while_wanted(&key, bytes, deadline, tx.closed()).await else {
                         this.metrics.drop_job("abandoned");
                         return;
                     };
+                    if let Ok((_, timings)) = &mut result {
+                        timings.computed_by = computed_by;
+                    }
                     if let Ok((scores, timings)) = &result {
                         this.cache.put(key.clone(), Arc::clone(scores));
                         if let (Some(c), false) = (&this.shared_cache, timings.cached) {
@@ -273,13 +289,18 @@ impl Predictor {
                     }
                     this.coalescer.finish(&key, &result);
                     let _ = tx.send(result);
-                });
+                };
+                tokio::spawn(task.instrument(computing));
                 rx
             }
         };
-        match tokio::time::timeout_at(deadline, rx).await {
+        let waiting = following.clone().unwrap_or_else(tracing::Span::none);
+        match tokio::time::timeout_at(deadline, rx).instrument(waiting).await {
             Ok(Ok(result)) => {
                 let (scores, timings) = result?;
+                if let Some(span) = &following {
+                    telemetry::link(span, timings.computed_by);
+                }
                 Ok(Answer { scores, sha256, cached: timings.cached, timings })
             }
             Ok(Err(_)) => Err(PredictError::Unavailable("the prediction task ended unexpectedly".into())),
@@ -301,7 +322,7 @@ impl Predictor {
     ) -> Option<Shared> {
         let work = async {
             let shared = match &self.shared_cache {
-                Some(c) => c.get(key).await,
+                Some(c) => c.get(key).instrument(tracing::debug_span!("shared cache lookup")).await,
                 None => None,
             };
             match shared {
@@ -385,6 +406,12 @@ impl Predictor {
 
     /// Queues one input and waits for its answer until `deadline`.
     async fn infer(&self, input: ModelInput, deadline: Instant) -> Shared {
+        self.queued(input, deadline).instrument(tracing::debug_span!("queue")).await
+    }
+
+    /// [`Predictor::infer`] inside its span: the job, queued under it, puts
+    /// its inference span there.
+    async fn queued(&self, input: ModelInput, deadline: Instant) -> Shared {
         let decoded = Instant::now();
         let rx = self.queue.submit(Arc::new(input), deadline).await.map_err(|e| match e {
             SubmitError::Full => PredictError::Overloaded { retry_after_secs: 1 },
@@ -407,6 +434,11 @@ impl Predictor {
     }
 
     async fn decode(&self, bytes: Bytes) -> Result<ModelInput, PredictError> {
+        let span = tracing::debug_span!("decode", lens.upload.bytes = bytes.len() as i64);
+        self.decode_in_span(bytes).instrument(span).await
+    }
+
+    async fn decode_in_span(&self, bytes: Bytes) -> Result<ModelInput, PredictError> {
         let (resize, max_pixels) = (self.resize, self.config.max_pixels);
         let started = Instant::now();
         // The header alone says what the decode will hold (microseconds), and

@@ -466,7 +466,7 @@ async fn poison_jobs_go_to_the_dead_letter_stream_and_workers_keep_serving() {
     // reclaims it after the visibility timeout and dead-letters it.
     let zeros = vec![0u8; 3 * 224 * 224 * 4];
     let input = lens::job::ModelInput::Tensor(vec![0.0; 3 * 224 * 224]);
-    let fields = codec::job_fields(4243, reply_to, now + 60_000, now, &input);
+    let fields = codec::job_fields(4243, reply_to, now + 60_000, now, &input, None);
     assert_eq!(fields.last().unwrap().1, zeros);
     let (id,): (String,) = {
         let mut pipe = redis::pipe();

@@ -55,6 +55,7 @@ impl Oip {
             checked.inspect_err(|_| p.stats().finish(false, started.elapsed()))?;
         let rows = infer::predict(&p, payload).await?;
         let began_output = Instant::now();
+        let _reply = tracing::debug_span!("reply").entered();
         let facts = Answering::of(&p);
         let mut outputs = Vec::with_capacity(plans.len());
         let mut raw = Vec::with_capacity(plans.len());

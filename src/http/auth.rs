@@ -209,7 +209,8 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     if !keys.enabled() || is_open_path(path, keys.metrics_auth()) {
         return next.run(req).await;
     }
-    let Some(caller) = presented_key(req.headers()).and_then(|k| keys.check(&k)) else {
+    let checked = tracing::debug_span!("auth").in_scope(|| presented_key(req.headers()).and_then(|k| keys.check(&k)));
+    let Some(caller) = checked else {
         return refuse(ApiError::Unauthorized);
     };
     if is_admin_path(path) && !caller.admin {

@@ -19,6 +19,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use axum::body::Body;
 use axum::body::HttpBody as _;
@@ -171,7 +172,13 @@ pub async fn read_body(State(state): State<AppState>, req: Request, next: Next) 
     }
     let (parts, body) = req.into_parts();
     let mut share = state.limits.bodies.share();
-    let bytes = match read_all(body, &mut share, limit, state.limits.body_timeout).await {
+    let reading = tracing::debug_span!("read body", lens.body.bytes = tracing::field::Empty);
+    let read = read_all(body, &mut share, limit, state.limits.body_timeout).instrument(reading.clone()).await;
+    if let Ok(bytes) = &read {
+        reading.record("lens.body.bytes", bytes.len() as i64);
+    }
+    drop(reading);
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(e) => return refuse(e),
     };

@@ -216,13 +216,14 @@ pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> R
         return next.run(req).await;
     }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let id = limits.client_id(req.extensions().get::<Caller>(), peer, req.headers());
-    if let Err(secs) = limits.check_rate(&id) {
-        return refuse(ApiError::RateLimited(secs));
-    }
-    let _slot = match limits.enter(id) {
+    let admitted = tracing::debug_span!("client limits").in_scope(|| {
+        let id = limits.client_id(req.extensions().get::<Caller>(), peer, req.headers());
+        limits.check_rate(&id).map_err(ApiError::RateLimited)?;
+        limits.enter(id).map_err(ApiError::ClientBusy)
+    });
+    let _slot = match admitted {
         Ok(slot) => slot,
-        Err(cap) => return refuse(ApiError::ClientBusy(cap)),
+        Err(e) => return refuse(e),
     };
     state.metrics.tracked_clients.set(limits.tracked() as i64);
     next.run(req).await

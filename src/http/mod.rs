@@ -53,6 +53,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -60,6 +62,7 @@ use utoipa_axum::routes;
 use crate::feedback::{FeedbackStore, ImageStore};
 use crate::metrics::Metrics;
 use crate::predictor::Predictor;
+use crate::telemetry;
 use error::Rejected;
 
 /// Request limits enforced before any decoding.
@@ -316,18 +319,29 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned())
     };
     let method = req.method().clone();
-    let response = next.run(req).await;
+    let span = server_span(&req, &route, grpc);
+    let trace_id = telemetry::continue_trace(&span, telemetry::incoming(req.headers()));
+    if let Some(id) = &trace_id {
+        span.record("trace_id", id.as_str());
+    }
+    let mut response = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
     // A gRPC error answers 200 with a `grpc-status` header: count the HTTP
     // status that status stands for.
-    let status = match response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok()) {
+    let grpc_code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok());
+    let status = match grpc_code {
         Some(code) => error::http_status_of_grpc(tonic::Code::from(code)),
         None => response.status(),
     };
     let protocol = if grpc { "grpc" } else { "http" };
     state.metrics.request(protocol, &route, status.as_u16(), elapsed);
-    if let Some(Rejected(reason)) = response.extensions().get::<Rejected>() {
+    let rejected = response.extensions().get::<Rejected>().map(|r| r.0);
+    if let Some(reason) = rejected {
         state.metrics.reject(reason);
+    }
+    end_server_span(&span, grpc, grpc_code, status, rejected);
+    if let Some(id) = trace_id.as_deref().and_then(|id| HeaderValue::from_str(id).ok()) {
+        response.headers_mut().insert(telemetry::TRACE_ID_HEADER, id);
     }
     let stages = response.extensions().get::<StageTimes>().copied().unwrap_or_default();
     // The key's name, never the key.
@@ -341,9 +355,78 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         decode_ms = stages.decode_ms,
         queue_infer_ms = stages.queue_and_infer_ms,
         cached = stages.cached,
+        trace_id = trace_id.as_deref().unwrap_or("-"),
         "request"
     );
     response
+}
+
+/// The server span of one request, named and described as OpenTelemetry's
+/// semantic conventions for HTTP and RPC servers say. Its fields are what
+/// the log shows on the lines written inside it; the rest are attributes
+/// of the exported span alone.
+fn server_span(req: &Request, route: &str, grpc: bool) -> tracing::Span {
+    use tracing::field::Empty;
+    let name = if grpc { route.trim_start_matches('/').to_owned() } else { format!("{} {route}", req.method()) };
+    let span = tracing::info_span!(
+        "request",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        trace_id = Empty
+    );
+    if !telemetry::enabled() {
+        return span;
+    }
+    let version = match req.version() {
+        axum::http::Version::HTTP_2 => "2",
+        axum::http::Version::HTTP_10 => "1.0",
+        _ => "1.1",
+    };
+    span.set_attribute("network.protocol.version", version);
+    if grpc {
+        let (service, method) = route.trim_start_matches('/').split_once('/').unwrap_or((GRPC_SERVICE, "unmatched"));
+        span.set_attribute("rpc.system", "grpc");
+        span.set_attribute("rpc.service", service.to_owned());
+        span.set_attribute("rpc.method", method.to_owned());
+    } else {
+        span.set_attribute("http.request.method", req.method().as_str().to_owned());
+        span.set_attribute("http.route", route.to_owned());
+        span.set_attribute("url.path", req.uri().path().to_owned());
+        span.set_attribute("url.scheme", "http");
+    }
+    span
+}
+
+/// Records how a request ended on its span: the status, an error status
+/// for a server fault (5xx; for gRPC the codes the RPC conventions call
+/// errors), and the reason a refused request was shed.
+fn end_server_span(
+    span: &tracing::Span,
+    grpc: bool,
+    grpc_code: Option<i32>,
+    status: axum::http::StatusCode,
+    rejected: Option<&'static str>,
+) {
+    if !telemetry::enabled() {
+        return;
+    }
+    let fault = if grpc {
+        let code = tonic::Code::from(grpc_code.unwrap_or(0));
+        span.set_attribute("rpc.grpc.status_code", i64::from(code as i32));
+        use tonic::Code::*;
+        matches!(code, Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss)
+    } else {
+        span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+        status.is_server_error()
+    };
+    if fault {
+        span.record("otel.status_code", "ERROR");
+        span.set_attribute("error.type", status.as_u16().to_string());
+    }
+    if let Some(reason) = rejected {
+        span.set_attribute("lens.shed_reason", reason);
+    }
 }
 
 /// The gRPC front's service; its RPCs are `/{GRPC_SERVICE}/{method}`.

@@ -77,6 +77,7 @@ pub async fn predict(
     let upload = check_upload(read_form(form, &state.limits, &mut Vec::new()).await?)?;
     let predictor = state.models.serving_default()?;
     let answer = predictor.predict(upload.bytes).await?;
+    let _reply = tracing::debug_span!("reply").entered();
     let labels = &predictor.model.labels;
     let best = ranked(&answer.scores, labels, 1).remove(0);
     let details = query.top_k.map(|k| Details {

@@ -17,6 +17,7 @@ use redis::streams::StreamId;
 use crate::job::{JobError, JobOutput, JobResult, ModelInput, f32_from_le_bytes, f32_to_le_bytes};
 use crate::model::InputSpec;
 use crate::preprocess::Prepared;
+use crate::telemetry::Carrier;
 
 /// Version of the job entry layout, in field `v`.
 pub const JOB_VERSION: &str = "1";
@@ -30,6 +31,8 @@ pub struct JobEntry {
     pub deadline_ms: u64,
     pub enqueued_ms: u64,
     pub input: ModelInput,
+    /// The W3C context of the request's queue span, when it was traced.
+    pub trace: Option<Carrier>,
 }
 
 /// An entry a worker cannot process. If it still names its job and reply
@@ -48,6 +51,7 @@ pub fn job_fields(
     deadline_ms: u64,
     enqueued_ms: u64,
     input: &ModelInput,
+    trace: Option<&Carrier>,
 ) -> Vec<(&'static str, Vec<u8>)> {
     let mut f = vec![
         ("v", JOB_VERSION.as_bytes().to_vec()),
@@ -56,6 +60,13 @@ pub fn job_fields(
         ("deadline_ms", deadline_ms.to_string().into_bytes()),
         ("enqueued_ms", enqueued_ms.to_string().into_bytes()),
     ];
+    // Optional fields: a worker that does not know them ignores them.
+    if let Some(t) = trace {
+        f.push(("traceparent", t.traceparent.as_bytes().to_vec()));
+        if !t.tracestate.is_empty() {
+            f.push(("tracestate", t.tracestate.as_bytes().to_vec()));
+        }
+    }
     match input {
         ModelInput::Image(img) => {
             f.push(("input", b"rgb8".to_vec()));
@@ -111,7 +122,13 @@ pub fn decode_job(entry: &StreamId, spec: &InputSpec) -> Result<JobEntry, Malfor
         }
         other => return Err(bad(format!("unknown input kind {other:?}"))),
     };
-    Ok(JobEntry { job_id: id, reply_to: to, deadline_ms, enqueued_ms, input })
+    // A malformed context is ignored where it is used (the job starts a new
+    // trace); its length is capped here so that it cannot bloat a span.
+    let trace = text("traceparent").filter(|t| t.len() <= 64).map(|traceparent| Carrier {
+        traceparent,
+        tracestate: text("tracestate").filter(|t| t.len() <= 512).unwrap_or_default(),
+    });
+    Ok(JobEntry { job_id: id, reply_to: to, deadline_ms, enqueued_ms, input, trace })
 }
 
 // Reply layout: tag (1 byte), job id (u64 LE), payload. `OK` carries the
@@ -265,20 +282,45 @@ mod tests {
     #[test]
     fn jobs_round_trip() {
         let img = ModelInput::Image(Prepared { width: 2, height: 1, rgb: vec![1, 2, 3, 4, 5, 6] });
-        let e = decode_job(&entry(job_fields(7, "lens:replies:n", 100, 90, &img)), &spec()).unwrap();
+        let e = decode_job(&entry(job_fields(7, "lens:replies:n", 100, 90, &img, None)), &spec()).unwrap();
         assert_eq!(
             e,
-            JobEntry { job_id: 7, reply_to: "lens:replies:n".into(), deadline_ms: 100, enqueued_ms: 90, input: img }
+            JobEntry {
+                job_id: 7,
+                reply_to: "lens:replies:n".into(),
+                deadline_ms: 100,
+                enqueued_ms: 90,
+                input: img,
+                trace: None
+            }
         );
         let t = ModelInput::Tensor(vec![0.5, -1.0, 2.0, 0.0, 1e-3, 7.0]);
-        let e = decode_job(&entry(job_fields(8, "lens:replies:n", 1, 1, &t)), &spec()).unwrap();
+        let e = decode_job(&entry(job_fields(8, "lens:replies:n", 1, 1, &t, None)), &spec()).unwrap();
         assert_eq!(e.input, t);
+    }
+
+    #[test]
+    fn a_jobs_trace_context_travels_with_it_and_an_oversized_one_is_dropped() {
+        let t = ModelInput::Tensor(vec![0.0; 6]);
+        let carrier = Carrier {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: "lens=1".into(),
+        };
+        let e = decode_job(&entry(job_fields(8, "lens:replies:n", 1, 1, &t, Some(&carrier))), &spec()).unwrap();
+        assert_eq!(e.trace, Some(carrier.clone()));
+        let mut fields = job_fields(8, "lens:replies:n", 1, 1, &t, Some(&carrier));
+        for (k, v) in &mut fields {
+            if *k == "traceparent" {
+                *v = vec![b'0'; 65];
+            }
+        }
+        assert_eq!(decode_job(&entry(fields), &spec()).unwrap().trace, None);
     }
 
     #[test]
     fn wrong_geometry_is_malformed_but_still_answerable() {
         let img = ModelInput::Image(Prepared { width: 3, height: 1, rgb: vec![0; 9] });
-        let m = decode_job(&entry(job_fields(9, "lens:replies:n", 1, 1, &img)), &spec()).unwrap_err();
+        let m = decode_job(&entry(job_fields(9, "lens:replies:n", 1, 1, &img, None)), &spec()).unwrap_err();
         assert_eq!((m.job_id, m.reply_to.as_deref()), (Some(9), Some("lens:replies:n")));
         assert!(m.reason.contains("3"), "{}", m.reason);
         let m = decode_job(&entry(vec![("id", b"x".to_vec())]), &spec()).unwrap_err();
@@ -288,7 +330,7 @@ mod tests {
     #[test]
     fn a_reply_list_must_be_a_lens_reply_list() {
         let img = ModelInput::Image(Prepared { width: 2, height: 1, rgb: vec![0; 6] });
-        let m = decode_job(&entry(job_fields(1, "lens:jobs:m", 1, 1, &img)), &spec()).unwrap_err();
+        let m = decode_job(&entry(job_fields(1, "lens:jobs:m", 1, 1, &img, None)), &spec()).unwrap_err();
         assert_eq!(m.reply_to, None, "a worker must not push into arbitrary keys");
     }
 

@@ -35,6 +35,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::cache::RedisCache;
 use super::codec::{self, Liveness};
@@ -46,6 +47,7 @@ use super::{clock, conn};
 use crate::job::{JobResult, ModelInput};
 use crate::model::ModelSpec;
 use crate::queue::{Capacity, JobQueue, SubmitError, Submitted};
+use crate::telemetry::Carrier;
 
 mod recovery;
 
@@ -77,6 +79,8 @@ struct Waiter {
     reply: oneshot::Sender<JobResult>,
     deadline: Instant,
     input: Arc<ModelInput>,
+    /// The request's trace context, put on the job again if it is re-added.
+    trace: Option<Arc<Carrier>>,
     /// The job's stream entry id; `None` while the `XADD` is in flight.
     entry: Option<String>,
     /// When the job was last put on the stream.
@@ -214,10 +218,18 @@ impl RedisQueue {
             return Err(SubmitError::Unavailable(format!("no live worker serves model {}", inner.model)));
         }
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let fields = codec::job_fields(id, &inner.reply_key, clock::unix_ms_at(deadline), clock::now_ms(), &image);
+        let trace = Carrier::of(&tracing::Span::current()).map(Arc::new);
+        let fields = codec::job_fields(
+            id,
+            &inner.reply_key,
+            clock::unix_ms_at(deadline),
+            clock::now_ms(),
+            &image,
+            trace.as_deref(),
+        );
         let (tx, rx) = oneshot::channel();
         // Registered before the job exists, so no reply can arrive unrouted.
-        let waiter = Waiter { reply: tx, deadline, input: image, entry: None, enqueued: Instant::now() };
+        let waiter = Waiter { reply: tx, deadline, input: image, trace, entry: None, enqueued: Instant::now() };
         inner.waiting().insert(id, waiter);
         let mut call = ADMIT.prepare_invoke();
         call.key(&inner.stream).arg(inner.capacity);
@@ -225,7 +237,16 @@ impl RedisQueue {
             call.arg(*field).arg(value.as_slice());
         }
         let mut conn = inner.conn.clone();
-        let added = tokio::time::timeout(SUBMIT_TIMEOUT, call.invoke_async::<Option<String>>(&mut conn)).await;
+        let adding = tracing::debug_span!(
+            "XADD",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = "XADD",
+            messaging.destination.name = inner.stream.as_str()
+        );
+        let added = tokio::time::timeout(SUBMIT_TIMEOUT, call.invoke_async::<Option<String>>(&mut conn))
+            .instrument(adding)
+            .await;
         let refused = match added {
             Ok(Ok(Some(entry))) => match self.replicated(&mut conn).await {
                 Ok(()) => {

@@ -11,13 +11,40 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, St
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::{DeadLetter, Delivery, Worker};
-use crate::batcher::{Batched, Next, next_step, run_batch};
+use crate::batcher::{Batched, Next, batch_span, next_step, run_batch};
 use crate::job::{Job, JobError, JobResult};
 use crate::redis::clock;
 use crate::redis::codec;
 use crate::redis::keys::{self, READ_BLOCK, REPLY_RETRIES, REPLY_RETRY_FIRST_PAUSE, RETRY_PAUSE};
+use crate::telemetry;
+
+/// The span of one job on this worker: it continues the trace of the
+/// request that queued it (its `traceparent` field), so the inference span
+/// below it lands in that request's trace. Disabled when traces are off.
+fn job_span(entry: &codec::JobEntry, stream: &str) -> tracing::Span {
+    if !telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let waited = clock::now_ms().saturating_sub(entry.enqueued_ms);
+    let span = tracing::debug_span!(
+        parent: None,
+        "job",
+        otel.name = format!("process {stream}"),
+        otel.kind = "consumer",
+        messaging.system = "redis",
+        messaging.operation.type = "process",
+        messaging.destination.name = stream,
+        lens.job.id = entry.job_id as i64,
+        lens.stream_wait_ms = waited as i64,
+    );
+    if let Some(carrier) = &entry.trace {
+        telemetry::continue_trace(&span, carrier.context());
+    }
+    span
+}
 
 /// A decoded job and where its reply goes.
 struct Decoded {
@@ -176,6 +203,8 @@ impl Worker {
 
     /// Runs one batch and writes its outcome back to Redis.
     async fn process(&self, batch: Vec<Delivery>, slot: OwnedSemaphorePermit) {
+        let span = batch_span();
+        let assembling = tracing::debug_span!(parent: &span, "batch assembly");
         let ids: Vec<String> = batch.iter().map(|d| d.entry.id.clone()).collect();
         let mut dead = Vec::new();
         let mut jobs = Vec::new();
@@ -189,6 +218,7 @@ impl Worker {
             match codec::decode_job(&d.entry, &self.spec.input) {
                 Ok(e) => jobs.push(Decoded {
                     job: Job {
+                        parent: job_span(&e, &self.stream),
                         input: Arc::new(e.input),
                         enqueued: clock::instant_at(e.enqueued_ms),
                         deadline: clock::instant_at(e.deadline_ms),
@@ -202,14 +232,18 @@ impl Worker {
                 }
             }
         }
-        let results = run_batch(&jobs, slot, &self.pool, &self.metrics).await;
+        drop(assembling);
+        let results = run_batch(&jobs, slot, &self.pool, &self.metrics, &span).await;
+        // Each job's span ends once its reply is written.
+        let job_spans: Vec<tracing::Span> = jobs.iter().map(|d| d.job.parent.clone()).collect();
         let ran = results.iter().filter(|r| !matches!(r, Some(Err(JobError::DeadlineExceeded)))).count();
         let replies: Vec<(u64, String, JobResult)> = jobs
             .into_iter()
             .zip(results)
             .map(|(d, r)| (d.job_id, d.reply_to, r.unwrap_or(Err(JobError::ShuttingDown))))
             .collect();
-        self.finish(&ids, &replies, &dead).await;
+        self.finish(&ids, &replies, &dead).instrument(tracing::debug_span!(parent: &span, "write replies")).await;
+        drop(job_spans);
         self.processed.fetch_add(ran as u64, Ordering::Relaxed);
         self.dead_lettered.fetch_add(dead.len() as u64, Ordering::Relaxed);
         let mut in_flight = self.in_flight();

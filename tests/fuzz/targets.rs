@@ -428,7 +428,11 @@ fn codec_target(data: &[u8]) -> String {
         .collect();
     let entry = StreamId { id: "1-0".into(), map, ..Default::default() };
     let job = match codec::decode_job(&entry, &codec_spec()) {
-        Ok(job) => format!("job {}", matches!(job.input, ModelInput::Image(_))),
+        Ok(job) => {
+            // A hostile context is read as a worker reads it, and ignored if malformed.
+            let _ = job.trace.as_ref().map(lens::telemetry::Carrier::context);
+            format!("job {}", matches!(job.input, ModelInput::Image(_)))
+        }
         Err(m) => format!("malformed {} {} {}", m.job_id.is_some(), m.reply_to.is_some(), label(m.reason)),
     };
     let reply = match codec::decode_reply(data) {
@@ -454,10 +458,14 @@ fn codec_seeds() -> Vec<Vec<u8>> {
     };
     let img = ModelInput::Image(Prepared { width: 2, height: 1, rgb: vec![1, 2, 3, 4, 5, 6] });
     let tensor = ModelInput::Tensor(vec![0.5; 6]);
+    let traced = lens::telemetry::Carrier {
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        tracestate: "a=1".into(),
+    };
     let beat = r#"{"last_seen_ms":1,"started_ms":1,"model":"m","version":"1","sessions":2,"processed":0,"dead_lettered":0,"host":"h","pid":1}"#;
     vec![
-        lines(codec::job_fields(7, "lens:replies:api-x", 100, 90, &img)),
-        lines(codec::job_fields(8, "lens:replies:api-x", 100, 90, &tensor)),
+        lines(codec::job_fields(7, "lens:replies:api-x", 100, 90, &img, None)),
+        lines(codec::job_fields(8, "lens:replies:api-x", 100, 90, &tensor, Some(&traced))),
         codec::encode_reply(
             7,
             &Ok(JobOutput { scores: vec![0.25; 5].into(), inference: std::time::Duration::from_millis(3) }),

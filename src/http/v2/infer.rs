@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -283,7 +284,7 @@ pub async fn infer(
     let Checked { id, payload, outputs: plans } = parsed.inspect_err(|_| p.stats().finish(false, started.elapsed()))?;
     let rows = predict(&p, payload).await?;
     let began_output = Instant::now();
-    let response = respond(&Answering::of(&p), id, &rows, &plans);
+    let response = tracing::debug_span!("reply").in_scope(|| respond(&Answering::of(&p), id, &rows, &plans));
     record_output(&p, began_output, rows.len());
     Ok(response)
 }
@@ -467,7 +468,7 @@ async fn predict_images(p: &Arc<Predictor>, images: Vec<Bytes>) -> Result<Vec<Sc
     let mut tasks = JoinSet::new();
     for (i, b) in images.into_iter().enumerate() {
         let p = Arc::clone(p);
-        tasks.spawn(async move { (i, p.predict(b).await.map(|a| a.scores)) });
+        tasks.spawn(async move { (i, p.predict(b).await.map(|a| a.scores)) }.in_current_span());
     }
     join_in_order(tasks).await
 }
@@ -477,7 +478,7 @@ async fn predict_tensors(p: &Arc<Predictor>, values: Vec<f32>, n: usize) -> Resu
     let mut tasks = JoinSet::new();
     for (i, c) in values.chunks_exact(per.max(1)).enumerate() {
         let (p, c) = (Arc::clone(p), c.to_vec());
-        tasks.spawn(async move { (i, p.predict_tensor(c).await) });
+        tasks.spawn(async move { (i, p.predict_tensor(c).await) }.in_current_span());
     }
     drop(values);
     join_in_order(tasks).await

@@ -67,10 +67,18 @@ impl RedisQueue {
             candidates.iter().zip(&found).filter(|(_, f)| f.is_empty()).map(|((id, _), _)| *id).collect();
         let mut requeued = 0;
         for id in missing {
-            let Some((input, deadline)) = inner.waiting().get(&id).map(|w| (Arc::clone(&w.input), w.deadline)) else {
+            let waiter = inner.waiting().get(&id).map(|w| (Arc::clone(&w.input), w.deadline, w.trace.clone()));
+            let Some((input, deadline, trace)) = waiter else {
                 continue; // answered meanwhile
             };
-            let fields = codec::job_fields(id, &inner.reply_key, clock::unix_ms_at(deadline), clock::now_ms(), &input);
+            let fields = codec::job_fields(
+                id,
+                &inner.reply_key,
+                clock::unix_ms_at(deadline),
+                clock::now_ms(),
+                &input,
+                trace.as_deref(),
+            );
             let mut add = redis::cmd("XADD");
             add.arg(&inner.stream).arg("*");
             for (field, value) in &fields {
