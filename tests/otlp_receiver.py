@@ -6,7 +6,8 @@ opentelemetry-proto, and appends each span to OUT as one JSON line:
 trace and span ids in hex, parent, name, kind, attributes, links, status,
 and the resource's attributes. Each request also appends a line
 {"export": N} with its span count. --delay S holds every answer S seconds
-(a slow collector); --status CODE answers CODE instead of 200.
+(a slow collector); --status CODE answers CODE instead of 200; --count
+writes only the {"export": N, "bytes": B} lines (scripts/bench-tracing).
 """
 
 import argparse
@@ -63,6 +64,7 @@ def main():
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--status", type=int, default=200)
+    ap.add_argument("--count", action="store_true")
     args = ap.parse_args()
     lock = threading.Lock()
 
@@ -73,11 +75,15 @@ def main():
                 body = gzip.decompress(body)
             request = trace_service_pb2.ExportTraceServiceRequest()
             request.ParseFromString(body)
-            found = list(spans(request))
+            if args.count:
+                found = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+            else:
+                found = list(spans(request))
             with lock, open(args.out, "a") as f:
-                for s in found:
-                    f.write(json.dumps(s) + "\n")
-                f.write(json.dumps({"export": len(found), "path": self.path}) + "\n")
+                if not args.count:
+                    for s in found:
+                        f.write(json.dumps(s) + "\n")
+                f.write(json.dumps({"export": len(found), "bytes": len(body), "path": self.path}) + "\n")
             time.sleep(args.delay)
             reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
             self.send_response(args.status)

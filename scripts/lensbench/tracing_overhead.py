@@ -1,0 +1,117 @@
+"""What exporting traces costs: one `lens serve` with tracing off, one with
+every request traced to a real OTLP receiver, and one tracing to a
+collector that is down, in interleaved rounds of one run.
+
+scripts/bench-tracing is the command. Each round drives every server in
+turn for SECONDS with CONCURRENCY closed-loop clients sending distinct
+photos to POST /predict (scripts/bench_openloop.py; `--cache-entries 0`),
+the order rotating between rounds. The receiver is tests/otlp_receiver.py
+in --count mode (it decodes each export and counts its spans), on this
+machine, so its CPU is part of what the traced server pays.
+
+It prints each server's median answers/s over the rounds, the ratio
+traced / untraced, failures, each server's peak RSS (VmHWM), spans
+exported and dropped, and the wire size of a span.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from .machine import ROOT, free_port
+from .protocols import cpu_name
+
+LENS = ROOT / "target" / "release" / "lens"
+PY = ROOT / ".venv" / "bin" / "python"
+
+
+def start_lens(name: str, env: dict, tmp: Path) -> tuple[subprocess.Popen, str]:
+    log = open(tmp / f"{name}.log", "wb")
+    args = [str(LENS), "serve", "--addr", "127.0.0.1:0", "--cache-entries", "0", "--data-dir", str(tmp / name)]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | {"LENS_GRPC_ADDR": ""} | env
+    proc = subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=log, text=True)
+    for line in proc.stdout:
+        if line.startswith("listening on "):
+            return proc, line.split()[-1]
+    sys.exit(f"{name} did not start; see {tmp / name}.log")
+
+
+def metric(url: str, name: str) -> float:
+    text = urllib.request.urlopen(f"{url}/metrics").read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def peak_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+
+
+def drive(url: str, seconds: float, concurrency: int, out: Path) -> dict:
+    argv = [str(PY), str(ROOT / "scripts/bench_openloop.py"), "--url", url, "--concurrency", str(concurrency)]
+    argv += ["--duration", str(seconds), "--grace", "30", "--json", str(out)]
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--concurrency", type=int, default=32)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="lens-bench-tracing-"))
+    received = tmp / "received.jsonl"
+    receiver = subprocess.Popen(
+        [str(PY), str(ROOT / "tests/otlp_receiver.py"), str(received), "--count"], stdout=subprocess.PIPE, text=True
+    )
+    port = int(receiver.stdout.readline().split()[-1])
+    traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_TRACES_SAMPLER": "always_on"}
+    dead = traced | {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    servers = {}
+    try:
+        for name, env in [("off", {}), ("traced", traced), ("dead collector", dead)]:
+            servers[name] = start_lens(name.replace(" ", "-"), env, tmp)
+        rates = {name: [] for name in servers}
+        failed = {name: 0 for name in servers}
+        names = list(servers)
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                summary = drive(servers[name][1], args.seconds, args.concurrency, tmp / "round.json")
+                rates[name].append(summary["ok_per_sec"])
+                failed[name] += summary["requests"] - summary["ok"]
+                print(f"round {r + 1} {name:>15}: {summary['ok_per_sec']:7.1f} answers/s", flush=True)
+        time.sleep(6)  # one more export interval, so the counts below are whole
+        exports = [json.loads(line) for line in received.read_text().splitlines()]
+        spans, wire = sum(e["export"] for e in exports), sum(e["bytes"] for e in exports)
+        print(f"\n{cpu_name()}, {os.cpu_count()} cores; {args.rounds} rounds of {args.seconds:.0f} s, "
+              f"{args.concurrency} closed-loop clients, distinct photos, POST /predict, cache off")
+        print(f"{'server':>15} {'answers/s':>10} {'failed':>7} {'peak RSS MB':>12} {'exported':>9} {'dropped':>8}")
+        for name, (proc, url) in servers.items():
+            print(f"{name:>15} {statistics.median(rates[name]):10.1f} {failed[name]:7d} {peak_mb(proc.pid):12.1f} "
+                  f"{metric(url, 'lens_trace_spans_exported_total'):9.0f} {metric(url, 'lens_trace_spans_dropped_total'):8.0f}")
+        off = statistics.median(rates["off"])
+        for name in ("traced", "dead collector"):
+            print(f"{name} / off: {statistics.median(rates[name]) / off:.3f}")
+        if spans:
+            print(f"receiver: {spans} spans in {len(exports)} exports, {wire / spans:.0f} bytes per span on the wire")
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+        receiver.terminate()
+        for proc, _ in servers.values():
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()
