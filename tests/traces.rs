@@ -223,6 +223,59 @@ async fn a_callers_trace_is_continued_through_every_stage_in_process() {
 }
 
 #[tokio::test]
+async fn admission_coalescing_and_shedding_show_in_the_traces() {
+    let _serial = SERIAL.lock().await;
+    let dir = log_dir("admission");
+    let receiver = Receiver::start(&dir, &[]);
+    const KEY: &str = "trace-test-key-0123456789";
+    // A lone job waits 400 ms for company, so that an identical upload sent
+    // meanwhile finds its computation in flight; the third request in a row
+    // exceeds the burst of two.
+    let args =
+        ["--api-key", KEY, "--rate-limit", "0.01", "--rate-burst", "2", "--max-batch", "4", "--max-wait-ms", "400"];
+    let lens = serve(&dir, "serve", |cmd| {
+        exporting_to(&receiver.endpoint())(cmd);
+        cmd.args(args);
+    });
+    let url = lens.url();
+    let send = |trace: &'static str| {
+        let form = common::form("dog.jpeg", common::fixture("dog.jpeg"));
+        reqwest::Client::new()
+            .post(format!("{url}/predict"))
+            .bearer_auth(KEY)
+            .header("traceparent", traceparent(trace))
+            .multipart(form)
+            .send()
+    };
+    let (first, second) = ("11111111111111111111111111111111", "22222222222222222222222222222222");
+    let (a, b) = tokio::join!(send(first), send(second));
+    assert_eq!((a.unwrap().status().as_u16(), b.unwrap().status().as_u16()), (200, 200));
+    let one = receiver.trace(first, &["POST /predict", "auth", "client limits", "reply"]).await;
+    let two = receiver.trace(second, &["POST /predict", "auth", "client limits", "reply"]).await;
+    for spans in [&one, &two] {
+        under(spans, "auth", "POST /predict");
+        under(spans, "client limits", "POST /predict");
+    }
+    // One computed, the other waited for it, and links to its computation.
+    let (leader, follower) = if one.iter().any(|s| s["name"] == "compute") { (&one, &two) } else { (&two, &one) };
+    let compute = named(leader, "compute");
+    let coalesced = named(follower, "coalesced");
+    assert!(follower.iter().all(|s| s["name"] != "compute"), "{follower:#?}");
+    assert_eq!(coalesced["links"][0]["span_id"], compute["span_id"], "{coalesced}");
+    assert_eq!(coalesced["links"][0]["trace_id"], compute["trace_id"]);
+
+    let shed = "33333333333333333333333333333333";
+    assert_eq!(send(shed).await.unwrap().status(), 429);
+    let spans = receiver.trace(shed, &["POST /predict"]).await;
+    let server = named(&spans, "POST /predict");
+    assert_eq!(server["attributes"]["http.response.status_code"], 429);
+    assert_eq!(server["attributes"]["lens.shed_reason"], "rate_limited");
+    assert_eq!(server["status"], "UNSET", "a refusal is the client's, not a server error");
+    let everything = std::fs::read_to_string(&receiver.out).unwrap();
+    assert!(!everything.contains(KEY), "no span holds a key");
+}
+
+#[tokio::test]
 async fn a_grpc_call_continues_its_metadatas_trace() {
     let _serial = SERIAL.lock().await;
     let dir = log_dir("grpc");
