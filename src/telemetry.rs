@@ -289,9 +289,14 @@ impl Extractor for Carrier {
 /// Reads the W3C context from request headers (HTTP, or gRPC metadata).
 struct Headers<'a>(&'a axum::http::HeaderMap);
 
+/// The longest `tracestate` continued; W3C Trace Context lets a server drop
+/// a longer one, and this bounds what every span and Redis job carries.
+pub const MAX_TRACESTATE: usize = 512;
+
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        let value = self.0.get(key).and_then(|v| v.to_str().ok())?;
+        (key != "tracestate" || value.len() <= MAX_TRACESTATE).then_some(value)
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -407,6 +412,13 @@ mod tests {
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
         let cx = incoming(&h);
         assert_eq!(cx.span().span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        h.insert("tracestate", "a=1".parse().unwrap());
+        assert_eq!(incoming(&h).span().span_context().trace_state().header(), "a=1");
+        let long = (0..200).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
+        h.insert("tracestate", long.parse().unwrap());
+        let cx = incoming(&h);
+        assert!(cx.span().span_context().is_valid(), "the trace is kept");
+        assert_eq!(cx.span().span_context().trace_state().header(), "", "an oversized tracestate is dropped");
         h.insert("traceparent", "00-zz-00f067aa0ba902b7-01".parse().unwrap());
         assert!(!incoming(&h).span().span_context().is_valid());
         assert!(!incoming(&axum::http::HeaderMap::new()).span().span_context().is_valid());

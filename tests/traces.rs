@@ -421,3 +421,38 @@ async fn a_dead_or_slow_collector_fails_no_request() {
     assert!(started.elapsed() < Duration::from_secs(60), "requests waited for the collector");
     assert!(dropped(&lens.url(), "queue_full").await > 0.0, "a full queue drops spans and counts them");
 }
+
+#[tokio::test]
+async fn hostile_trace_headers_are_ignored_or_bounded() {
+    let _serial = SERIAL.lock().await;
+    let dir = log_dir("hostile");
+    let receiver = Receiver::start(&dir, &[]);
+    let lens = serve(&dir, "serve", exporting_to(&receiver.endpoint()));
+    let url = lens.url();
+    let valid = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let huge_state = (0..1500).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
+    let text = |s: String| reqwest::header::HeaderValue::from_str(&s).unwrap();
+    let cases = vec![
+        (text("garbage".into()), None, false),
+        (text(format!("00-{}-{CALLER_SPAN}-01", "0".repeat(32))), None, false),
+        (text(format!("00-{valid}-{}-01", "0".repeat(16))), None, false),
+        (text(format!("00-{valid}-{CALLER_SPAN}-01-{}", "x".repeat(8000))), None, false),
+        (reqwest::header::HeaderValue::from_bytes(&[0xff; 55]).unwrap(), None, false),
+        (text(traceparent(valid)), Some(huge_state), true),
+    ];
+    for (i, (parent, state, continued)) in cases.into_iter().enumerate() {
+        let mut r = reqwest::Client::new().get(format!("{url}/api/labels")).header("traceparent", parent);
+        if let Some(state) = &state {
+            r = r.header("tracestate", state.as_str());
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 200, "case {i}");
+        let id = header(&r, "x-trace-id").unwrap_or_else(|| panic!("case {i}: no trace id"));
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "case {i}: {id}");
+        assert_eq!(id == valid, continued, "case {i}: {id}");
+    }
+    let spans = receiver.trace(valid, &["GET /api/labels"]).await;
+    assert_eq!(named(&spans, "GET /api/labels")["parent_span_id"], CALLER_SPAN);
+    let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    assert_eq!(common::metric_in(&metrics, "lens_trace_spans_dropped_total"), 0.0);
+}

@@ -126,7 +126,7 @@ pub fn decode_job(entry: &StreamId, spec: &InputSpec) -> Result<JobEntry, Malfor
     // trace); its length is capped here so that it cannot bloat a span.
     let trace = text("traceparent").filter(|t| t.len() <= 64).map(|traceparent| Carrier {
         traceparent,
-        tracestate: text("tracestate").filter(|t| t.len() <= 512).unwrap_or_default(),
+        tracestate: text("tracestate").filter(|t| t.len() <= crate::telemetry::MAX_TRACESTATE).unwrap_or_default(),
     });
     Ok(JobEntry { job_id: id, reply_to: to, deadline_ms, enqueued_ms, input, trace })
 }
