@@ -208,7 +208,9 @@ pub struct ServeArgs {
     #[arg(long, env = "LENS_REQUEST_TIMEOUT_SECS", default_value_t = 60.0)]
     pub request_timeout_secs: f64,
 
-    /// Log one JSON object per line instead of text.
+    /// Log one JSON object per line instead of text. Each request's line
+    /// carries its `trace_id`; traces themselves are exported over OTLP
+    /// when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (docs/operations.md, "Tracing").
     #[arg(long, env = "LENS_LOG_JSON")]
     pub log_json: bool,
 
@@ -408,7 +410,9 @@ pub struct WorkerArgs {
     #[arg(long, env = "LENS_HEALTH_ADDR")]
     pub health_addr: Option<String>,
 
-    /// Log one JSON object per line instead of text.
+    /// Log one JSON object per line instead of text. Each request's line
+    /// carries its `trace_id`; traces themselves are exported over OTLP
+    /// when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (docs/operations.md, "Tracing").
     #[arg(long, env = "LENS_LOG_JSON")]
     pub log_json: bool,
 
