@@ -258,7 +258,12 @@ class Recorder:
         ms = (now - scheduled) * 1000
         if status == 200:
             try:
-                ok = json.loads(payload).get("success") is True
+                body = json.loads(payload)
+                # A batchable BentoML API (scripts/bench-bentoml) answers a
+                # request of one image with a list of one answer.
+                if isinstance(body, list) and len(body) == 1:
+                    body = body[0]
+                ok = isinstance(body, dict) and body.get("success") is True
             except ValueError:
                 ok = False
             if not ok:
