@@ -456,3 +456,68 @@ async fn hostile_trace_headers_are_ignored_or_bounded() {
     let metrics = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
     assert_eq!(common::metric_in(&metrics, "lens_trace_spans_dropped_total"), 0.0);
 }
+
+/// The `traceparent` field and id of every entry on the job stream.
+async fn job_entries(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, Option<String>)> {
+    let reply: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(JOB.trim_start_matches("process ")).arg("-").arg("+").query_async(conn).await.unwrap();
+    reply.ids.into_iter().map(|e| (e.id.clone(), e.get::<String>("traceparent"))).collect()
+}
+
+#[tokio::test]
+async fn a_job_redis_lost_is_put_back_with_its_trace() {
+    let _serial = SERIAL.lock().await;
+    let dir = log_dir("readded");
+    let receiver = Receiver::start(&dir, &[]);
+    let redis = RedisServer::plain(false);
+    let url = redis.url();
+    let data = dir.join("data");
+    let model = model_dir();
+    let api_args =
+        ["serve", "--redis", &url, "--addr", "127.0.0.1:0", "--model", &model, "--data-dir", data.to_str().unwrap()];
+    let api = LensProcess::spawn_with(&dir, "api", &api_args, exporting_to(&receiver.endpoint()));
+    let worker_args = ["worker", "--redis", &url, "--model", &model, "--sessions", "1"];
+    let worker = LensProcess::spawn_with(&dir, "worker", &worker_args, exporting_to(&receiver.endpoint()));
+    common::wait_ready(&api.url(), Duration::from_secs(60), &dir).await;
+    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+
+    // The worker stands still while its job is on the stream, then Redis
+    // loses the entry; the API node puts it back.
+    common::processes::signal(&worker.child, "STOP");
+    let asked = tokio::spawn({
+        let url = api.url();
+        async move { predict_traced(&url, TRACE).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (first, context) = loop {
+        if let Some(entry) = job_entries(&mut conn).await.pop() {
+            break entry;
+        }
+        assert!(Instant::now() < deadline, "the job never reached the stream");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let context = context.expect("the job carries its request's traceparent");
+    assert!(context.contains(TRACE), "{context}");
+    let _: i64 =
+        redis::cmd("XDEL").arg(JOB.trim_start_matches("process ")).arg(&first).query_async(&mut conn).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let again = loop {
+        if let Some(entry) = job_entries(&mut conn).await.into_iter().find(|(id, _)| *id != first) {
+            break entry;
+        }
+        assert!(Instant::now() < deadline, "the lost job was not put back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(again.1.as_deref(), Some(context.as_str()), "the job put back carries the same context");
+    common::processes::signal(&worker.child, "CONT");
+
+    let r = asked.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-trace-id").as_deref(), Some(TRACE));
+    let spans = receiver.trace(TRACE, &["POST /predict", "queue", JOB, "inference"]).await;
+    for job in spans.iter().filter(|s| s["name"] == JOB) {
+        assert_eq!(job["parent_span_id"], named(&spans, "queue")["span_id"], "the worker's job joins the request");
+    }
+    let log = std::fs::read_to_string(dir.join("api.log")).unwrap();
+    assert!(log.contains("enqueued them again"), "the node did not re-enqueue the job:\n{log}");
+}
