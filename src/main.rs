@@ -45,15 +45,10 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     // Before any thread starts: threads inherit the policy of their maker.
     let policy = cli.cpu_policy.apply();
-    let json_logs = match &cli.command {
-        Command::Serve(a) => a.log_json,
-        Command::Worker(a) => a.log_json,
-        _ => false,
-    };
-    let role = match &cli.command {
-        Command::Serve(_) => "serve",
-        Command::Worker(_) => "worker",
-        _ => "cli",
+    let (json_logs, role) = match &cli.command {
+        Command::Serve(a) => (a.log_json, "serve"),
+        Command::Worker(a) => (a.log_json, "worker"),
+        _ => (false, "cli"),
     };
     let tracing = init_logging(json_logs, role)?;
     match policy {

@@ -24,11 +24,19 @@ use serde_json::Value;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The job stream of the tests' model, and a worker's span of one job there,
+/// named as the messaging conventions say.
+macro_rules! stream {
+    () => {
+        "lens:jobs:efficientnet-lite0:1"
+    };
+}
+const STREAM: &str = stream!();
+const JOB: &str = concat!("process ", stream!());
+
 /// The caller's context: its trace and its own span.
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
-/// A worker's span of one job, named as the messaging conventions say.
-const JOB: &str = "process lens:jobs:efficientnet-lite0:1";
 
 fn traceparent(trace: &str) -> String {
     format!("00-{trace}-{CALLER_SPAN}-01")
@@ -298,22 +306,32 @@ async fn a_grpc_call_continues_its_metadatas_trace() {
     under(&spans, "reply", name);
 }
 
+/// An API node (`api_extra` added) and one worker on `redis`, both
+/// exporting to `receiver`; ready once this returns.
+async fn traced_cluster(
+    dir: &Path,
+    receiver: &Receiver,
+    redis: &RedisServer,
+    api_extra: &[&str],
+) -> (LensProcess, LensProcess) {
+    let (url, model, data) = (redis.url(), model_dir(), dir.join("data"));
+    let mut api_args = vec!["serve", "--redis", &url, "--addr", "127.0.0.1:0", "--model", &model];
+    api_args.extend(["--data-dir", data.to_str().unwrap()]);
+    api_args.extend(api_extra);
+    let api = LensProcess::spawn_with(dir, "api", &api_args, exporting_to(&receiver.endpoint()));
+    let worker_args = ["worker", "--redis", &url, "--model", &model, "--sessions", "1"];
+    let worker = LensProcess::spawn_with(dir, "worker", &worker_args, exporting_to(&receiver.endpoint()));
+    common::wait_ready(&api.url(), Duration::from_secs(60), dir).await;
+    (api, worker)
+}
+
 #[tokio::test]
 async fn a_redis_job_carries_its_trace_to_the_worker() {
     let _serial = SERIAL.lock().await;
     let dir = log_dir("redis");
     let receiver = Receiver::start(&dir, &[]);
     let redis = RedisServer::plain(false);
-    let url = redis.url();
-    let data = dir.join("data");
-    let model = model_dir();
-    let api_args =
-        ["serve", "--redis", &url, "--addr", "127.0.0.1:0", "--model", &model, "--data-dir", data.to_str().unwrap()];
-    let api_args: Vec<&str> = api_args.into_iter().chain(["--log-json"]).collect();
-    let api = LensProcess::spawn_with(&dir, "api", &api_args, exporting_to(&receiver.endpoint()));
-    let worker_args = ["worker", "--redis", &url, "--model", &model, "--sessions", "1"];
-    let _worker = LensProcess::spawn_with(&dir, "worker", &worker_args, exporting_to(&receiver.endpoint()));
-    common::wait_ready(&api.url(), Duration::from_secs(60), &dir).await;
+    let (api, _worker) = traced_cluster(&dir, &receiver, &redis, &["--log-json"]).await;
 
     let r = predict_traced(&api.url(), TRACE).await;
     assert_eq!(r.status(), 200);
@@ -460,7 +478,7 @@ async fn hostile_trace_headers_are_ignored_or_bounded() {
 /// The `traceparent` field and id of every entry on the job stream.
 async fn job_entries(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, Option<String>)> {
     let reply: redis::streams::StreamRangeReply =
-        redis::cmd("XRANGE").arg(JOB.trim_start_matches("process ")).arg("-").arg("+").query_async(conn).await.unwrap();
+        redis::cmd("XRANGE").arg(STREAM).arg("-").arg("+").query_async(conn).await.unwrap();
     reply.ids.into_iter().map(|e| (e.id.clone(), e.get::<String>("traceparent"))).collect()
 }
 
@@ -470,16 +488,8 @@ async fn a_job_redis_lost_is_put_back_with_its_trace() {
     let dir = log_dir("readded");
     let receiver = Receiver::start(&dir, &[]);
     let redis = RedisServer::plain(false);
-    let url = redis.url();
-    let data = dir.join("data");
-    let model = model_dir();
-    let api_args =
-        ["serve", "--redis", &url, "--addr", "127.0.0.1:0", "--model", &model, "--data-dir", data.to_str().unwrap()];
-    let api = LensProcess::spawn_with(&dir, "api", &api_args, exporting_to(&receiver.endpoint()));
-    let worker_args = ["worker", "--redis", &url, "--model", &model, "--sessions", "1"];
-    let worker = LensProcess::spawn_with(&dir, "worker", &worker_args, exporting_to(&receiver.endpoint()));
-    common::wait_ready(&api.url(), Duration::from_secs(60), &dir).await;
-    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (api, worker) = traced_cluster(&dir, &receiver, &redis, &[]).await;
+    let mut conn = redis::Client::open(redis.url().as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
 
     // The worker stands still while its job is on the stream, then Redis
     // loses the entry; the API node puts it back.
@@ -498,8 +508,7 @@ async fn a_job_redis_lost_is_put_back_with_its_trace() {
     };
     let context = context.expect("the job carries its request's traceparent");
     assert!(context.contains(TRACE), "{context}");
-    let _: i64 =
-        redis::cmd("XDEL").arg(JOB.trim_start_matches("process ")).arg(&first).query_async(&mut conn).await.unwrap();
+    let _: i64 = redis::cmd("XDEL").arg(STREAM).arg(&first).query_async(&mut conn).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     let again = loop {
         if let Some(entry) = job_entries(&mut conn).await.into_iter().find(|(id, _)| *id != first) {

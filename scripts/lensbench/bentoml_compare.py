@@ -13,7 +13,6 @@ failures, and Lens / the better BentoML, all from this run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -23,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .closed_loop import drive, start_lens
+from .closed_loop import interleaved, parse_args, start_lens
 from .machine import ROOT, free_port
 from .protocols import cpu_name
 
@@ -61,11 +60,7 @@ def start_bentoml(workers: int, tmp: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--concurrency", type=int, default=32)
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     ensure_venv()
     tmp = Path(tempfile.mkdtemp(prefix="lens-bench-bentoml-"))
     servers: dict[str, tuple[subprocess.Popen, str]] = {}
@@ -73,13 +68,7 @@ def main() -> None:
         servers["Lens"] = start_lens("lens", {}, tmp)
         for workers in (1, 2):
             servers[f"BentoML, {workers} worker{'s' if workers > 1 else ''}"] = start_bentoml(workers, tmp)
-        names = list(servers)
-        runs: dict[str, list[dict]] = {name: [] for name in names}
-        for r in range(args.rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                summary = drive(servers[name][1], args.seconds, args.concurrency, tmp / "round.json")
-                runs[name].append(summary)
-                print(f"round {r + 1} {name:>20}: {summary['ok_per_sec']:7.1f} answers/s", flush=True)
+        runs = interleaved({name: url for name, (_, url) in servers.items()}, args, tmp)
         print(f"\n{cpu_name()}, {os.cpu_count()} cores; {args.rounds} rounds of {args.seconds:.0f} s, "
               f"{args.concurrency} closed-loop clients, distinct photos, POST /predict (multipart file)")
         print(f"{'server':>20} {'answers/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'failed':>7}")
@@ -94,7 +83,7 @@ def main() -> None:
                 statuses = [(k, v) for s in summaries for k, v in s["status"].items() if k != "200"]
                 errors = [(k, v) for s in summaries for k, v in s["errors"].items()]
                 print(f"{'':>20} not answered: status {statuses}, errors {errors}")
-        best = max((n for n in names if n != "Lens"), key=rate.get)
+        best = max((n for n in runs if n != "Lens"), key=rate.get)
         print(f"Lens / {best}: {rate['Lens'] / rate[best]:.2f}")
     finally:
         for proc, _ in servers.values():

@@ -6,6 +6,7 @@ RSS and a Prometheus counter.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -46,3 +47,25 @@ def drive(url: str, seconds: float, concurrency: int, out: Path) -> dict:
     argv += ["--duration", str(seconds), "--grace", "30", "--json", str(out)]
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """The options every interleaved closed-loop comparison takes."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--concurrency", type=int, default=32)
+    return ap.parse_args()
+
+
+def interleaved(urls: dict[str, str], args: argparse.Namespace, tmp: Path) -> dict[str, list[dict]]:
+    """Drives every URL in turn for each round, the order rotating between
+    rounds so that machine drift hits them alike; every run's summary, by name."""
+    names = list(urls)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            summary = drive(urls[name], args.seconds, args.concurrency, tmp / "round.json")
+            runs[name].append(summary)
+            print(f"round {r + 1} {name:>20}: {summary['ok_per_sec']:7.1f} answers/s", flush=True)
+    return runs

@@ -16,7 +16,6 @@ exported and dropped, and the wire size of a span.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -25,16 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from .closed_loop import PY, drive, metric, peak_mb, start_lens
+from .closed_loop import PY, interleaved, metric, parse_args, peak_mb, start_lens
 from .machine import ROOT, free_port
 from .protocols import cpu_name
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--concurrency", type=int, default=32)
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     tmp = Path(tempfile.mkdtemp(prefix="lens-bench-tracing-"))
     received = tmp / "received.jsonl"
     receiver = subprocess.Popen(
@@ -47,16 +42,9 @@ def main() -> None:
     try:
         for name, env in [("off", {}), ("traced", traced), ("dead collector", dead)]:
             servers[name] = start_lens(name.replace(" ", "-"), env, tmp)
-        rates = {name: [] for name in servers}
-        failed = {name: 0 for name in servers}
-        names = list(servers)
-        for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                summary = drive(servers[name][1], args.seconds, args.concurrency, tmp / "round.json")
-                rates[name].append(summary["ok_per_sec"])
-                failed[name] += summary["requests"] - summary["ok"]
-                print(f"round {r + 1} {name:>15}: {summary['ok_per_sec']:7.1f} answers/s", flush=True)
+        runs = interleaved({name: url for name, (_, url) in servers.items()}, args, tmp)
+        rates = {name: [r["ok_per_sec"] for r in summaries] for name, summaries in runs.items()}
+        failed = {name: sum(r["requests"] - r["ok"] for r in summaries) for name, summaries in runs.items()}
         time.sleep(6)  # one more export interval, so the counts below are whole
         exports = [json.loads(line) for line in received.read_text().splitlines()]
         spans, wire = sum(e["export"] for e in exports), sum(e["bytes"] for e in exports)

@@ -134,6 +134,17 @@ impl Inner {
 
     /// Routes a reply to its request. A reply for a job that is not waiting
     /// (answered already, or its request gone) is dropped.
+    /// The entry of job `id`, enqueued now (first, or again after Redis lost it).
+    fn job_fields(
+        &self,
+        id: u64,
+        deadline: Instant,
+        input: &ModelInput,
+        trace: Option<&Carrier>,
+    ) -> Vec<(&'static str, Vec<u8>)> {
+        codec::job_fields(id, &self.reply_key, clock::unix_ms_at(deadline), clock::now_ms(), input, trace)
+    }
+
     fn deliver(&self, bytes: &[u8]) {
         match codec::decode_reply(bytes) {
             Ok((id, result)) => match self.waiting().remove(&id) {
@@ -219,14 +230,7 @@ impl RedisQueue {
         }
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let trace = Carrier::of(&tracing::Span::current()).map(Arc::new);
-        let fields = codec::job_fields(
-            id,
-            &inner.reply_key,
-            clock::unix_ms_at(deadline),
-            clock::now_ms(),
-            &image,
-            trace.as_deref(),
-        );
+        let fields = inner.job_fields(id, deadline, &image, trace.as_deref());
         let (tx, rx) = oneshot::channel();
         // Registered before the job exists, so no reply can arrive unrouted.
         let waiter = Waiter { reply: tx, deadline, input: image, trace, entry: None, enqueued: Instant::now() };

@@ -11,7 +11,6 @@ use tokio::time::Instant;
 
 use super::RedisQueue;
 use crate::redis::keys::{MISSING_CHECK_EVERY, MISSING_GRACE};
-use crate::redis::{clock, codec};
 
 impl RedisQueue {
     /// Puts back on the stream the jobs Redis lost: all of them after a
@@ -71,14 +70,7 @@ impl RedisQueue {
             let Some((input, deadline, trace)) = waiter else {
                 continue; // answered meanwhile
             };
-            let fields = codec::job_fields(
-                id,
-                &inner.reply_key,
-                clock::unix_ms_at(deadline),
-                clock::now_ms(),
-                &input,
-                trace.as_deref(),
-            );
+            let fields = inner.job_fields(id, deadline, &input, trace.as_deref());
             let mut add = redis::cmd("XADD");
             add.arg(&inner.stream).arg("*");
             for (field, value) in &fields {
