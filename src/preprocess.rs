@@ -11,7 +11,8 @@
 //! alpha composited on **white** (a transparent pixel becomes white, not the
 //! colour hidden under it, nor black), EXIF orientation applied, centre square of
 //! side `int(crop_fraction * min(w, h))` at `((w - side + 1) // 2, (h - side + 1) // 2)`,
-//! then a resize with the spec's filter (bicubic is Pillow's `BICUBIC`).
+//! then a resize with the spec's filter, computed as Pillow computes it
+//! (`resample`), so a full-size decode gives Pillow's pixels byte for byte.
 //!
 //! # Hostile input
 //!
@@ -51,7 +52,8 @@
 //!   cropped decoding; CMYK/YCCK.
 //! - `image_rs`: PNG, GIF, WebP, BMP through the `image` crate under limits.
 //! - `pixels`: colour conversions (CMYK, alpha on white, 16-bit).
-//! - `resize`: crop + resample with `fast_image_resize`.
+//! - `resize`: the crop as a view, then the resample.
+//! - `resample`: Pillow's convolution resampling, bit for bit.
 //! - `scratch`: the per-thread reusable pixel buffer.
 
 mod geometry;
@@ -59,6 +61,7 @@ mod image_rs;
 mod jpeg;
 mod jpeg_header;
 mod pixels;
+mod resample;
 mod resize;
 mod scratch;
 
@@ -216,7 +219,15 @@ fn finish(decoded: &Decoded, plan: &Plan, spec: &ResizeSpec) -> Result<Prepared,
         width: f64::from(region.width) / scale,
         height: f64::from(region.height) / scale,
     };
-    let resized = resize::crop_resize(&decoded.pixels, crop, plan.out_width, plan.out_height, spec.interpolation)?;
+    let vertical_first = geometry::swaps_axes(plan.orientation);
+    let resized = resize::crop_resize(
+        &decoded.pixels,
+        crop,
+        plan.out_width,
+        plan.out_height,
+        spec.interpolation,
+        vertical_first,
+    )?;
     let Pixels { width, height, data, .. } = resized.into_rgb();
     let (rgb, width, height) = geometry::orient_pixels(data, width, height, Channels::Rgb.count(), plan.orientation);
     Ok(Prepared { width, height, rgb })

@@ -81,7 +81,7 @@ fn jpeg_output_matches_pillow_reference() {
     {
         let out = prepare_ok(&common::fixture(name), &ResizeSpec::center_crop(224));
         let (mean, max) = diff_to_reference(&out, reference);
-        assert!(mean < 0.75 && max <= 16, "{name}: mean {mean:.3}, max {max}");
+        assert_eq!(max, 0, "{name}: mean {mean:.3}, max {max}");
     }
 }
 
@@ -223,9 +223,12 @@ fn exif_rotation_swaps_a_non_square_output() {
     let squash = ResizeSpec { kind: ResizeKind::Squash, width: 30, height: 50, ..ResizeSpec::center_crop(1) };
     let out = prepare_ok(&rotated, &squash);
     let plain = prepare_ok(&common::fixture("dog.jpeg"), &ResizeSpec { width: 50, height: 30, ..squash });
-    // Upright (x, y) of the rotated output is stored (y, 29 - x) of the plain one.
+    // Upright (x, y) of the rotated output is stored (y, 29 - x) of the plain
+    // one, up to rounding: Pillow resamples the upright picture horizontally
+    // first, which is the stored frame's vertical pass, so the two outputs
+    // round in a different order.
     for (x, y) in [(0, 0), (29, 0), (7, 41), (29, 49)] {
-        assert_eq!(pixel(&out, x, y), pixel(&plain, y, 29 - x), "at {x},{y}");
+        assert_near(pixel(&out, x, y), pixel(&plain, y, 29 - x), 2, &format!("at {x},{y}"));
     }
 }
 
