@@ -8,6 +8,8 @@ from .rows import Row, best_closed, inproc_row, shed_count
 P99_GOAL_MS = 100.0
 RSS_GOAL_MB = 300.0
 CEILING_FRACTION_GOAL = 0.75
+# The int8 row's speed-up over fp32 served, as a fraction of the model-only speed-up.
+INT8_SERVED_GOAL = 0.8
 PHONE_FRACTION_GOAL = 0.21
 # The loads whose peak RSS must stay under RSS_GOAL_MB: (scenario, locust users; 0 for any).
 RSS_LOADS = (("phone", 0), ("distinct", 1000), ("original", 5000))
@@ -47,7 +49,7 @@ def runtime_row(rows: list[Row], run: dict) -> tuple[dict, str]:
     """One `lens bench` run's row for the engine and precision the in-process
     rows served with, and its name; the run's best of every engine when the
     rows do not say which they ran (or the run has no row for it)."""
-    ran = {r.result.get("runtime") for r in rows if r.ran and r.topology == "inproc"} - {None}
+    ran = {r.result.get("runtime") for r in rows if r.ran and r.topology == "inproc" and r.scenario != "int8"} - {None}
     if len(ran) == 1:
         runtime = ran.pop()
         for e in run.get("engines") or []:
@@ -148,6 +150,32 @@ def asyncio_goal(rows: list[Row], ceil: dict, scenario: str, goal: float, photos
             f"{r['predict_failures']} failed)" + pipeline_note(rows, ceil, f"pipeline-{scenario}", r["ok_rps"], mo)]
 
 
+def int8_goal(rows: list[Row], ceil: dict, meta: dict) -> list[str]:
+    """The served int8 speed-up (the int8 row against the fp32 asyncio
+    closed loop on the same photos) against the model-only one (best int8
+    engine against best fp32 engine), both from this run."""
+    what = f"int8: served speed-up >= {INT8_SERVED_GOAL:.0%} of the model-only speed-up (32 clients, distinct photos)"
+    fp32 = next((r for r in rows if r.ran and r.topology == "inproc" and r.scenario == "closed" and r.generator == "asyncio"), None)
+    int8 = inproc_row(rows, "int8")
+    engines = (ceil.get("model-only") or {}).get("engines") or []
+
+    def best(precision: str) -> dict | None:
+        ran = [e for e in engines if e.get("precision") == precision and e.get("images_per_sec")]
+        return max(ran, key=lambda e: e["images_per_sec"], default=None)
+
+    b32, b8 = best("fp32"), best("int8")
+    if not (fp32 and int8 and b32 and b8):
+        return [what, "not run", "needs the in-process closed asyncio and int8 rows, and int8 rows in `lens bench --model-only`"]
+    model = b8["images_per_sec"] / b32["images_per_sec"]
+    served = int8.result["ok_rps"] / fp32.result["ok_rps"]
+    return [what, "PASS" if served >= INT8_SERVED_GOAL * model else "FAIL",
+            f"served {int8.result['ok_rps']:.1f} against {fp32.result['ok_rps']:.1f} img/s = {served:.2f}x "
+            f"({int8.result.get('runtime', 'int8')} against {fp32.result.get('runtime', 'fp32')}; int8 p99 "
+            f"{fmt_ms(int8.result['ok_ms'].get('p99'))} ms, {int8.result['predict_failures']} failed); model-only "
+            f"{b8['images_per_sec']:.1f} ({b8['runtime']}) against {b32['images_per_sec']:.1f} ({b32['runtime']}) = "
+            f"{model:.2f}x; served is {served / model:.0%} of it; CPU int8 dot product: {meta.get('int8_dot_product', '?')}"]
+
+
 def shedding_goal(done: list[Row], best: float, deadline_s: float) -> list[str]:
     what = "overload: sheds with 429, answered p99 within the deadline"
     over = [r for r in done if r.scenario == "open" and (r.rate_fraction > 1 or (best and r.rate > best))]
@@ -172,6 +200,7 @@ def goals(rows: list[Row], ceil: dict, meta: dict) -> list[list[str]]:
         ceiling_goal(rows, ceil, meta["cores"]),
         asyncio_goal(rows, ceil, "imagenet", CEILING_FRACTION_GOAL, "ImageNet-size photos (long side 500 px)"),
         asyncio_goal(rows, ceil, "phone", PHONE_FRACTION_GOAL, "12 MP phone photos"),
+        int8_goal(rows, ceil, meta),
         rss_goal(done),
         shedding_goal(done, best, meta["deadline_s"]),
     ]

@@ -125,6 +125,18 @@ def cpu_model() -> str:
     return "unknown"
 
 
+def int8_dot_product() -> str:
+    """Which int8 dot-product instructions the CPU has: the figure int8's
+    speed-up depends on (VNNI accumulates u8 x s8 in int32 in one step)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    found = [f for f in ("amx_int8", "avx512_vnni", "avx_vnni") if f in flags]
+    return ", ".join(found) if found else "no VNNI"
+
+
 def mem_gb() -> float:
     return round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
 
@@ -142,6 +154,6 @@ def git_info() -> dict:
 
 
 def describe() -> dict:
-    """When and on what a run happened, for its report: date, git, cpu, cores, mem_gb."""
+    """When and on what a run happened, for its report: date, git, cpu, cores, mem_gb, int8_dot_product."""
     return {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "git": git_info(), "cpu": cpu_model(), "cores": CORES,
-            "mem_gb": mem_gb()}
+            "mem_gb": mem_gb(), "int8_dot_product": int8_dot_product()}

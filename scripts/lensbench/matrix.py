@@ -10,6 +10,9 @@ bounded time, measured, and stopped. Rows:
 * ``closed``: closed-loop maximum throughput with distinct photos, no wait:
   once with locust users, once with the asyncio client (a much cheaper
   generator, so the two together show when locust is the limit).
+* ``int8``: the asyncio closed loop of ``closed`` again, served with
+  ``--precision int8`` (the model directory's int8 variant), so the served
+  int8 speed-up and the model-only one come from the same run.
 * ``imagenet``: the asyncio closed loop on distinct photos of ImageNet's size
   (long side 500 px, target/imagenet-photos). The distinct photos above are
   larger (median about 800x600), and the issue's 75% goal names this size.
@@ -61,7 +64,7 @@ from .machine import CORES, ROOT, children_cpu_s, proc_cpu_s, sys_cpu, vm_kb, wa
 from .photos import DEFAULT_DIR, DEFAULT_SEED, FIXTURES, IMAGENET_DIR, IMAGENET_LONG_SIDE, SUFFIXES
 from .prometheus import metrics_delta
 from .report import report
-from .rows import SCENARIOS, TOPOLOGIES, Row, best_closed, build_matrix, judge
+from .rows import SCENARIO_FLAGS, SCENARIOS, TOPOLOGIES, Row, best_closed, build_matrix, judge
 from .server import DEFAULT_LENS, Topology, private_copy, redis_unavailable, warm_up
 
 
@@ -97,7 +100,8 @@ def run_row(row: Row, lens: Path, outdir: Path, args) -> None:
     rowdir = outdir / row.id
     rowdir.mkdir(parents=True, exist_ok=True)
     other_before = wait_idle(args.idle_wait) if args.idle_wait > 0 else None
-    topo = Topology(lens, rowdir, TOPOLOGIES[row.topology], args.serve_args, args.worker_args,
+    flags = SCENARIO_FLAGS.get(row.scenario, [])
+    topo = Topology(lens, rowdir, TOPOLOGIES[row.topology], [*args.serve_args, *flags], [*args.worker_args, *flags],
                     worker_health=args.worker_health)
     gen = None
     res: dict = {"other_cpu_before": round(other_before, 2) if other_before is not None else None}

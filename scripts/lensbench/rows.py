@@ -10,7 +10,10 @@ from .machine import CORES
 # Topology name -> `lens worker` processes behind a Redis (0: in-process).
 TOPOLOGIES = {"inproc": 0, "redis1": 1, "redis2": 2}
 TOPOLOGY_NAMES = {"inproc": "in-process", "redis1": "Redis, 1 worker", "redis2": "Redis, 2 workers"}
-SCENARIOS = ("original", "distinct", "closed", "imagenet", "phone", "open")
+SCENARIOS = ("original", "distinct", "closed", "int8", "imagenet", "phone", "open")
+# Extra `lens serve` / `lens worker` flags of a scenario: the int8 row is the
+# asyncio closed loop on the same distinct photos, served by the int8 variant.
+SCENARIO_FLAGS = {"int8": ["--precision", "int8"]}
 
 # Machine-size thresholds, as fractions of the core count: the machine is
 # CPU-bound at 90% of its cores, and other work is worth a note from 15% of
@@ -22,7 +25,7 @@ OTHER_WORK_NOTE = 0.15
 @dataclass
 class Row:
     id: str
-    scenario: str  # original | distinct | closed | imagenet | phone | open
+    scenario: str  # original | distinct | closed | int8 | imagenet | phone | open
     generator: str  # locust | asyncio
     topology: str
     users: int = 0  # locust users or asyncio concurrency
@@ -39,6 +42,8 @@ class Row:
             return f"{self.rate:.0f}/s open loop{frac}"
         if self.scenario == "closed":
             return f"{self.users} {'users' if self.generator == 'locust' else 'clients'}, no wait"
+        if self.scenario == "int8":
+            return f"{self.users} clients, no wait, --precision int8"
         if self.scenario == "phone":
             return f"{self.users} clients, 12 MP photos, no wait"
         if self.scenario == "imagenet":
@@ -57,6 +62,8 @@ def build_matrix(args) -> list[Row]:
             for gen in ("locust", "asyncio"):
                 if gen in args.generators:
                     rows.append(Row(f"{topo}-closed-{gen}", "closed", gen, topo, users=args.closed_users, run_time=args.closed_time))
+        if "int8" in args.scenarios and "asyncio" in args.generators:
+            rows.append(Row(f"{topo}-int8-asyncio", "int8", "asyncio", topo, users=args.closed_users, run_time=args.closed_time))
         for sc in ("imagenet", "phone"):
             if sc in args.scenarios and "asyncio" in args.generators:
                 rows.append(Row(f"{topo}-{sc}-asyncio", sc, "asyncio", topo, users=args.closed_users, run_time=args.closed_time))
@@ -129,7 +136,7 @@ def judge(row: Row, locust_processes: int, cores: int = CORES) -> None:
             limit = "offered load (Lens keeps up)"
         else:
             limit = f"Lens (saturated: {offered:.0f}/s asked)"
-    elif row.scenario in ("closed", "imagenet", "phone"):
+    elif row.scenario in ("closed", "int8", "imagenet", "phone"):
         limit = "generator (locust CPU)" if gen_limited else "Lens"
     elif gen_limited:
         limit = "generator"
