@@ -274,8 +274,7 @@ pub(crate) fn resample(
                 let across = Taps::new(view.width, x0, x1, out_w, filter);
                 let down = Taps::new(view.height, y0, y1, out_h, filter);
                 let (first, last) = down.span();
-                between.clear();
-                between.resize(out_w * channels * (last - first), 0);
+                let between = sized(between, out_w * channels * (last - first));
                 horizontal_any(view, channels, first..last, &across, between);
                 let rows = View { data: between, stride: out_w * channels, width: out_w, height: last - first };
                 vertical_best(rows, channels, &down, first, &mut out);
@@ -286,8 +285,7 @@ pub(crate) fn resample(
                 let down = Taps::new(view.height, y0, y1, out_h, filter);
                 let (first, last) = across.span();
                 let columns = View { data: &view.data[first * channels..], width: last - first, ..view };
-                between.clear();
-                between.resize((last - first) * channels * out_h, 0);
+                let between = sized(between, (last - first) * channels * out_h);
                 vertical_best(columns, channels, &down, 0, between);
                 let shifted = Taps { first: across.first.iter().map(|x| x - first).collect(), ..across };
                 let rows =
@@ -300,6 +298,15 @@ pub(crate) fn resample(
         }
     });
     Pixels { width: out_width, height: out_height, channels: src.channels, data: out }
+}
+
+/// The first `len` bytes of `buffer`, grown (once per thread, not per
+/// photo) when it is shorter: both passes write every byte they are given.
+fn sized(buffer: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buffer.len() < len {
+        buffer.resize(len, 0);
+    }
+    &mut buffer[..len]
 }
 
 /// [`horizontal`] for any channel count; RGB takes [`horizontal_rgb`].
@@ -337,10 +344,14 @@ impl RgbLayout {
         RgbLayout { out_width, span, pad: src.width + 2 * pairs, weights }
     }
 
-    /// Runs the pass: widens each row of `rows` (with room for the last
-    /// output's padded taps past its end: zeros, times weights of zero),
-    /// then writes each output pixel from `pixel(input, weights)`, which
-    /// gets that pixel's `span` widened inputs and weights.
+    /// Runs the pass, [`ROWS`] rows at a time: widens each row (with room
+    /// for the last output's padded taps past its end: zeros, times weights
+    /// of zero), then writes each output pixel of the rows from
+    /// `pixels(inputs, weights)`, which gets that pixel's `span` widened
+    /// inputs in each row and its weights. Taking the rows together reads
+    /// each pixel's weights (tens of KB for a whole row, more than L1 holds)
+    /// once per group instead of once per row. A last group of fewer rows
+    /// repeats its last row and keeps only the real ones.
     #[inline(always)]
     fn run(
         &self,
@@ -348,32 +359,45 @@ impl RgbLayout {
         rows: std::ops::Range<usize>,
         taps: &Taps,
         out: &mut [u8],
-        mut pixel: impl FnMut(&[i32], &[i32]) -> [u8; 3],
+        mut pixels: impl FnMut([&[i32]; ROWS], &[i32]) -> [[u8; 3]; ROWS],
     ) {
-        let mut wide = vec![0i32; self.pad * 4];
-        for (y, out_row) in rows.zip(out.chunks_exact_mut(self.out_width * 3)) {
-            for (rgb, lanes) in src.row(y, 3).chunks_exact(3).zip(wide.chunks_exact_mut(4)) {
-                lanes[..3].copy_from_slice(&[i32::from(rgb[0]), i32::from(rgb[1]), i32::from(rgb[2])]);
+        let row_bytes = self.out_width * 3;
+        let mut wide = vec![0i32; self.pad * 4 * ROWS];
+        let first_row = rows.start;
+        for (group, out_rows) in out.chunks_mut(row_bytes * ROWS).enumerate() {
+            let real = out_rows.len() / row_bytes;
+            for (r, lanes) in wide.chunks_exact_mut(self.pad * 4).enumerate() {
+                let y = first_row + group * ROWS + r.min(real - 1);
+                for (rgb, lanes) in src.row(y, 3).chunks_exact(3).zip(lanes.chunks_exact_mut(4)) {
+                    lanes[..3].copy_from_slice(&[i32::from(rgb[0]), i32::from(rgb[1]), i32::from(rgb[2])]);
+                }
             }
-            for ((out, weights), &first) in
-                out_row.chunks_exact_mut(3).zip(self.weights.chunks_exact(self.span)).zip(&taps.first)
-            {
-                out.copy_from_slice(&pixel(&wide[first * 4..][..self.span], weights));
+            for (x, (weights, &first)) in self.weights.chunks_exact(self.span).zip(&taps.first).enumerate() {
+                let inputs: [&[i32]; ROWS] =
+                    std::array::from_fn(|r| &wide[r * self.pad * 4 + first * 4..][..self.span]);
+                for (r, rgb) in pixels(inputs, weights).iter().enumerate().take(real) {
+                    out_rows[r * row_bytes + x * 3..][..3].copy_from_slice(rgb);
+                }
             }
         }
     }
 }
 
+/// Rows [`RgbLayout::run`] takes together.
+const ROWS: usize = 4;
+
 /// The horizontal pass for RGB without AVX2, in [`RgbLayout`]'s order.
 fn horizontal_rgb(src: View, rows: std::ops::Range<usize>, taps: &Taps, out: &mut [u8]) {
-    RgbLayout::new(src, taps).run(src, rows, taps, out, |input, weights| {
-        let mut sum = [0i32; 4];
-        for (values, weights) in input.chunks_exact(4).zip(weights.chunks_exact(4)) {
-            for c in 0..4 {
-                sum[c] = sum[c].wrapping_add(values[c].wrapping_mul(weights[c]));
+    RgbLayout::new(src, taps).run(src, rows, taps, out, |inputs, weights| {
+        inputs.map(|input| {
+            let mut sum = [0i32; 4];
+            for (values, weights) in input.chunks_exact(4).zip(weights.chunks_exact(4)) {
+                for c in 0..4 {
+                    sum[c] = sum[c].wrapping_add(values[c].wrapping_mul(weights[c]));
+                }
             }
-        }
-        [0, 1, 2].map(|c| clip8(HALF.wrapping_add(sum[c])))
+            [0, 1, 2].map(|c| clip8(HALF.wrapping_add(sum[c])))
+        })
     });
 }
 
@@ -388,23 +412,30 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub(super) fn horizontal_rgb(src: View, rows: std::ops::Range<usize>, taps: &Taps, out: &mut [u8]) {
         use std::arch::x86_64::*;
-        super::RgbLayout::new(src, taps).run(src, rows, taps, out, |input, weights| {
-            let mut sum = _mm256_setzero_si256();
-            for (values, weights) in input.chunks_exact(8).zip(weights.chunks_exact(8)) {
-                // SAFETY: both chunks are exactly eight i32s.
-                let (v, w) = unsafe {
-                    (_mm256_loadu_si256(values.as_ptr().cast()), _mm256_loadu_si256(weights.as_ptr().cast()))
-                };
-                sum = _mm256_add_epi32(sum, _mm256_mullo_epi32(v, w));
+        super::RgbLayout::new(src, taps).run(src, rows, taps, out, |inputs, weights| {
+            let mut sums = [_mm256_setzero_si256(); super::ROWS];
+            for (pair, weights) in weights.chunks_exact(8).enumerate() {
+                // SAFETY: `weights` is exactly eight i32s.
+                let w = unsafe { _mm256_loadu_si256(weights.as_ptr().cast()) };
+                for (sum, input) in sums.iter_mut().zip(&inputs) {
+                    let values = &input[pair * 8..][..8];
+                    // SAFETY: `values` is exactly eight i32s.
+                    let v = unsafe { _mm256_loadu_si256(values.as_ptr().cast()) };
+                    *sum = _mm256_add_epi32(*sum, _mm256_mullo_epi32(v, w));
+                }
             }
-            let both = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
-            // clip8 on four lanes: the shifted sums are within -640..640,
-            // so saturating i32 -> i16 -> u8 packs clamp them to 0..=255.
-            let shifted =
-                _mm_srai_epi32::<{ super::PRECISION_BITS as i32 }>(_mm_add_epi32(both, _mm_set1_epi32(super::HALF)));
-            let bytes = _mm_packus_epi16(_mm_packs_epi32(shifted, shifted), shifted);
-            let [r, g, b, _] = _mm_cvtsi128_si32(bytes).to_le_bytes();
-            [r, g, b]
+            sums.map(|sum| {
+                let both = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256::<1>(sum));
+                // clip8 on four lanes: the shifted sums are within -640..640,
+                // so saturating i32 -> i16 -> u8 packs clamp them to 0..=255.
+                let shifted = _mm_srai_epi32::<{ super::PRECISION_BITS as i32 }>(_mm_add_epi32(
+                    both,
+                    _mm_set1_epi32(super::HALF),
+                ));
+                let bytes = _mm_packus_epi16(_mm_packs_epi32(shifted, shifted), shifted);
+                let [r, g, b, _] = _mm_cvtsi128_si32(bytes).to_le_bytes();
+                [r, g, b]
+            })
         });
     }
 
