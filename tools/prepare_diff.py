@@ -50,12 +50,11 @@ def main() -> int:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(args.model / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    mean = np.asarray(cfg["preprocess"]["mean"], np.float32)
-    std = np.asarray(cfg["preprocess"]["std"], np.float32)
+    size = int(cfg["input"]["width"])
 
     def top2(rgb: np.ndarray) -> tuple[int, float]:
-        x = ((rgb.astype(np.float32) - mean) / std).transpose(2, 0, 1)[None]
-        logits = sess.run(None, {cfg["input"]["name"]: np.ascontiguousarray(x)})[0][0].astype(np.float64)
+        x = reference_predict.to_tensor(rgb, cfg)
+        logits = sess.run(None, {cfg["input"]["name"]: x})[0][0].astype(np.float64)
         p = np.exp(logits - logits.max())
         p /= p.sum()
         a, b = np.argsort(-p)[:2]
@@ -66,15 +65,13 @@ def main() -> int:
         for i in range(0, len(files), 500):
             subprocess.run([str(args.dump), out, *map(str, files[i : i + 500])], check=True)
         for f in files:
-            img = reference_predict.load_rgb(f)
-            w, h = img.size
-            side = int(0.875 * min(w, h))
-            left, top = (w - side + 1) // 2, (h - side + 1) // 2
-            ref = np.asarray(img.crop((left, top, left + side, top + side)).resize((224, 224), Image.Resampling.BICUBIC))
-            ours = np.frombuffer((Path(out) / (f.name + ".rgb")).read_bytes(), np.uint8).reshape(224, 224, 3)
+            ref = np.asarray(reference_predict.prepare_image(f, cfg))
+            ours = np.frombuffer((Path(out) / (f.name + ".rgb")).read_bytes(), np.uint8).reshape(size, size, 3)
             diff = np.abs(ref.astype(np.int16) - ours.astype(np.int16))
             (label, margin), (mine, _) = top2(ref), top2(ours)
-            kind = "dct" if f.suffix.lower() != ".png" and side // 2 >= 2 * 224 else "full"
+            # Lens's DCT rule (geometry::Plan::dct_denominator): the crop at 1/2 still >= 2x the output.
+            side = int(float(cfg["preprocess"]["crop_fraction"]) * min(Image.open(f).size))
+            kind = "dct" if f.suffix.lower() != ".png" and side // 2 >= 2 * size else "full"
             rows[kind].append((f.name, float(diff.mean()), int(diff.max()), label == mine, margin))
     for kind, name in (("full", "decoded at full size"), ("dct", "shrunk in the DCT domain")):
         r = rows[kind]

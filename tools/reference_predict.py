@@ -44,7 +44,8 @@ def load_rgb(path):
     return img.convert("RGB")
 
 
-def preprocess(path, cfg):
+def prepare_image(path, cfg):
+    """The model-size RGB picture, before normalisation (Pillow image)."""
     inp, pre = cfg["input"], cfg["preprocess"]
     width, height = int(inp["width"]), int(inp["height"])
     img = load_rgb(path)
@@ -55,8 +56,13 @@ def preprocess(path, cfg):
         img = img.crop((left, top, left + side, top + side))
     elif pre["resize"] != "squash":
         raise ValueError(f"unknown resize mode {pre['resize']!r}")
-    img = img.resize((width, height), resample=_RESAMPLE[pre["interpolation"]])
-    x = np.asarray(img, dtype=np.float32)  # HWC, RGB
+    return img.resize((width, height), resample=_RESAMPLE[pre["interpolation"]])
+
+
+def to_tensor(rgb, cfg):
+    """An HWC RGB uint8 array (or Pillow image) as the model's input tensor."""
+    inp, pre = cfg["input"], cfg["preprocess"]
+    x = np.asarray(rgb, dtype=np.float32)  # HWC, RGB
     if inp["channel_order"] == "BGR":
         x = x[:, :, ::-1]
     elif inp["channel_order"] != "RGB":
@@ -67,6 +73,10 @@ def preprocess(path, cfg):
     elif inp["layout"] != "NHWC":
         raise ValueError(f"unknown layout {inp['layout']!r}")
     return np.ascontiguousarray(x[None], dtype=np.float32)
+
+
+def preprocess(path, cfg):
+    return to_tensor(prepare_image(path, cfg), cfg)
 
 
 def main(argv):

@@ -120,9 +120,9 @@ impl Taps {
         let mut taps =
             Taps { ksize, first: vec![0; out_size], count: vec![0; out_size], weights: vec![0; out_size * ksize] };
         let mut k = vec![0f64; ksize];
+        let ss = 1.0 / filter_scale;
         for x in 0..out_size {
             let center = f64::from(in0) + (x as f64 + 0.5) * scale;
-            let ss = 1.0 / filter_scale;
             // C's int conversion truncates toward zero, as `as` does.
             let min = ((center - support + 0.5) as i64).max(0);
             let max = ((center + support + 0.5) as i64).min(in_size as i64);

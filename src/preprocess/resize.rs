@@ -63,12 +63,6 @@ pub(crate) fn crop_resize(
     let inner_width = crop.width.min(f64::from(right - left));
     let inner_height = crop.height.min(f64::from(bottom - top));
     let (x0, y0) = (crop.left - f64::from(left), crop.top - f64::from(top));
-    let filter = match interpolation {
-        Interpolation::Nearest => return nearest(src, crop, left, top, right, bottom, out_width, out_height),
-        Interpolation::Bilinear => Filter::Bilinear,
-        Interpolation::Bicubic => Filter::Bicubic,
-        Interpolation::Lanczos3 => Filter::Lanczos3,
-    };
     let source = Source {
         pixels: src,
         left,
@@ -77,30 +71,23 @@ pub(crate) fn crop_resize(
         height: bottom - top,
         inner: [x0 as f32, y0 as f32, (x0 + inner_width) as f32, (y0 + inner_height) as f32],
     };
+    let filter = match interpolation {
+        Interpolation::Nearest => return nearest(&source, out_width, out_height),
+        Interpolation::Bilinear => Filter::Bilinear,
+        Interpolation::Bicubic => Filter::Bicubic,
+        Interpolation::Lanczos3 => Filter::Lanczos3,
+    };
     Ok(resample::resample(&source, out_width, out_height, filter, vertical_first))
 }
 
-/// Nearest-neighbour resampling with `fast_image_resize`.
-#[allow(clippy::too_many_arguments)]
-fn nearest(
-    src: &Pixels,
-    crop: CropBox,
-    left: u32,
-    top: u32,
-    right: u32,
-    bottom: u32,
-    out_width: u32,
-    out_height: u32,
-) -> Result<Pixels, ImageError> {
+/// Nearest-neighbour resampling of `source`'s box with `fast_image_resize`.
+fn nearest(source: &Source, out_width: u32, out_height: u32) -> Result<Pixels, ImageError> {
+    let src = source.pixels;
     let pixel_type = pixel_type(src.channels);
     let whole = ImageRef::new(src.width, src.height, &src.data, pixel_type).map_err(resize_error)?;
-    let view = CroppedImage::new(&whole, left, top, right - left, bottom - top).map_err(resize_error)?;
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Nearest).crop(
-        crop.left - f64::from(left),
-        crop.top - f64::from(top),
-        crop.width.min(f64::from(right - left)),
-        crop.height.min(f64::from(bottom - top)),
-    );
+    let view = CroppedImage::new(&whole, source.left, source.top, source.width, source.height).map_err(resize_error)?;
+    let [x0, y0, x1, y1] = source.inner.map(f64::from);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Nearest).crop(x0, y0, x1 - x0, y1 - y0);
     let mut dst = Image::new(out_width, out_height, pixel_type);
     Resizer::new().resize(&view, &mut dst, &options).map_err(resize_error)?;
     Ok(Pixels { width: out_width, height: out_height, channels: src.channels, data: dst.into_vec() })
@@ -116,12 +103,16 @@ mod tests {
     }
 
     #[test]
-    fn same_size_whole_pixel_crop_is_an_exact_copy() {
+    fn same_size_whole_pixel_crop_is_an_exact_copy_and_nearest_picks_whole_pixels() {
         let src = gradient(8, 6);
         let crop = CropBox { left: 2.0, top: 1.0, width: 4.0, height: 3.0 };
-        let out = crop_resize(&src, crop, 4, 3, Interpolation::Bicubic, false).unwrap();
         let expected: Vec<u8> = (1..4).flat_map(|y| (2..6).map(move |x| (x * 10 + y) as u8)).collect();
-        assert_eq!(out.data, expected);
+        for interpolation in [Interpolation::Bicubic, Interpolation::Nearest] {
+            let out = crop_resize(&src, crop, 4, 3, interpolation, false).unwrap();
+            assert_eq!(out.data, expected, "{interpolation:?}");
+        }
+        let half = crop_resize(&src, crop, 2, 1, Interpolation::Nearest, false).unwrap();
+        assert!(half.data.iter().all(|v| expected.contains(v)), "{:?}", half.data);
     }
 
     #[test]
